@@ -1,0 +1,162 @@
+"""Data loaders for SST-2, SQuAD v1.1, Alpaca 52K and AlpacaEval: from the Hugging Face Hub by default, from a local
+directory laid out like shared/data when one is configured ($QLORA_DATA_DIR or data_dir=)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import datasets
+import numpy as np
+
+from .errors import DataUnavailableError, QLoraError
+from .io import DATA_DIR_ENV, data_dir as resolve_data_dir
+
+PathLike = str | os.PathLike[str]
+
+
+def _read_sst2(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [{"sentence": r["sentence"].strip(), "label": int(r["label"])} for r in rows]
+
+
+def _read_squad(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                records.append({"id": qa["id"], "title": article["title"], "context": paragraph["context"],
+                                "question": qa["question"],
+                                "answers": {"text": [a["text"] for a in qa["answers"]],
+                                            "answer_start": [a["answer_start"] for a in qa["answers"]]}})
+    return records
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _hub_dataset(repo: str, split: str, config: str | None = None) -> Callable[[], datasets.Dataset]:
+    return lambda: datasets.load_dataset(repo, config, split=split)
+
+
+def _hub_json(repo: str, filename: str) -> Callable[[], datasets.Dataset]:
+    def load() -> datasets.Dataset:
+        from huggingface_hub import hf_hub_download
+
+        return datasets.Dataset.from_list(_read_json_list(Path(hf_hub_download(repo, filename, repo_type="dataset"))))
+    return load
+
+
+@dataclass(frozen=True)
+class _Source:
+    local: str  # path relative to the data directory
+    reader: Callable[[Path], list[dict[str, Any]]]
+    hub: str  # description of the Hub source
+    hub_loader: Callable[[], datasets.Dataset]
+
+
+SOURCES: dict[tuple[str, str], _Source] = {
+    ("sst2", "train"): _Source("sst2/train.tsv", _read_sst2, "stanfordnlp/sst2 (train)",
+                               _hub_dataset("stanfordnlp/sst2", "train")),
+    ("sst2", "validation"): _Source("sst2/dev.tsv", _read_sst2, "stanfordnlp/sst2 (validation)",
+                                    _hub_dataset("stanfordnlp/sst2", "validation")),
+    ("squad", "train"): _Source("squad_v1.1/train-v1.1.first11articles.json", _read_squad,
+                                "rajpurkar/squad (train)", _hub_dataset("rajpurkar/squad", "train")),
+    ("squad", "validation"): _Source("squad_v1.1/dev-v1.1.json", _read_squad, "rajpurkar/squad (validation)",
+                                     _hub_dataset("rajpurkar/squad", "validation")),
+    ("alpaca", "train"): _Source("alpaca_train/alpaca_data.json", _read_json_list, "tatsu-lab/alpaca (train)",
+                                 _hub_dataset("tatsu-lab/alpaca", "train")),
+    # AlpacaEval: the 805 instructions with the reference outputs of AlpacaEval 1.0 and 2.0.
+    ("alpaca_eval", "text_davinci_003"): _Source(
+        "alpaca_eval/text_davinci_003_model_outputs.json", _read_json_list, "tatsu-lab/alpaca_eval alpaca_eval.json",
+        _hub_json("tatsu-lab/alpaca_eval", "alpaca_eval.json")),
+    ("alpaca_eval", "gpt4_turbo"): _Source(
+        "alpaca_eval/gpt4_turbo_model_outputs.json", _read_json_list,
+        "tatsu-lab/alpaca_eval alpaca_eval_gpt4_baseline.json",
+        _hub_json("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")),
+}
+COLUMNS = {"sst2": ["sentence", "label"], "squad": ["id", "title", "context", "question", "answers"],
+           "alpaca": ["instruction", "input", "output"],
+           "alpaca_eval": ["instruction", "output", "generator", "dataset"]}
+
+
+@dataclass
+class TaskData:
+    """A loaded (and possibly subsampled) split, with where it came from and how many records were read."""
+
+    task: str
+    split: str
+    dataset: datasets.Dataset
+    source: str
+    n_available: int
+    seed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for a run record and a one-line summary."""
+        return {"task": self.task, "split": self.split, "source": self.source, "records_read": self.n_available,
+                "records_used": len(self.dataset), "sample_seed": self.seed}
+
+    def __str__(self) -> str:
+        sample = f", sampled {len(self)} with seed {self.seed}" if self.seed is not None else ""
+        return f"{self.task}/{self.split}: read {self.n_available} records from {self.source}{sample}"
+
+
+def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, stratify_by: str | None = None,
+              data_dir: PathLike | None = None) -> TaskData:
+    """Load a task split (local directory if configured, else the Hub) and optionally take n records by seed."""
+    if (task, split) not in SOURCES:
+        known = ", ".join(f"{t}/{s}" for t, s in SOURCES)
+        raise QLoraError(f"unknown task split {task}/{split}; known: {known}")
+    spec = SOURCES[(task, split)]
+    root = resolve_data_dir(data_dir)
+    if root is not None:
+        path = root / spec.local
+        if not path.is_file():
+            raise DataUnavailableError(f"{path} is missing: {DATA_DIR_ENV} (or data_dir=) points at {root}, which "
+                                       f"must hold {spec.local} as in shared/data/README.md")
+        ds = datasets.Dataset.from_list(spec.reader(path))
+        source = f"local:{path}"
+    else:
+        try:
+            ds = spec.hub_loader()
+        except Exception as exc:  # offline, rate limits, missing credentials: all end here with one message
+            raise DataUnavailableError(
+                f"could not load {task}/{split} from the Hugging Face Hub ({spec.hub}): {type(exc).__name__}: "
+                f"{str(exc)[:200]}. Set {DATA_DIR_ENV}=/path/to/shared/data (or pass data_dir=) to read a local "
+                "copy") from exc
+        ds = ds.map(lambda r: {"sentence": r["sentence"].strip()}) if task == "sst2" else ds
+        source = f"hub:{spec.hub}"
+    ds = ds.select_columns(COLUMNS[task])
+    data = TaskData(task, split, ds, source, len(ds))
+    print(data)
+    return data if n is None else subsample(data, n, seed, stratify_by)
+
+
+def subsample(data: TaskData, n: int, seed: int, stratify_by: str | None = None) -> TaskData:
+    """n records chosen deterministically by seed; with stratify_by, in proportion to that column's groups."""
+    if not 0 < n <= len(data.dataset):
+        raise QLoraError(f"cannot take {n} records from {data.task}/{data.split}: {len(data.dataset)} are available "
+                         f"from {data.source}")
+    rng = np.random.default_rng(seed)
+    if stratify_by is None:
+        indices = rng.permutation(len(data.dataset))[:n]
+    else:
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(data.dataset[stratify_by]):
+            groups.setdefault(key, []).append(i)
+        quotas = {k: n * len(v) / len(data.dataset) for k, v in groups.items()}
+        counts = {k: int(q) for k, q in quotas.items()}
+        for k in sorted(quotas, key=lambda k: quotas[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+            counts[k] += 1  # largest remainders get the leftover slots
+        indices = np.concatenate([rng.permutation(groups[k])[: counts[k]] for k in sorted(groups, key=str)])
+    ds = data.dataset.select(sorted(int(i) for i in indices))
+    return TaskData(data.task, data.split, ds, data.source, data.n_available, seed)

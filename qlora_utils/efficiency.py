@@ -1,0 +1,74 @@
+"""Efficiency measurements: peak memory per phase (CUDA allocator or sampled CPU RSS) and throughput."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psutil
+import torch
+
+MiB = 1024 ** 2
+
+
+class PeakMemory:
+    """Context manager measuring one phase's peak memory and wall time.
+
+    On CUDA: max allocated and reserved bytes, reset at the start of the phase. On CPU: the process's resident set
+    size sampled every `interval` seconds; `peak_above_baseline_mib` subtracts the RSS at the start of the phase.
+    `baseline_rss` may be given to measure against an earlier point (for example before the model was loaded)."""
+
+    def __init__(self, phase: str, interval: float = 0.02, baseline_rss: int | None = None) -> None:
+        self.phase, self.interval = phase, interval
+        self.process = psutil.Process()
+        self.cuda = torch.cuda.is_available()
+        self.baseline = baseline_rss
+        self.peak_rss = 0
+        self.result: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        rss = self.process.memory_info().rss
+        self.baseline = rss if self.baseline is None else self.baseline
+        self.peak_rss = rss
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - self._start
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+        self.result = {"phase": self.phase, "seconds": round(seconds, 3), "device": "cuda" if self.cuda else "cpu",
+                       "cpu_peak_rss_mib": round(self.peak_rss / MiB, 1),
+                       "cpu_baseline_rss_mib": round(self.baseline / MiB, 1),
+                       "cpu_peak_above_baseline_mib": round((self.peak_rss - self.baseline) / MiB, 1)}
+        if self.cuda:
+            self.result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MiB, 1)
+            self.result["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved() / MiB, 1)
+
+    @property
+    def peak_mib(self) -> float:
+        """The headline peak: CUDA max allocated on a GPU, else CPU RSS above the baseline."""
+        key = "cuda_max_allocated_mib" if self.cuda else "cpu_peak_above_baseline_mib"
+        return float(self.result[key])
+
+
+def tokens_per_second(tokens: int, seconds: float) -> float:
+    """Throughput, guarding against a zero-length phase."""
+    return tokens / seconds if seconds > 0 else float("nan")

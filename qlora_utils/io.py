@@ -1,0 +1,56 @@
+"""Configurable locations (data, cache) and atomic file writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import QLoraError
+
+DATA_DIR_ENV = "QLORA_DATA_DIR"
+CACHE_DIR_ENV = "QLORA_CACHE_DIR"
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path | None:
+    """The local data directory (argument, else $QLORA_DATA_DIR), or None to use the Hugging Face Hub."""
+    value = override if override is not None else os.environ.get(DATA_DIR_ENV) or None
+    if value is None:
+        return None
+    path = Path(value).expanduser().resolve()
+    if not path.is_dir():
+        raise QLoraError(
+            f"data directory {str(value)!r} does not exist; point {DATA_DIR_ENV} (or data_dir=) at a folder laid out "
+            f"like shared/data (sst2/, squad_v1.1/, alpaca_train/, alpaca_eval/), or unset it to use the Hub"
+        )
+    return path
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory for converted models (argument, else $QLORA_CACHE_DIR, else ~/.cache/qlora_utils)."""
+    value = override if override is not None else os.environ.get(CACHE_DIR_ENV)
+    path = Path(value).expanduser() if value else Path.home() / ".cache" / "qlora_utils"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text to path through a temporary file in the same folder and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write obj as indented JSON, atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,120 @@
+"""Evaluation: label scoring (SST-2 accuracy), batched greedy generation, SQuAD exact match and F1 (torchmetrics)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torchmetrics.text import SQuAD
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .data import TaskData
+from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, padding_side: str) -> Iterator[None]:
+    """Eval mode, no grad, bf16 autocast (as in training), KV cache on and a padding side, all restored afterwards."""
+    was_training, side = model.training, tokenizer.padding_side
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.eval()
+    tokenizer.padding_side = padding_side
+    if config is not None:
+        config.use_cache = True
+    try:
+        with torch.inference_mode(), torch.autocast(_device(model).type, dtype=torch.bfloat16):
+            yield
+    finally:
+        tokenizer.padding_side = side
+        if config is not None:
+            config.use_cache = use_cache
+        model.train(was_training)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(p.device for p in model.parameters())
+
+
+def _pad(tokenizer: PreTrainedTokenizerBase, sequences: Sequence[list[int]], device: torch.device) -> dict[str, Any]:
+    return tokenizer.pad({"input_ids": list(sequences)}, return_tensors="pt").to(device)
+
+
+def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
+                     candidates: Sequence[list[int]], batch_size: int = 16, desc: str = "scoring") -> torch.Tensor:
+    """Log-likelihood of every candidate continuation after every prompt: a [len(prompts), len(candidates)] tensor.
+
+    Each prompt + candidate is scored in one right-padded forward pass; the score is the sum of the candidate
+    tokens' log-probabilities. When every candidate is one token, the prompt alone is run once."""
+    device = _device(model)
+    scores = torch.empty(len(prompts), len(candidates))
+    if all(len(c) == 1 for c in candidates):
+        with evaluating(model, tokenizer, "right"):
+            for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+                chunk = prompts[start:start + batch_size]
+                logits = model(**_pad(tokenizer, chunk, device)).logits
+                last = torch.tensor([len(p) - 1 for p in chunk], device=logits.device)
+                logprobs = torch.log_softmax(logits[torch.arange(len(chunk)), last].float(), dim=-1)
+                scores[start:start + len(chunk)] = logprobs[:, [c[0] for c in candidates]].cpu()
+        return scores
+    with evaluating(model, tokenizer, "right"):
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            chunk = prompts[start:start + batch_size]
+            seqs = [p + c for p in chunk for c in candidates]
+            batch = _pad(tokenizer, seqs, device)
+            logprobs = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+            for row, (p, c) in enumerate((p, c) for p in chunk for c in candidates):
+                positions = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=logprobs.device)
+                token_ids = torch.tensor(c, device=logprobs.device)
+                scores[start + row // len(candidates), row % len(candidates)] = \
+                    logprobs[row, positions, token_ids].sum().item()
+    return scores
+
+
+def sst2_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TaskData,
+                  batch_size: int = 16) -> dict[str, Any]:
+    """SST-2 accuracy by comparing the likelihood of 'negative' and 'positive' after each prompt."""
+    prompts = [prompt_ids(tokenizer, messages_for("sst2", r)) for r in data.dataset]
+    candidates = [answer_ids(tokenizer, label, add_eos=False) for label in SST2_LABELS]
+    scores = score_candidates(model, tokenizer, prompts, candidates, batch_size, desc="SST-2 label scoring")
+    predictions = scores.argmax(dim=1).tolist()
+    labels = list(data.dataset["label"])
+    correct = sum(int(p == y) for p, y in zip(predictions, labels))
+    return {"accuracy": correct / len(labels), "n": len(labels), "predictions": predictions,
+            "predicted_positive_share": sum(predictions) / len(predictions)}
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
+             max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generating") -> list[str]:
+    """Greedy continuations of token-id prompts, batched with left padding, decoded without special tokens."""
+    device = _device(model)
+    outputs: list[str] = []
+    with evaluating(model, tokenizer, "left"):
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            batch = _pad(tokenizer, prompts[start:start + batch_size], device)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new_tokens = generated[:, batch["input_ids"].shape[1]:]
+            outputs += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return outputs
+
+
+def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Official SQuAD v1.1 exact match and F1 (percent, max over gold answers), via torchmetrics."""
+    preds = [{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)]
+    target = [{"answers": {"text": list(a), "answer_start": [0] * len(a)}, "id": str(i)} for i, a in enumerate(answers)]
+    result = SQuAD()(preds, target)
+    return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"])}
+
+
+def squad_evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: TaskData,
+                   max_new_tokens: int = 32, batch_size: int = 8) -> dict[str, Any]:
+    """Greedy answers to SQuAD questions scored by EM/F1, with every prediction kept for error analysis."""
+    prompts = [prompt_ids(tokenizer, messages_for("squad", r)) for r in data.dataset]
+    predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="SQuAD generation")
+    golds = [r["answers"]["text"] for r in data.dataset]
+    per_example = [{"id": r["id"], "question": r["question"], "prediction": p, "answers": g,
+                    **squad_scores([p], [g])} for r, p, g in zip(data.dataset, predictions, golds)]
+    return {**squad_scores(predictions, golds), "n": len(predictions), "examples": per_example}

@@ -1,0 +1,142 @@
+"""Training with transformers' Trainer, configured as in the QLoRA paper, with a per-step history."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+
+from .efficiency import PeakMemory, tokens_per_second
+from .errors import QLoraError
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser and schedule; the defaults follow the QLoRA paper (paged AdamW 32-bit, constant LR, 3 % warmup,
+    max grad norm 0.3)."""
+
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: str = "constant_with_warmup"
+    max_grad_norm: float = 0.3
+    weight_decay: float = 0.0
+    optim: str = "paged_adamw_32bit"
+    eval_steps: int | None = None
+    seed: int = 0
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise QLoraError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.batch_size <= 0 or self.grad_accum <= 0:
+            raise QLoraError(f"batch_size and grad_accum must be positive, got {self.batch_size}, {self.grad_accum}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise QLoraError("give a positive epochs or max_steps")
+        if not 0 <= self.warmup_ratio < 1:
+            raise QLoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+
+def effective_optimizer(optim: str) -> str:
+    """What actually runs: bitsandbytes' paged optimisers page only on CUDA and fall back to non-paged on CPU."""
+    if optim.startswith("paged_") and not torch.cuda.is_available():
+        return f"{optim} (no GPU: bitsandbytes falls back to non-paged {optim.removeprefix('paged_')})"
+    return optim
+
+
+class HistoryCallback(TrainerCallback):
+    """Collects every log entry (train/eval loss, learning rate, tokens seen) with the elapsed seconds."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **_: Any) -> None:
+        if not logs or "train_loss" in logs:  # the closing summary is not a step
+            return
+        entry = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.perf_counter() - self.start, 3),
+                 "tokens_seen": int(state.num_input_tokens_seen)}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                entry[key] = float(logs[key])
+        self.history.append(entry)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: per-step history, throughput and memory."""
+
+    history: list[dict[str, Any]]
+    steps: int
+    tokens: int
+    seconds: float
+    memory: dict[str, Any]
+    optimizer: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Non-padding training tokens per second of training wall time."""
+        return tokens_per_second(self.tokens, self.seconds)
+
+    def train_losses(self) -> list[float]:
+        """Training loss per logged step."""
+        return [h["loss"] for h in self.history if "loss" in h]
+
+    def summary(self) -> dict[str, Any]:
+        """Scalars for a run record (the history is stored separately)."""
+        return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
+                "tokens_per_second": round(self.tokens_per_second, 1), "optimizer": self.optimizer,
+                "memory": self.memory, "settings": self.settings}
+
+
+def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data: datasets.Dataset,
+          settings: TrainSettings, output_dir: str | Path, eval_data: datasets.Dataset | None = None,
+          baseline_rss: int | None = None, show_progress: bool = True) -> TrainResult:
+    """Train with transformers' Trainer on tokenized examples (input_ids, attention_mask, labels)."""
+    output_dir = Path(output_dir)
+    evaluate = eval_data is not None and settings.eval_steps is not None
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer"), per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size, gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
+        lr_scheduler_type=settings.scheduler, warmup_steps=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
+        weight_decay=settings.weight_decay, optim=settings.optim, bf16=settings.bf16,
+        eval_strategy="steps" if evaluate else "no", eval_steps=settings.eval_steps if evaluate else None,
+        logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
+        include_num_input_tokens_seen="non_padding", disable_tqdm=not show_progress,
+        use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, dataloader_num_workers=0,
+    )
+    history = HistoryCallback()
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
+    trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data if evaluate else None,
+                      data_collator=collator, processing_class=tokenizer, callbacks=[history])
+    with PeakMemory("train", baseline_rss=baseline_rss) as memory:
+        output = trainer.train()
+    steps = int(output.global_step)
+    tokens = int(trainer.state.num_input_tokens_seen)
+    if any(math.isnan(h.get("loss", 0.0)) for h in history.history):
+        raise QLoraError("training loss became NaN; lower the learning rate")
+    return TrainResult(history.history, steps, tokens, memory.result["seconds"], memory.result,
+                       effective_optimizer(settings.optim), asdict(settings))

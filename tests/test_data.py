@@ -1,0 +1,79 @@
+"""Local and Hub loaders, subsampling and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qlora_utils.data import load_task, subsample
+from qlora_utils.errors import DataUnavailableError, QLoraError
+
+
+@pytest.mark.parametrize("task,split,count", [("sst2", "validation", 872), ("sst2", "train", 67_349),
+                                              ("squad", "validation", 10_570), ("squad", "train", 3_807),
+                                              ("alpaca", "train", 52_002), ("alpaca_eval", "text_davinci_003", 805),
+                                              ("alpaca_eval", "gpt4_turbo", 805)])
+def test_local_loaders_read_every_record(data_dir: Path, task: str, split: str, count: int) -> None:
+    data = load_task(task, split, data_dir=data_dir)
+    assert len(data) == data.n_available == count
+    assert data.source.startswith("local:") and str(data_dir) in data.source
+    assert f"read {count} records" in str(data)
+
+
+def test_sst2_records_are_clean(data_dir: Path) -> None:
+    data = load_task("sst2", "validation", data_dir=data_dir)
+    first = data.dataset[0]
+    assert first["sentence"] == first["sentence"].strip() and first["label"] in (0, 1)
+    assert sum(data.dataset["label"]) == 444  # positives in the SST-2 dev set
+
+
+def test_squad_records_have_hub_shape(data_dir: Path) -> None:
+    record = load_task("squad", "validation", data_dir=data_dir).dataset[0]
+    assert set(record) == {"id", "title", "context", "question", "answers"}
+    start, text = record["answers"]["answer_start"][0], record["answers"]["text"][0]
+    assert record["context"][start:start + len(text)] == text
+
+
+def test_subsampling_is_deterministic_by_seed(data_dir: Path) -> None:
+    a = load_task("sst2", "train", n=50, seed=1, data_dir=data_dir)
+    b = load_task("sst2", "train", n=50, seed=1, data_dir=data_dir)
+    c = load_task("sst2", "train", n=50, seed=2, data_dir=data_dir)
+    assert a.dataset["sentence"] == b.dataset["sentence"] != c.dataset["sentence"]
+    assert a.describe()["records_used"] == 50 and a.describe()["sample_seed"] == 1
+
+
+def test_stratified_sample_keeps_group_shares(data_dir: Path) -> None:
+    full = load_task("alpaca_eval", "text_davinci_003", data_dir=data_dir)
+    sample = subsample(full, 100, seed=0, stratify_by="dataset")
+    assert len(sample) == 100
+    for group in set(full.dataset["dataset"]):
+        share = full.dataset["dataset"].count(group) / len(full)
+        assert abs(sample.dataset["dataset"].count(group) - 100 * share) < 1
+
+
+def test_asking_for_more_than_available_is_an_error(data_dir: Path) -> None:
+    with pytest.raises(QLoraError, match="cannot take 5000 records from squad/train: 3807 are available"):
+        load_task("squad", "train", n=5000, data_dir=data_dir)
+
+
+def test_missing_data_directory_names_the_switch(tmp_path: Path) -> None:
+    with pytest.raises(QLoraError, match="QLORA_DATA_DIR"):
+        load_task("sst2", "validation", data_dir=tmp_path / "nowhere")
+
+
+def test_data_directory_without_the_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(DataUnavailableError, match="sst2/dev.tsv"):
+        load_task("sst2", "validation", data_dir=tmp_path)
+
+
+def test_unreachable_hub_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QLORA_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataUnavailableError, match=r"Hugging Face Hub .*Set QLORA_DATA_DIR"):
+        load_task("sst2", "validation")
+
+
+def test_unknown_split_lists_the_known_ones() -> None:
+    with pytest.raises(QLoraError, match="unknown task split sst2/test; known: sst2/train"):
+        load_task("sst2", "test")

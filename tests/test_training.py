@@ -1,0 +1,74 @@
+"""A short QLoRA run on a tiny model really learns, and records what it did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlora_utils.adapters import LoraSettings, prepare_for_training
+from qlora_utils.data import load_task
+from qlora_utils.errors import QLoraError
+from qlora_utils.models import load_model
+from qlora_utils.prompts import tokenize_for_training
+from qlora_utils.training import TrainSettings, effective_optimizer, train
+
+
+def _batch_loss(model, tokenizer, examples) -> float:
+    from transformers import DataCollatorForSeq2Seq
+
+    batch = DataCollatorForSeq2Seq(tokenizer, padding=True)(list(examples))
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch).loss.item()
+    model.train()
+    return loss
+
+
+@pytest.mark.parametrize("mode", ["nf4", "bf16"])
+def test_short_lora_run_lowers_the_loss_on_a_fixed_batch(tmp_path: Path, data_dir: Path, mode: str) -> None:
+    loaded = load_model("tiny-qwen2", mode)
+    examples = tokenize_for_training(load_task("sst2", "train", n=32, seed=0, data_dir=data_dir), loaded.tokenizer)
+    model = prepare_for_training(loaded, LoraSettings(rank=8, placement="attention_mlp"))
+    before = _batch_loss(model, loaded.tokenizer, examples.select(range(8)))
+    result = train(model, loaded.tokenizer, examples, TrainSettings(learning_rate=5e-2, max_steps=12, batch_size=8,
+                                                                     eval_steps=6), tmp_path,
+                   eval_data=examples.select(range(8)), show_progress=False)
+    after = _batch_loss(model, loaded.tokenizer, examples.select(range(8)))
+    assert after < before - 0.5, (before, after)
+    steps = [h for h in result.history if "loss" in h]
+    assert [h["step"] for h in steps] == list(range(1, 13))
+    assert [h for h in result.history if "eval_loss" in h], "evaluation loss every eval_steps"
+    seen = [h["tokens_seen"] for h in steps]
+    assert seen == sorted(seen) and result.tokens == seen[-1] > 0
+    n_real = sum(len(ids) for ids in examples["input_ids"])  # 12 steps of 8 = 3 passes over 32 examples
+    assert result.tokens == 3 * n_real, "tokens/s counts non-padding tokens only"
+    assert steps[0]["learning_rate"] < steps[-1]["learning_rate"] == pytest.approx(5e-2)  # warmup, then constant
+    assert result.summary()["memory"]["cpu_peak_rss_mib"] > 0
+    model.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tuning_also_learns(tmp_path: Path, data_dir: Path) -> None:
+    loaded = load_model("tiny-qwen3", "full")
+    examples = tokenize_for_training(load_task("sst2", "train", n=16, seed=0, data_dir=data_dir), loaded.tokenizer)
+    model = prepare_for_training(loaded, None)
+    before = _batch_loss(model, loaded.tokenizer, examples.select(range(8)))
+    train(model, loaded.tokenizer, examples, TrainSettings(learning_rate=1e-3, max_steps=6, batch_size=8), tmp_path,
+          show_progress=False)
+    assert _batch_loss(model, loaded.tokenizer, examples.select(range(8))) < before - 0.5
+
+
+def test_paged_optimizer_fallback_is_reported() -> None:
+    if torch.cuda.is_available():
+        assert effective_optimizer("paged_adamw_32bit") == "paged_adamw_32bit"
+    else:
+        assert "falls back to non-paged adamw_32bit" in effective_optimizer("paged_adamw_32bit")
+
+
+def test_bad_train_settings_are_refused() -> None:
+    with pytest.raises(QLoraError, match="learning_rate must be positive"):
+        TrainSettings(learning_rate=0)
+    with pytest.raises(QLoraError, match="warmup_ratio"):
+        TrainSettings(warmup_ratio=3)
