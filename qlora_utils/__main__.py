@@ -1,4 +1,10 @@
-"""Command line: `python -m qlora_utils sst2 ...` fine-tunes and evaluates on SST-2 and prints the figures."""
+"""Command line of the study.
+
+  run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN)
+  status PROFILE   done / stale / failed / partial / missing for every run of a profile
+  validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
+  book             build the Jupyter Book for a profile into _build/html
+  sst2|squad|alpaca  one experiment from the command line, printing its figures"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ import sys
 
 from .adapters import PLACEMENTS, LoraSettings
 from .errors import QLoraError
-from .experiments import Sst2Experiment, run_sst2
+from .experiments import TASKS, Experiment, run_experiment
+from .book import build_book
 from .models import MODES
+from .runner import available_profiles, load_profile, run_profile, status, validate_profile
+from .runs import STATES
 from .training import TrainSettings
 
 
@@ -17,35 +26,78 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sst2 = sub.add_parser("sst2", help="fine-tune on SST-2 and report accuracy before/after, memory and throughput")
-    sst2.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
-    sst2.add_argument("--mode", default="nf4", choices=MODES)
-    sst2.add_argument("--rank", type=int, default=8)
-    sst2.add_argument("--alpha", type=int, default=16)
-    sst2.add_argument("--dropout", type=float, default=0.1)
-    sst2.add_argument("--placement", default="attention", choices=sorted(PLACEMENTS))
-    sst2.add_argument("--train-examples", type=int, default=1000)
-    sst2.add_argument("--eval-examples", type=int, default=None, help="default: all 872 dev sentences")
-    sst2.add_argument("--lr", type=float, default=1e-3)
-    sst2.add_argument("--batch-size", type=int, default=16)
-    sst2.add_argument("--epochs", type=float, default=1.0)
-    sst2.add_argument("--seed", type=int, default=0)
-    sst2.add_argument("--data-dir", default=None, help="local data directory (default: $QLORA_DATA_DIR, else the Hub)")
-    sst2.add_argument("--output", default="runs/adhoc/sst2", help="folder for metrics.json, history.json, adapter")
+    run = sub.add_parser("run", help="execute a profile's grid (done runs are skipped)")
+    run.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
+    run.add_argument("--force", action="store_true", help="re-run runs that are done and current")
+    run.add_argument("--only", nargs="+", metavar="PATTERN", help="run names to execute (shell patterns)")
+    run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
+    status = sub.add_parser("status", help="list every run of a profile with its state")
+    status.add_argument("profile")
+    validate = sub.add_parser("validate", help="check profiles against the notebooks' parameters cells")
+    validate.add_argument("profiles", nargs="*", help="default: every profile in profiles/")
+    book = sub.add_parser("book", help="build the Jupyter Book from a profile's runs")
+    book.add_argument("--profile", default="cpu")
+    book.add_argument("--output", default=None, help="folder that receives _build/ (default: the repository)")
+    book.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
+    for task in TASKS:
+        _add_experiment_parser(sub, task)
     return parser
+
+
+def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
+    what = "accuracy" if task == "sst2" else "exact match and F1"
+    p = sub.add_parser(task, help=f"fine-tune on {task} and report {what} before/after, memory and throughput")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
+    p.add_argument("--mode", default="nf4", choices=MODES)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=int, default=16)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--placement", default="attention", choices=sorted(PLACEMENTS))
+    p.add_argument("--train-examples", type=int, default=1000)
+    p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
+    p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local data directory (default: $QLORA_DATA_DIR, else the Hub)")
+    p.add_argument("--output", default=f"runs/adhoc/{task}", help="folder for metrics.json, history.json, adapter")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad inputs end with one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "sst2":
+        if args.command == "run":
+            results = run_profile(load_profile(args.profile), force=args.force, only=args.only,
+                                  keep_going=args.keep_going)
+            for name, outcome in results.items():
+                print(f"{name:45s} {outcome}")
+            if any(o.startswith("failed") for o in results.values()):
+                return 1
+        elif args.command == "status":
+            profile = load_profile(args.profile)
+            states = status(profile)
+            for name, state in states:
+                print(f"{name:45s} {state}")
+            counts = {s: sum(1 for _, x in states if x == s) for s in STATES}
+            print(f"{profile.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        elif args.command == "validate":
+            for name in args.profiles or available_profiles():
+                profile = load_profile(name)
+                validate_profile(profile)
+                print(f"{profile.name}: {len(profile.entries)} runs valid")
+        elif args.command == "book":
+            html = build_book(args.profile, args.output, strict=not args.no_strict)
+            print(f"book built: {html / 'index.html'}")
+        elif args.command in TASKS:
             lora = None if args.mode == "full" else LoraSettings(args.rank, args.alpha, args.dropout, args.placement)
-            exp = Sst2Experiment(preset=args.model, mode=args.mode, lora=lora, train_examples=args.train_examples,
-                                 eval_examples=args.eval_examples, data_dir=args.data_dir,
-                                 train=TrainSettings(learning_rate=args.lr, batch_size=args.batch_size,
-                                                     epochs=args.epochs, seed=args.seed))
-            record = run_sst2(exp, args.output)
+            exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,
+                             train_examples=args.train_examples, eval_examples=args.eval_examples,
+                             max_length=args.max_length, data_dir=args.data_dir,
+                             train=TrainSettings(learning_rate=args.lr, batch_size=args.batch_size,
+                                                 epochs=args.epochs, seed=args.seed))
+            record = run_experiment(exp, args.output)
             print(json.dumps(_headline(record), indent=2))
     except QLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -55,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _headline(record: dict) -> dict:
     training = record["training"]
+    scores = ("accuracy",) if record["experiment"] == "sst2" else ("exact_match", "f1")
     return {"model": record["model"]["label"], "mode": record["model"]["mode"], "lora": record["lora"],
-            "zero_shot_accuracy": record.get("zero_shot", {}).get("accuracy"),
-            "fine_tuned_accuracy": record["fine_tuned"]["accuracy"], "eval_sentences": record["fine_tuned"]["n"],
+            **{f"zero_shot_{s}": record.get("zero_shot", {}).get(s) for s in scores},
+            **{f"fine_tuned_{s}": record["fine_tuned"][s] for s in scores}, "eval_examples": record["fine_tuned"]["n"],
             "trainable_parameters": record["parameters"]["trainable"],
             "trainable_percent": round(record["parameters"]["percent"], 4),
             "train_tokens_per_second": training["tokens_per_second"], "train_seconds": training["seconds"],

@@ -1,5 +1,5 @@
-"""End-to-end experiments that notebooks and the command line call: load, (zero-shot) evaluate, fine-tune, evaluate,
-and write a metrics record."""
+"""End-to-end experiments that notebooks and the command line call: load, evaluate zero-shot, fine-tune, evaluate,
+and record metrics, history and per-example outputs in a run directory."""
 
 from __future__ import annotations
 
@@ -13,65 +13,159 @@ import psutil
 from peft import PeftModel
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training
-from .data import load_task
+from .data import TaskData, load_task
 from .efficiency import PeakMemory
 from .environment import environment
-from .io import atomic_write_json
-from .metrics import sst2_accuracy
-from .models import load_model
-from .prompts import tokenize_for_training
+from .errors import QLoraError
+from .metrics import generate, squad_evaluate, sst2_accuracy
+from .models import LoadedModel, load_model
+from .prompts import messages_for, prompt_ids, tokenize_for_training
+from .runs import RunRecorder
 from .training import TrainSettings, train
+
+TASKS = ("sst2", "squad", "alpaca")
+EVAL_SPLITS = {"sst2": ("sst2", "validation"), "squad": ("squad", "validation"),
+               "alpaca": ("alpaca_eval", "text_davinci_003")}
+EVAL_SEED = 0  # the evaluation subset is the same for every model and training seed
 
 
 @dataclass
-class Sst2Experiment:
-    """An SST-2 fine-tuning run: model and mode, adapters (None = full fine-tuning), data sizes and optimiser."""
+class Experiment:
+    """A fine-tuning run: task, model and mode, adapters (None = full fine-tuning), data sizes and optimiser."""
 
+    task: str = "sst2"
     preset: str = "smollm2-135m-instruct"
     mode: str = "nf4"
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     train_examples: int = 1000
-    eval_examples: int | None = None  # None: the whole validation set (872 sentences)
+    eval_examples: int | None = None  # None: the whole validation split
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-3))
-    add_eos: bool = False  # the label word alone is the target, as label scoring compares label words
+    add_eos: bool | None = None  # None: not for SST-2 (the label word alone is scored), yes for generation tasks
+    max_length: int | None = None  # training examples longer than this are dropped (and counted)
+    max_new_tokens: int = 32
     zero_shot: bool = True
     eval_batch_size: int = 32
     data_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise QLoraError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.train_examples <= 0:
+            raise QLoraError(f"train_examples must be positive, got {self.train_examples}")
 
-def run_sst2(exp: Sst2Experiment, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run one SST-2 experiment and write metrics.json and history.json into output_dir (adapters as safetensors)."""
-    output_dir = Path(output_dir)
+
+def evaluate(exp: Experiment, loaded: LoadedModel, model: Any, data: TaskData) -> dict[str, Any]:
+    """The task's metric on the evaluation data, with per-example predictions."""
+    if exp.task == "sst2":
+        return sst2_accuracy(model, loaded.tokenizer, data, exp.eval_batch_size)
+    if exp.task == "squad":
+        return squad_evaluate(model, loaded.tokenizer, data, exp.max_new_tokens, max(1, exp.eval_batch_size // 4))
+    prompts = [prompt_ids(loaded.tokenizer, messages_for("alpaca_eval", r)) for r in data.dataset]
+    outputs = generate(model, loaded.tokenizer, prompts, exp.max_new_tokens, max(1, exp.eval_batch_size // 4),
+                       desc="AlpacaEval generation")
+    return {"n": len(outputs), "outputs": outputs, "mean_output_chars": sum(map(len, outputs)) / max(1, len(outputs))}
+
+
+def _summary(result: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: v for k, v in result.items() if k not in ("predictions", "examples", "outputs")}, "memory": memory}
+
+
+def _per_example(exp: Experiment, data: TaskData, zero: dict[str, Any] | None,
+                 tuned: dict[str, Any]) -> list[dict[str, Any]]:
+    if exp.task == "sst2":
+        zero_p = zero["predictions"] if zero else [None] * len(data)
+        return [{"sentence": r["sentence"], "label": r["label"], "zero_shot": z, "fine_tuned": f}
+                for r, z, f in zip(data.dataset, zero_p, tuned["predictions"])]
+    if exp.task == "alpaca":
+        zero_o = zero["outputs"] if zero else [None] * len(data)
+        return [{"instruction": r["instruction"], "dataset": r["dataset"], "reference": r["output"],
+                 "zero_shot": z, "fine_tuned": f} for r, z, f in zip(data.dataset, zero_o, tuned["outputs"])]
+    zero_e = zero["examples"] if zero else [{}] * len(data)
+    return [{"id": t["id"], "question": t["question"], "answers": t["answers"],
+             "zero_shot": z.get("prediction"), "zero_shot_f1": z.get("f1"),
+             "fine_tuned": t["prediction"], "fine_tuned_f1": t["f1"], "fine_tuned_em": t["exact_match"]}
+            for z, t in zip(zero_e, tuned["examples"])]
+
+
+def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir."""
+    recorder = RunRecorder(Path(output_dir))
+    started = time.perf_counter()
+    baseline_rss = psutil.Process().memory_info().rss  # memory is measured above the process before loading
+    with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
+        loaded = load_model(exp.preset, exp.mode)
+    train_data = load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir)
+    eval_task, eval_split = EVAL_SPLITS[exp.task]
+    eval_data = load_task(eval_task, eval_split, n=exp.eval_examples, seed=EVAL_SEED, data_dir=exp.data_dir,
+                          stratify_by="dataset" if eval_task == "alpaca_eval" else None)
+    record: dict[str, Any] = {"experiment": exp.task, "model": loaded.describe(),
+                              "lora": exp.lora.to_dict() if exp.lora else None,
+                              "data": {"train": train_data.describe(), "eval": eval_data.describe()}}
+    zero = None
+    if exp.zero_shot:
+        with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss) as mem:
+            zero = evaluate(exp, loaded, loaded.model, eval_data)
+        record["zero_shot"] = _summary(zero, mem.result)
+    model = prepare_for_training(loaded, exp.lora)
+    add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
+    examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
+    record["data"]["train"]["examples_after_length_filter"] = len(examples)
+    result = train(model, loaded.tokenizer, examples, exp.train, Path(output_dir), baseline_rss=baseline_rss)
+    with PeakMemory("eval", baseline_rss=baseline_rss) as mem:
+        tuned = evaluate(exp, loaded, model, eval_data)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(Path(output_dir) / "adapter", safe_serialization=True)
+    record.update({"fine_tuned": _summary(tuned, mem.result), "parameters": parameter_report(model).to_dict(),
+                   "training": result.summary(), "load_memory": load_mem.result, "environment": environment(),
+                   "wall_seconds": round(time.perf_counter() - started, 1)})
+    recorder.generations(_per_example(exp, eval_data, zero, tuned))
+    recorder.history(result.history)
+    recorder.metrics(record)
+    return record
+
+
+@dataclass
+class EfficiencyRun:
+    """A few training steps at a fixed batch and sequence length, to measure peak memory and throughput only."""
+
+    preset: str = "random-qwen2.5-0.5b"
+    mode: str = "nf4"
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+    batch_size: int = 4
+    seq_len: int = 256
+    steps: int = 4
+    gradient_checkpointing: bool = True
+    optim: str = "paged_adamw_32bit"
+    seed: int = 0
+
+
+def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Train on random token ids (throughput and memory do not depend on the values) and record peak memory per
+    phase, tokens/s and trainable parameters."""
+    import datasets
+    import torch
+
+    recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
     baseline_rss = psutil.Process().memory_info().rss
     with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
-        loaded = load_model(exp.preset, exp.mode)
-    train_data = load_task("sst2", "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir)
-    eval_data = load_task("sst2", "validation", data_dir=exp.data_dir)
-    if exp.eval_examples is not None:
-        eval_data = load_task("sst2", "validation", n=exp.eval_examples, seed=0, data_dir=exp.data_dir)
-    record: dict[str, Any] = {"experiment": "sst2", "model": loaded.describe(),
-                              "lora": exp.lora.to_dict() if exp.lora else None,
-                              "data": {"train": train_data.describe(), "eval": eval_data.describe()}}
-    if exp.zero_shot:
-        with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss) as mem:
-            zero = sst2_accuracy(loaded.model, loaded.tokenizer, eval_data, exp.eval_batch_size)
-        record["zero_shot"] = {"accuracy": zero["accuracy"], "n": zero["n"], "memory": mem.result,
-                               "predicted_positive_share": zero["predicted_positive_share"]}
-    model = prepare_for_training(loaded, exp.lora)
-    params = parameter_report(model)
-    examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=exp.add_eos)
-    result = train(model, loaded.tokenizer, examples, exp.train, output_dir, baseline_rss=baseline_rss)
-    with PeakMemory("eval", baseline_rss=baseline_rss) as mem:
-        tuned = sst2_accuracy(model, loaded.tokenizer, eval_data, exp.eval_batch_size)
-    if isinstance(model, PeftModel):
-        model.save_pretrained(output_dir / "adapter", safe_serialization=True)
-    record.update({
-        "fine_tuned": {"accuracy": tuned["accuracy"], "n": tuned["n"], "memory": mem.result,
-                       "predicted_positive_share": tuned["predicted_positive_share"]},
-        "parameters": params.to_dict(), "training": result.summary(), "load_memory": load_mem.result,
-        "environment": environment(), "wall_seconds": round(time.perf_counter() - started, 1),
-    })
-    atomic_write_json(output_dir / "history.json", result.history)
-    atomic_write_json(output_dir / "metrics.json", record)
+        loaded = load_model(run.preset, run.mode, seed=run.seed)
+    model = prepare_for_training(loaded, run.lora, gradient_checkpointing=run.gradient_checkpointing)
+    generator = torch.Generator().manual_seed(run.seed)
+    vocab = min(loaded.model.config.vocab_size, len(loaded.tokenizer))
+    ids = torch.randint(0, vocab, (run.batch_size * run.steps, run.seq_len), generator=generator).tolist()
+    data = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * run.seq_len] * len(ids),
+                                       "labels": ids})
+    settings = TrainSettings(learning_rate=1e-4, max_steps=run.steps, batch_size=run.batch_size, optim=run.optim,
+                             seed=run.seed)
+    result = train(model, loaded.tokenizer, data, settings, Path(output_dir), baseline_rss=baseline_rss)
+    record = {"experiment": "efficiency", "model": loaded.describe(),
+              "lora": run.lora.to_dict() if run.lora else None,
+              "shape": {"batch_size": run.batch_size, "seq_len": run.seq_len, "steps": run.steps,
+                        "gradient_checkpointing": run.gradient_checkpointing},
+              "parameters": parameter_report(model).to_dict(), "training": result.summary(),
+              "load_memory": load_mem.result, "environment": environment(),
+              "wall_seconds": round(time.perf_counter() - started, 1)}
+    recorder.history(result.history)
+    recorder.metrics(record)
     return record

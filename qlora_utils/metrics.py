@@ -48,15 +48,22 @@ def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
     Each prompt + candidate is scored in one right-padded forward pass; the score is the sum of the candidate
     tokens' log-probabilities. When every candidate is one token, the prompt alone is run once."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch: less padding
+    if order != list(range(len(prompts))):
+        ordered = score_candidates(model, tokenizer, [prompts[i] for i in order], candidates, batch_size, desc)
+        scores = torch.empty_like(ordered)
+        scores[order] = ordered
+        return scores
     device = _device(model)
     scores = torch.empty(len(prompts), len(candidates))
-    if all(len(c) == 1 for c in candidates):
-        with evaluating(model, tokenizer, "right"):
+    if all(len(c) == 1 for c in candidates):  # left-pad and keep only the last position's logits
+        with evaluating(model, tokenizer, "left"):
             for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
                 chunk = prompts[start:start + batch_size]
-                logits = model(**_pad(tokenizer, chunk, device)).logits
-                last = torch.tensor([len(p) - 1 for p in chunk], device=logits.device)
-                logprobs = torch.log_softmax(logits[torch.arange(len(chunk)), last].float(), dim=-1)
+                batch = _pad(tokenizer, chunk, device)
+                positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+                logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
                 scores[start:start + len(chunk)] = logprobs[:, [c[0] for c in candidates]].cpu()
         return scores
     with evaluating(model, tokenizer, "right"):
@@ -89,6 +96,13 @@ def sst2_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, da
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
              max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generating") -> list[str]:
     """Greedy continuations of token-id prompts, batched with left padding, decoded without special tokens."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    if order != list(range(len(prompts))):
+        ordered = generate(model, tokenizer, [prompts[i] for i in order], max_new_tokens, batch_size, desc)
+        result = [""] * len(prompts)
+        for position, index in enumerate(order):
+            result[index] = ordered[position]
+        return result
     device = _device(model)
     outputs: list[str] = []
     with evaluating(model, tokenizer, "left"):

@@ -42,6 +42,7 @@ class TrainSettings:
     eval_steps: int | None = None
     seed: int = 0
     bf16: bool = True
+    group_by_length: bool = True  # batches of similar length: less padding, same data
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -127,6 +128,7 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
         logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
         include_num_input_tokens_seen="non_padding", disable_tqdm=not show_progress,
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )
     history = HistoryCallback()
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)

@@ -1,0 +1,51 @@
+"""Building the Jupyter Book for a profile: the chapter pages read that profile's run directories (never training),
+the appendix renders every executed run notebook, and warnings are errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import QLoraError
+from .report import PROFILE_ENV
+from .runner import REPO, load_profile
+
+DEFAULT_PROFILE = "cpu"  # the profile the committed _toc.yml globs
+
+
+def toc_for(profile: str) -> Path:
+    """The table of contents for a profile: _toc.yml itself for the default, else a copy globbing runs/<profile>."""
+    toc = REPO / "_toc.yml"
+    if profile == DEFAULT_PROFILE:
+        return toc
+    text = toc.read_text(encoding="utf-8").replace(f"runs/{DEFAULT_PROFILE}/", f"runs/{profile}/")
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yml", prefix=f"_toc-{profile}-", delete=False)
+    with handle:
+        handle.write(text)
+    return Path(handle.name)
+
+
+def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None, strict: bool = True) -> Path:
+    """Run `jupyter-book build` on the repository for a profile; returns the HTML folder."""
+    load_profile(profile)  # fails clearly on an unknown profile
+    if not (REPO / "runs" / profile).is_dir():
+        raise QLoraError(f"no runs for profile {profile!r} in runs/{profile}; run `python -m qlora_utils run {profile}`")
+    output = Path(output or REPO)
+    toc = toc_for(profile)
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO), "--path-output", str(output),
+               "--toc", str(toc), "--config", str(REPO / "_config.yml")]
+    if strict:
+        command += ["-W", "-n", "--keep-going"]
+    env = {**os.environ, PROFILE_ENV: profile}
+    try:
+        subprocess.run(command, check=True, env=env, cwd=REPO)
+    except subprocess.CalledProcessError as exc:
+        raise QLoraError(f"the book build failed (exit {exc.returncode}); see the log above and the execution "
+                         f"reports under {output / '_build' / 'html' / 'reports'}") from exc
+    finally:
+        if toc != REPO / "_toc.yml":
+            toc.unlink(missing_ok=True)
+    return output / "_build" / "html"

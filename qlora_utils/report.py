@@ -1,0 +1,164 @@
+"""Reading run directories into tables and figures for the notebooks and the book.
+
+Charts are Altair, rendered to static SVG with vl-convert so that they draw in a browser without network access."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import altair as alt
+import pandas as pd
+from IPython.display import SVG, Markdown, display
+
+from .runner import RUNS_DIR
+from .runs import Run, read_runs
+
+alt.renderers.enable("svg")  # notebooks show charts as SVG made by vl-convert: no CDN needed
+PROFILE_ENV, RUNS_ENV = "QLORA_PROFILE", "QLORA_RUNS_DIR"
+
+
+def book_profile() -> str:
+    """The profile whose runs the book shows ($QLORA_PROFILE, default cpu)."""
+    return os.environ.get(PROFILE_ENV, "cpu")
+
+
+def book_runs_dir() -> Path:
+    """The run directories of that profile ($QLORA_RUNS_DIR/<profile>, default runs/<profile>)."""
+    return Path(os.environ.get(RUNS_ENV) or RUNS_DIR) / book_profile()
+
+
+def book_runs(notebook: str | None = None) -> list[Run]:
+    """The finished runs of the book's profile, optionally only those of one notebook (by stem)."""
+    return read_runs(book_runs_dir(), notebook)
+
+
+def run_link(run: Run, from_dir: str = "book") -> str:
+    """A Markdown link from a page in from_dir to the run's executed notebook (rendered in the book's appendix)."""
+    target = Path(os.path.relpath(run.path / "notebook.ipynb", Path(__file__).resolve().parents[1] / from_dir))
+    return f"[{run.name}]({target.as_posix()})"
+
+
+def svg(chart: alt.TopLevelMixin) -> SVG:
+    """A static SVG of an Altair chart, made by vl-convert."""
+    import vl_convert as vlc
+
+    return SVG(vlc.vegalite_to_svg(chart.to_dict()))
+
+
+def glue_chart(name: str, chart: alt.TopLevelMixin) -> None:
+    """Glue a chart (as static SVG) for `{glue:figure}`."""
+    from myst_nb import glue
+
+    glue(name, svg(chart), display=False)
+
+
+def glue_value(name: str, value: Any, fmt: str = "{:.1f}") -> None:
+    """Glue a number as formatted text for `{glue:text}` in prose."""
+    from myst_nb import glue
+
+    glue(name, fmt.format(value) if isinstance(value, (int, float)) else str(value), display=False)
+
+
+def glue_table(name: str, frame: pd.DataFrame) -> None:
+    """Glue a DataFrame for `{glue:}` (rendered as an HTML table)."""
+    from myst_nb import glue
+
+    glue(name, frame, display=False)
+
+
+def history_frame(history: Sequence[dict[str, Any]], **labels: Any) -> pd.DataFrame:
+    """Per-step history as a long table (step, kind = train/eval, loss) with constant label columns added."""
+    rows = []
+    for entry in history:
+        for key, kind in (("loss", "train"), ("eval_loss", "eval")):
+            if key in entry:
+                rows.append({"step": entry["step"], "kind": kind, "loss": entry[key],
+                             "tokens_seen": entry.get("tokens_seen"), **labels})
+    return pd.DataFrame(rows)
+
+
+def loss_chart(history: Sequence[dict[str, Any]] | pd.DataFrame, title: str = "loss per step",
+               color: str = "kind") -> alt.Chart:
+    """Training (and evaluation) loss against optimizer step."""
+    frame = history if isinstance(history, pd.DataFrame) else history_frame(history)
+    return alt.Chart(frame, title=title).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="cross-entropy loss"),
+        color=alt.Color(f"{color}:N"), strokeDash="kind:N" if color != "kind" else alt.Undefined,
+    ).properties(width=420, height=220)
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of an experiment record that tables show."""
+    training = record.get("training", {})
+    memory = training.get("memory", {})
+    params = record.get("parameters", {})
+    return {
+        "model": record.get("model", {}).get("label"), "mode": record.get("model", {}).get("mode"),
+        "placement": (record.get("lora") or {}).get("placement", "—"), "rank": (record.get("lora") or {}).get("rank"),
+        "zero-shot": record.get("zero_shot", {}).get("accuracy"),
+        "fine-tuned": record.get("fine_tuned", {}).get("accuracy"),
+        "trainable %": params.get("percent"), "trainable": params.get("trainable"),
+        "peak MiB": memory.get("cuda_max_allocated_mib", memory.get("cpu_peak_above_baseline_mib")),
+        "tokens/s": training.get("tokens_per_second"), "train s": training.get("seconds"),
+    }
+
+
+def show_record(record: dict[str, Any]) -> pd.DataFrame:
+    """One experiment's headline numbers as a one-column table."""
+    frame = pd.Series(headline(record), name="value").to_frame()
+    display(frame)
+    return frame
+
+
+def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Headline numbers of several runs, one row each, with seed and run name."""
+    rows = [{"run": r.name, "seed": r.parameters.get("seed"), **headline(r.metrics),
+             "wall s": r.status.get("wall_seconds")} for r in runs]
+    return pd.DataFrame(rows)
+
+
+def provenance_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Who made each run: notebook, model and data source, seed, versions, hardware, commit, wall time."""
+    rows = []
+    for r in runs:
+        model = r.metrics.get("model", {})
+        data = r.metrics.get("data", {})
+        versions = r.env.get("versions", {})
+        hardware = r.env.get("hardware", {})
+        rows.append({
+            "run": run_link(r), "notebook": Path(r.notebook).stem, "model": model.get("label", "—"),
+            "model source": model.get("source", "—"),
+            "data": "; ".join(f"{k}: {v.get('source')} ({v.get('records_used')} of {v.get('records_read')})"
+                              for k, v in data.items()) if isinstance(data, dict) else "—",
+            "seed": r.parameters.get("seed", "—"),
+            "versions": f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, "
+                        f"peft {versions.get('peft')}, bitsandbytes {versions.get('bitsandbytes')}",
+            "hardware": hardware.get("gpu") or f"CPU × {hardware.get('cpu_count')}",
+            "commit": (r.env.get("git_commit") or "—")[:12], "finished": r.status.get("finished"),
+            "wall s": r.status.get("wall_seconds"),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame) -> Markdown:
+    """A DataFrame as a Markdown table (links stay links in the book)."""
+    return Markdown(frame.to_markdown(index=False) if len(frame) else "*(no runs)*")
+
+
+def placeholder_chart(message: str) -> alt.Chart:
+    """A chart that only says why there is nothing to draw (for profiles where a week did not run)."""
+    return alt.Chart(pd.DataFrame({"text": [message]})).mark_text(fontSize=14).encode(text="text:N").properties(
+        width=420, height=60)
+
+
+def chart_or_note(frame: pd.DataFrame, build: Any, message: str) -> alt.TopLevelMixin:
+    """build(frame) when the frame has rows, else a placeholder saying `message`."""
+    return build(frame) if len(frame) else placeholder_chart(message)
+
+
+def links(runs: Iterable[Run]) -> Markdown:
+    """A Markdown list linking every run's executed notebook."""
+    items = [f"- {run_link(r)} ({Path(r.notebook).stem}, {r.status.get('wall_seconds', '?')} s)" for r in runs]
+    return Markdown("\n".join(items) if items else "*No runs of this week in this profile.*")

@@ -1,0 +1,223 @@
+"""The experiment grid: profiles (YAML), validation against the notebooks' parameter cells, and papermill execution
+into run directories that are resumable (done runs are skipped, failed/partial/stale ones re-run)."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from tqdm.auto import tqdm
+
+from .errors import QLoraError
+from .runs import config_hash, mark_finished, mark_started, run_state
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES_DIR = REPO / "profiles"
+RUNS_DIR = REPO / "runs"
+INJECTED = ("run_dir", "runs_dir", "profile")  # parameters the runner sets itself
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One experiment of a profile: a notebook and its parameters."""
+
+    name: str
+    notebook: str  # repository-relative path of the MyST-markdown notebook
+    parameters: dict[str, Any]
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.notebook, self.parameters)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named grid of entries."""
+
+    name: str
+    description: str
+    entries: tuple[Entry, ...]
+    path: Path
+
+    def runs_dir(self, root: Path | None = None) -> Path:
+        """Where this profile's run directories live."""
+        return Path(root or RUNS_DIR) / self.name
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles in profiles/."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Read a profile by name (profiles/NAME.yaml) or path.
+
+    `defaults` maps a notebook's stem (week2_sst2_baseline) to parameters every entry of that notebook inherits."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise QLoraError(f"no profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    defaults = raw.get("defaults") or {}
+    entries, seen = [], set()
+    for i, item in enumerate(raw.get("runs") or []):
+        if not isinstance(item, dict) or "name" not in item or "notebook" not in item:
+            raise QLoraError(f"{path.name}: run #{i + 1} needs a `name` and a `notebook`")
+        if item["name"] in seen:
+            raise QLoraError(f"{path.name}: run name {item['name']!r} is used twice")
+        seen.add(item["name"])
+        unknown = set(item) - {"name", "notebook", "parameters"}
+        if unknown:
+            raise QLoraError(f"{path.name}: run {item['name']!r} has unknown keys {sorted(unknown)}")
+        parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
+        entries.append(Entry(item["name"], item["notebook"], parameters))
+    if not entries:
+        raise QLoraError(f"{path.name} lists no runs")
+    stems = {Path(e.notebook).stem for e in entries}
+    if unused := sorted(set(defaults) - stems):
+        raise QLoraError(f"{path.name}: defaults for {unused} match no notebook of the profile ({sorted(stems)})")
+    return Profile(raw.get("profile", path.stem), raw.get("description", ""), tuple(entries), path)
+
+
+def notebook_node(notebook: str | Path) -> Any:
+    """The notebook (MyST markdown, the source of truth) as an nbformat node, via jupytext."""
+    import jupytext
+
+    path = REPO / notebook
+    if not path.is_file():
+        raise QLoraError(f"notebook {notebook} does not exist")
+    return jupytext.read(path)
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """The parameters cell of a notebook as papermill sees it: name -> {inferred_type_name, default, help}."""
+    import jupytext
+    import papermill
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ipynb = Path(tmp) / (Path(notebook).stem + ".ipynb")
+        jupytext.write(notebook_node(notebook), ipynb)
+        return dict(papermill.inspect_notebook(str(ipynb)))
+
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list), "dict": lambda v: isinstance(v, dict),
+}
+
+
+def _type_ok(type_name: str, value: Any) -> bool:
+    if value is None:
+        return "None" in type_name or "Optional" in type_name
+    names = [t.strip() for t in type_name.replace("Optional[", "").rstrip("]").split("|") if t.strip() != "None"]
+    known = [n for n in names if n.split("[")[0] in _TYPES]
+    return not known or any(_TYPES[n.split("[")[0]](value) for n in known)
+
+
+def validate_profile(profile: Profile) -> None:
+    """Check every entry's parameter names and types against its notebook's parameters cell; one error lists all."""
+    problems: list[str] = []
+    cache: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in profile.entries:
+        if entry.notebook not in cache:
+            try:
+                cache[entry.notebook] = notebook_parameters(entry.notebook)
+            except QLoraError as exc:
+                problems.append(f"run {entry.name!r}: {exc}")
+                continue
+        declared = cache[entry.notebook]
+        for name, value in entry.parameters.items():
+            if name in INJECTED:
+                problems.append(f"run {entry.name!r}: parameter {name!r} is set by the runner, remove it")
+            elif name not in declared:
+                close = ", ".join(sorted(declared))
+                problems.append(f"run {entry.name!r}: unknown parameter {name!r} for {entry.notebook} (it takes: {close})")
+            elif not _type_ok(declared[name]["inferred_type_name"], value):
+                problems.append(f"run {entry.name!r}: parameter {name!r}={value!r} is not of type "
+                                f"{declared[name]['inferred_type_name']} as declared in {entry.notebook}")
+    if problems:
+        raise QLoraError(f"profile {profile.name!r} ({profile.path.name}) is invalid:\n  " + "\n  ".join(problems))
+
+
+def status(profile: Profile, root: Path | None = None) -> list[tuple[str, str]]:
+    """(run name, state) for every entry of a profile."""
+    return [(e.name, run_state(profile.runs_dir(root) / e.name, e.config_hash)) for e in profile.entries]
+
+
+def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kernel_name: str = "python3") -> None:
+    """Execute one entry with papermill inside its run directory; the executed notebook appears only on success."""
+    import jupytext
+    import papermill
+
+    run_dir = profile.runs_dir(root) / entry.name
+    for leftover in ("notebook.ipynb", "notebook.failed.ipynb", "metrics.json", "history.json", "generations.json"):
+        (run_dir / leftover).unlink(missing_ok=True)  # nothing of an earlier attempt may pass for this one's
+    started = time.perf_counter()
+    state = mark_started(run_dir, entry.notebook, entry.parameters, profile.name)
+    source = run_dir / ".source.ipynb"
+    partial = run_dir / "notebook.partial.ipynb"
+    jupytext.write(notebook_node(entry.notebook), source)
+    parameters = {**entry.parameters, "run_dir": ".", "runs_dir": "..", "profile": profile.name}
+    try:
+        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(run_dir),
+                                   kernel_name=kernel_name, progress_bar=False, request_save_on_cell_execute=True)
+    except BaseException as exc:
+        if partial.exists():
+            partial.replace(run_dir / "notebook.failed.ipynb")
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        mark_finished(run_dir, state, started, error="interrupted" if interrupted else traceback.format_exc(),
+                      interrupted=interrupted)
+        raise
+    finally:
+        source.unlink(missing_ok=True)
+    partial.replace(run_dir / "notebook.ipynb")
+    mark_finished(run_dir, state, started)
+
+
+def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
+                keep_going: bool = False) -> dict[str, str]:
+    """Validate the whole grid, then execute every entry that is not done and current (all with force)."""
+    validate_profile(profile)
+    entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
+    if only and not entries:
+        raise QLoraError(f"no run of profile {profile.name!r} matches {only}")
+    results: dict[str, str] = {}
+    signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
+    bar = tqdm(entries, desc=profile.name, unit="run")
+    for entry in bar:
+        bar.set_postfix_str(entry.name)
+        state = run_state(profile.runs_dir(root) / entry.name, entry.config_hash)
+        if state == "done" and not force:
+            results[entry.name] = "skipped (done)"
+            continue
+        try:
+            execute_entry(entry, profile, root)
+            results[entry.name] = "done"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # papermill's PapermillExecutionError names the failing cell
+            results[entry.name] = f"failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+            if not keep_going:
+                raise QLoraError(f"run {entry.name!r} failed; its notebook is in "
+                                 f"{profile.runs_dir(root) / entry.name / 'notebook.failed.ipynb'}") from exc
+    return results
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pattern_match(name: str, pattern: str) -> bool:
+    """Shell-style match of a run name (`week2-*`)."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(name, pattern)

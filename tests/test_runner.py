@@ -1,0 +1,131 @@
+"""Profiles, their validation against the notebooks, run states, and the notebook pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from qlora_utils.errors import QLoraError
+from qlora_utils.runner import (
+    REPO,
+    Entry,
+    Profile,
+    available_profiles,
+    load_profile,
+    notebook_parameters,
+    run_profile,
+    validate_profile,
+)
+from qlora_utils.runs import config_hash, mark_finished, mark_started, run_state
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
+
+
+def test_there_is_one_notebook_per_week() -> None:
+    assert [p.name.split("_")[0] for p in NOTEBOOKS] == [f"week{i}" for i in range(1, 9)]
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu-24gb"])
+def test_every_profile_validates_against_the_notebooks(name: str) -> None:
+    assert name in available_profiles()
+    validate_profile(load_profile(name))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_has_one_typed_parameters_cell_seen_whole_by_papermill(path: Path) -> None:
+    notebook = jupytext.read(path)
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    assigned = [line.split(":")[0] for line in cells[0].source.splitlines() if line and not line.startswith("#")]
+    declared = notebook_parameters(path.relative_to(REPO))
+    assert sorted(assigned) == sorted(declared), "papermill misreads a parameter line (an '=' in a comment?)"
+    assert all(p["inferred_type_name"] != "None" for p in declared.values()), "every parameter is typed"
+    assert {"run_dir", "runs_dir", "profile"} <= set(declared)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_paired_ipynb_is_in_sync_with_the_markdown(path: Path) -> None:
+    ipynb = path.with_suffix(".ipynb")
+    assert ipynb.is_file(), f"run `jupytext --sync {path.relative_to(REPO)}`"
+    md_cells = [(c.cell_type, c.source) for c in jupytext.read(path).cells]
+    nb_cells = [(c.cell_type, c.source) for c in jupytext.read(ipynb).cells]
+    assert md_cells == nb_cells, f"{ipynb.name} is out of date: run `jupytext --sync {path.relative_to(REPO)}`"
+
+
+def _profile(tmp_path: Path, runs: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"profile: ptest\nruns:\n{runs}")
+    return path
+
+
+def test_mistyped_parameter_name_stops_before_any_run(tmp_path: Path) -> None:
+    path = _profile(tmp_path, "  - name: ok\n    notebook: notebooks/week7_analysis.md\n"
+                              "  - name: typo-run\n    notebook: notebooks/week2_sst2_baseline.md\n"
+                              "    parameters: {learnig_rate: 0.001}\n")
+    with pytest.raises(QLoraError, match=r"run 'typo-run': unknown parameter 'learnig_rate'.*learning_rate"):
+        run_profile(load_profile(path), root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists(), "nothing ran"
+
+
+def test_mistyped_parameter_value_is_refused(tmp_path: Path) -> None:
+    path = _profile(tmp_path, "  - name: bad\n    notebook: notebooks/week2_sst2_baseline.md\n"
+                              "    parameters: {rank: eight, zero_shot: 1}\n")
+    with pytest.raises(QLoraError) as info:
+        validate_profile(load_profile(path))
+    assert "'rank'='eight' is not of type int" in str(info.value)
+    assert "'zero_shot'=1 is not of type bool" in str(info.value)
+
+
+@pytest.mark.parametrize("runs,message", [
+    ("  - name: a\n    notebook: notebooks/week7_analysis.md\n  - name: a\n    notebook: notebooks/week8_report.md\n",
+     "run name 'a' is used twice"),
+    ("  - name: a\n    notebook: notebooks/week9.md\n", "notebook notebooks/week9.md does not exist"),
+    ("  - name: a\n    notebook: notebooks/week7_analysis.md\n    parameters: {run_dir: x}\n", "set by the runner"),
+    ("  - notebook: notebooks/week7_analysis.md\n", "needs a `name` and a `notebook`"),
+])
+def test_profile_mistakes_are_named(tmp_path: Path, runs: str, message: str) -> None:
+    with pytest.raises(QLoraError, match=message):
+        validate_profile(load_profile(_profile(tmp_path, runs)))
+
+
+def test_unknown_profile_lists_the_available_ones() -> None:
+    with pytest.raises(QLoraError, match="no profile 'cpuu'; available: .*cpu"):
+        load_profile("cpuu")
+
+
+def test_run_states(tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    digest = config_hash("notebooks/week7_analysis.md", {"a": 1})
+    assert run_state(run_dir, digest) == "missing"
+    status = mark_started(run_dir, "notebooks/week7_analysis.md", {"a": 1}, "ptest")
+    assert json.loads((run_dir / "config.json").read_text())["config_hash"] == digest
+    assert (run_dir / "env.json").is_file()
+    assert run_state(run_dir, digest) == "partial"  # started, never finished (killed)
+    mark_finished(run_dir, status, 0.0)
+    assert run_state(run_dir, digest) == "partial", "done without its executed notebook is not done"
+    (run_dir / "notebook.ipynb").write_text("{}")
+    assert run_state(run_dir, digest) == "done"
+    assert run_state(run_dir, config_hash("notebooks/week7_analysis.md", {"a": 2})) == "stale"
+    mark_finished(run_dir, status, 0.0, error="boom")
+    assert run_state(run_dir, digest) == "failed"
+    mark_finished(run_dir, status, 0.0, error="interrupted", interrupted=True)
+    assert run_state(run_dir, digest) == "partial"
+
+
+def test_config_hash_ignores_key_order() -> None:
+    assert config_hash("n", {"a": 1, "b": 2}) == config_hash("n", {"b": 2, "a": 1}) != config_hash("n", {"a": 2, "b": 2})
+
+
+def test_entries_inherit_notebook_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("profile: ptest\ndefaults:\n  week2_sst2_baseline: {preset: tiny-qwen3, rank: 4}\nruns:\n"
+                    "  - name: a\n    notebook: notebooks/week2_sst2_baseline.md\n    parameters: {rank: 16}\n")
+    profile = load_profile(path)
+    assert profile.entries[0].parameters == {"preset": "tiny-qwen3", "rank": 16}
+    path.write_text("profile: ptest\ndefaults:\n  week2_sst2: {rank: 4}\nruns:\n"
+                    "  - name: a\n    notebook: notebooks/week2_sst2_baseline.md\n")
+    with pytest.raises(QLoraError, match="defaults for \\['week2_sst2'\\] match no notebook"):
+        load_profile(path)
