@@ -16,20 +16,25 @@ SST2_LABELS = ("negative", "positive")  # index = SST-2 label id
 IGNORE_INDEX = -100
 
 
+SYSTEM_PROMPTS = {  # short task instructions replace the chat template's default system prompt (fewer tokens)
+    "sst2": "Classify the sentiment of the movie review as positive or negative.",
+    "squad": "Answer the question with a short span copied from the passage.",
+}
+
+
 def messages_for(task: str, record: dict[str, Any]) -> list[dict[str, str]]:
-    """The user turn for one record of a task."""
+    """The conversation (system instruction where the task has one, then the user turn) for one record of a task."""
     if task == "sst2":
-        text = ("Classify the sentiment of this movie review as positive or negative. Answer with one word.\n\n"
-                f"Review: {record['sentence']}")
+        user = record["sentence"]
     elif task == "squad":
-        text = ("Answer the question with a short span copied from the passage.\n\n"
-                f"Passage: {record['context']}\n\nQuestion: {record['question']}")
+        user = f"Passage: {record['context']}\n\nQuestion: {record['question']}"
     elif task in ("alpaca", "alpaca_eval"):
         extra = record.get("input") or ""
-        text = f"{record['instruction']}\n\n{extra}" if extra else record["instruction"]
+        user = f"{record['instruction']}\n\n{extra}" if extra else record["instruction"]
     else:
         raise QLoraError(f"no prompt for task {task!r}; known: sst2, squad, alpaca, alpaca_eval")
-    return [{"role": "user", "content": text}]
+    system = SYSTEM_PROMPTS.get(task)
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
 def answer_for(task: str, record: dict[str, Any]) -> str:

@@ -12,11 +12,11 @@ import altair as alt
 import pandas as pd
 from IPython.display import SVG, Markdown, display
 
-from .runner import RUNS_DIR
+from .runner import RUNS_DIR, RUNS_ENV
 from .runs import Run, read_runs
 
 alt.renderers.enable("svg")  # notebooks show charts as SVG made by vl-convert: no CDN needed
-PROFILE_ENV, RUNS_ENV = "QLORA_PROFILE", "QLORA_RUNS_DIR"
+PROFILE_ENV = "QLORA_PROFILE"
 
 
 def book_profile() -> str:

@@ -3,6 +3,7 @@ into run directories that are resumable (done runs are skipped, failed/partial/s
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import time
@@ -15,11 +16,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from .errors import QLoraError
+from .io import CACHE_DIR_ENV, DATA_DIR_ENV
 from .runs import config_hash, mark_finished, mark_started, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
 RUNS_DIR = REPO / "runs"
+RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
 INJECTED = ("run_dir", "runs_dir", "profile")  # parameters the runner sets itself
 
 
@@ -46,8 +49,8 @@ class Profile:
     path: Path
 
     def runs_dir(self, root: Path | None = None) -> Path:
-        """Where this profile's run directories live."""
-        return Path(root or RUNS_DIR) / self.name
+        """Where this profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/."""
+        return Path(root or os.environ.get(RUNS_ENV) or RUNS_DIR) / self.name
 
 
 def available_profiles() -> list[str]:
@@ -179,8 +182,22 @@ def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kern
         raise
     finally:
         source.unlink(missing_ok=True)
+    _title_with_run_name(partial, entry.name)
     partial.replace(run_dir / "notebook.ipynb")
     mark_finished(run_dir, state, started)
+
+
+def _title_with_run_name(path: Path, name: str) -> None:
+    """Put the run's name into the executed notebook's title, so the book's appendix tells the runs apart."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.startswith("# "):
+            first, _, rest = cell.source.partition("\n")
+            cell.source = f"{first} ({name})\n{rest}"
+            break
+    nbformat.write(notebook, path)
 
 
 def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
@@ -190,8 +207,20 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
     if only and not entries:
         raise QLoraError(f"no run of profile {profile.name!r} matches {only}")
+    for variable in (DATA_DIR_ENV, CACHE_DIR_ENV):  # kernels run inside run directories: make paths absolute
+        if os.environ.get(variable):
+            os.environ[variable] = str(Path(os.environ[variable]).expanduser().resolve())
     results: dict[str, str] = {}
-    signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
+    try:
+        _run_entries(profile, entries, root, force, keep_going, results)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return results
+
+
+def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
+                 results: dict[str, str]) -> None:
     bar = tqdm(entries, desc=profile.name, unit="run")
     for entry in bar:
         bar.set_postfix_str(entry.name)
@@ -209,7 +238,6 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
             if not keep_going:
                 raise QLoraError(f"run {entry.name!r} failed; its notebook is in "
                                  f"{profile.runs_dir(root) / entry.name / 'notebook.failed.ipynb'}") from exc
-    return results
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -41,7 +41,9 @@ def test_eos_is_optional(tokenizer) -> None:
 
 def test_task_prompts_carry_the_record(data_dir: Path, tokenizer) -> None:
     record = load_task("squad", "validation", n=1, seed=0, data_dir=data_dir).dataset[0]
-    text = messages_for("squad", record)[0]["content"]
+    system, user = messages_for("squad", record)
+    assert system["role"] == "system" and user["role"] == "user"
+    text = user["content"]
     assert record["context"] in text and record["question"] in text
     with pytest.raises(QLoraError, match="no prompt for task 'mnli'"):
         messages_for("mnli", record)

@@ -1,0 +1,72 @@
+"""End to end: every notebook through the runner with the smoke profile, the book built from the runs with warnings
+as errors, and a run killed in the middle reported as partial and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qlora_utils.book import build_book
+from qlora_utils.runner import REPO, load_profile, run_profile, status
+from qlora_utils.runs import read_run
+
+FIGURES = {"week2_sst2_baseline": 2, "week3_scaling": 2, "week5_ablations": 1, "week7_analysis": 1}
+
+
+def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, data_dir: Path) -> None:
+    profile = load_profile("smoke")
+    shutil.rmtree(profile.runs_dir(REPO / "runs"), ignore_errors=True)
+    results = run_profile(profile, root=REPO / "runs")
+    assert set(results.values()) == {"done"}, results
+    assert {Path(e.notebook).stem[:5] for e in profile.entries} == {f"week{i}" for i in range(1, 9)}
+    for entry in profile.entries:
+        run = read_run(profile.runs_dir(REPO / "runs") / entry.name)
+        assert run.status["state"] == "done" and run.status["wall_seconds"] > 0
+        assert run.config["parameters"] == entry.parameters and run.env["versions"]["torch"]
+        assert run.metrics, f"{entry.name} recorded no metrics"
+    assert run_profile(profile, root=REPO / "runs") == {e.name: "skipped (done)" for e in profile.entries}
+
+    html = build_book("smoke", output=tmp_path)
+    for stem, figures in FIGURES.items():
+        page = (html / "book" / f"{stem}.html").read_text(encoding="utf-8")
+        images = re.findall(r'<img [^>]*src="\.\./(_images/[0-9a-f]+\.svg)"', page)
+        assert len(images) >= figures, f"{stem}: figures missing"
+        for image in images:
+            assert "<svg" in (html / image).read_text(encoding="utf-8")
+        assert "cdn.jsdelivr.net/npm/vega" not in page, "charts are static SVG, nothing loads Vega from a CDN"
+    appendix = (html / "book" / "appendix_runs.html").read_text(encoding="utf-8")
+    for entry in profile.entries:
+        assert (html / "runs" / "smoke" / entry.name / "notebook.html").is_file()
+        assert f"runs/smoke/{entry.name}/notebook.html" in appendix
+
+
+def test_killed_run_is_partial_and_the_rerun_skips_finished_runs(tmp_path: Path) -> None:
+    profile = tmp_path / "kill.yaml"
+    profile.write_text("profile: kill\nruns:\n"
+                       "  - {name: first, notebook: notebooks/week7_analysis.md}\n"
+                       "  - {name: second, notebook: notebooks/week1_setup.md, parameters: {length_sample: 2000}}\n")
+    env = {**os.environ, "QLORA_RUNS_DIR": str(tmp_path / "runs")}
+    command = [sys.executable, "-m", "qlora_utils", "run", str(profile)]
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    second = tmp_path / "runs" / "kill" / "second" / "status.json"
+    deadline = time.time() + 240
+    while not second.is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    os.killpg(process.pid, signal.SIGKILL)  # no chance to clean up: as if the machine went away
+    process.wait()
+    states = dict(status(load_profile(profile), root=tmp_path / "runs"))
+    assert states == {"first": "done", "second": "partial"}
+    assert json.loads(second.read_text())["state"] == "running"
+    rerun = subprocess.run(command + ["--only", "first"], env=env, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0 and "first" in rerun.stdout and "skipped (done)" in rerun.stdout
