@@ -7,7 +7,9 @@ QLORA_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/
 export QLORA_DATA_DIR
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test clean-venv
+PROFILE ?= cpu
+
+.PHONY: setup test book runs status clean-venv
 
 setup: $(STAMP)
 
@@ -21,6 +23,16 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The README's main command: run the profile's grid (finished runs are skipped), then build the book into _build/html.
+book: runs
+	$(PY) -m qlora_utils book --profile $(PROFILE)
+
+runs: $(STAMP)
+	$(PY) -m qlora_utils run $(PROFILE)
+
+status: $(STAMP)
+	$(PY) -m qlora_utils status $(PROFILE)
 
 clean-venv:
 	rm -rf $(VENV)
