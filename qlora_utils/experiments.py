@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from peft import PeftModel
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training
 from .data import TaskData, load_task
-from .efficiency import PeakMemory
+from .efficiency import PeakMemory, process_memory
 from .environment import environment
 from .errors import QLoraError
 from .metrics import generate, squad_evaluate, sst2_accuracy
@@ -91,7 +90,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir."""
     recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
-    baseline_rss = psutil.Process().memory_info().rss  # memory is measured above the process before loading
+    baseline_rss = process_memory()  # memory is measured above the process before loading
     with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
         loaded = load_model(exp.preset, exp.mode)
     train_data = load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir)
@@ -147,7 +146,7 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
 
     recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
-    baseline_rss = psutil.Process().memory_info().rss
+    baseline_rss = process_memory()
     with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)
     model = prepare_for_training(loaded, run.lora, gradient_checkpointing=run.gradient_checkpointing)

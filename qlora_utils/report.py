@@ -61,11 +61,18 @@ def glue_value(name: str, value: Any, fmt: str = "{:.1f}") -> None:
     glue(name, fmt.format(value) if isinstance(value, (int, float)) else str(value), display=False)
 
 
-def glue_table(name: str, frame: pd.DataFrame) -> None:
-    """Glue a DataFrame for `{glue:}` (rendered as an HTML table)."""
+def styled(frame: pd.DataFrame, digits: int = 2) -> Any:
+    """A table for reading: no index column, floats rounded, thousands separated, missing values as a dash."""
+    floats = {c: f"{{:,.{digits}f}}" for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+    ints = {c: "{:,}" for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])}
+    return frame.style.hide(axis="index").format({**floats, **ints}, na_rep="—")
+
+
+def glue_table(name: str, frame: pd.DataFrame, digits: int = 2) -> None:
+    """Glue a DataFrame for `{glue:}` (rendered as an HTML table without the index)."""
     from myst_nb import glue
 
-    glue(name, frame, display=False)
+    glue(name, styled(frame, digits) if len(frame.columns) else frame, display=False)
 
 
 def history_frame(history: Sequence[dict[str, Any]], **labels: Any) -> pd.DataFrame:
