@@ -4,6 +4,7 @@
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
+  plan             predict peak training memory of a model/mode/shape and whether it fits a GPU
   sst2|squad|alpaca  one experiment from the command line, printing its figures"""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .adapters import PLACEMENTS, LoraSettings
 from .errors import QLoraError
 from .experiments import TASKS, Experiment, run_experiment
 from .book import build_book
+from .inventory import config_of
+from .planner import plan_memory, verdict
 from .models import MODES
 from .runner import available_profiles, load_profile, run_profile, status, validate_profile
 from .runs import STATES
@@ -39,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="cpu")
     book.add_argument("--output", default=None, help="folder that receives _build/ (default: the repository)")
     book.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
+    plan = sub.add_parser("plan", help="predict peak training memory and whether it fits a GPU")
+    plan.add_argument("--model", required=True, help="preset name, e.g. qwen3-8b or random-qwen2.5-7b")
+    plan.add_argument("--mode", default="nf4", choices=MODES)
+    plan.add_argument("--batch", type=int, default=1)
+    plan.add_argument("--seq", type=int, default=512)
+    plan.add_argument("--rank", type=int, default=64)
+    plan.add_argument("--placement", default="attention_mlp", choices=sorted(PLACEMENTS))
+    plan.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
+    plan.add_argument("--optimizer", default="paged_adamw_32bit")
+    plan.add_argument("--gpu-gib", type=float, default=24.0)
     for task in TASKS:
         _add_experiment_parser(sub, task)
     return parser
@@ -90,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "book":
             html = build_book(args.profile, args.output, strict=not args.no_strict)
             print(f"book built: {html / 'index.html'}")
+        elif args.command == "plan":
+            lora = None if args.mode == "full" else LoraSettings(args.rank, 16, 0.1, args.placement)
+            memory = plan_memory(config_of(args.model), args.mode, lora, args.batch, args.seq,
+                                 not args.no_checkpointing, args.optimizer)
+            for row in memory.table():
+                print(f"{row['component']:24s} {row['GiB']:8.2f} GiB")
+            fit = verdict(memory, args.gpu_gib)
+            word = "fits" if fit["fits"] else "does not fit"
+            print(f"{args.model} {args.mode}: {word} in {args.gpu_gib:g} GiB (margin {fit['margin GiB']:+.2f} GiB, "
+                  "1 GiB kept for the CUDA context)")
         elif args.command in TASKS:
             lora = None if args.mode == "full" else LoraSettings(args.rank, args.alpha, args.dropout, args.placement)
             exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,

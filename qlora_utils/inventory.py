@@ -10,7 +10,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from .adapters import PLACEMENTS, LoraSettings, analytic_parameter_count, parameter_report, prepare_for_training
 from .data import load_task
-from .models import architecture_config, get_preset, load_model
+from .models import QWEN_ARCHITECTURES, architecture_config, get_preset, load_model
 from .prompts import token_length_stats
 
 TASK_SPLITS: tuple[tuple[str, str], ...] = (
@@ -41,10 +41,14 @@ def dataset_summary(tokenizer: PreTrainedTokenizerBase, sample: int = 200, seed:
 
 
 def config_of(name: str) -> PretrainedConfig:
-    """The configuration of a preset without loading weights (built-in for random/tiny, cached for the others)."""
+    """The configuration of a preset without loading weights: built-in for random/tiny presets and for Hub Qwen
+    presets whose size the design notes list (base, -Instruct and -Base share an architecture), else from the Hub."""
     preset = get_preset(name)
     if preset.architecture:
         return architecture_config(preset)
+    base_name = preset.source.split("/")[-1].removesuffix("-Instruct").removesuffix("-Base")
+    if preset.kind == "hub" and base_name in QWEN_ARCHITECTURES:
+        return architecture_config(f"random-{base_name.lower()}")
     if preset.kind == "gguf":
         from .models import materialize
 

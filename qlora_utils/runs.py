@@ -18,7 +18,16 @@ from typing import Any
 from .environment import environment
 from .io import atomic_write_json
 
-STATES = ("done", "stale", "failed", "partial", "missing")
+STATES = ("done", "running", "stale", "failed", "partial", "missing")
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process of this machine with that id is still alive."""
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
 
 def config_hash(notebook: str, parameters: dict[str, Any]) -> str:
@@ -40,7 +49,8 @@ def _read_json(path: Path) -> Any:
 
 
 def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
-    """done, stale (done with another configuration), failed, partial (started, never finished) or missing."""
+    """done, running (its runner is alive), stale (done with another configuration), failed, partial (started and
+    killed or interrupted, never finished) or missing."""
     status = _read_json(run_dir / "status.json")
     if status is None:
         return "partial" if run_dir.exists() and any(run_dir.iterdir()) else "missing"
@@ -51,6 +61,8 @@ def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
         if expected_hash is not None and status.get("config_hash") != expected_hash:
             return "stale"
         return "done"
+    if state == "running" and _alive(status.get("pid")):
+        return "running"
     return "failed" if state == "failed" else "partial"
 
 

@@ -103,7 +103,9 @@ def test_run_states(tmp_path: Path) -> None:
     status = mark_started(run_dir, "notebooks/week7_analysis.md", {"a": 1}, "ptest")
     assert json.loads((run_dir / "config.json").read_text())["config_hash"] == digest
     assert (run_dir / "env.json").is_file()
-    assert run_state(run_dir, digest) == "partial"  # started, never finished (killed)
+    assert run_state(run_dir, digest) == "running"  # this process wrote it and is alive
+    (run_dir / "status.json").write_text(json.dumps({**status, "pid": 2 ** 22 + 12345}))
+    assert run_state(run_dir, digest) == "partial"  # started, never finished, its runner gone (killed)
     mark_finished(run_dir, status, 0.0)
     assert run_state(run_dir, digest) == "partial", "done without its executed notebook is not done"
     (run_dir / "notebook.ipynb").write_text("{}")

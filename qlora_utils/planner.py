@@ -1,0 +1,102 @@
+"""A memory planner: predicted peak training memory from a model configuration, broken down into quantized weights
+and their constants, unquantized parts, adapters, gradients, optimizer states and activations."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .adapters import LoraSettings, analytic_parameter_count
+from .errors import QLoraError
+from .models import check_mode
+
+GiB = 1024 ** 3
+BLOCK, BLOCK2 = 64, 256  # NF4 block size and the block size of the double-quantized constants
+OPTIMIZER_BYTES = {"adamw_32bit": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Predicted bytes per component; `total` is the predicted peak."""
+
+    quantized_weights: float
+    quantization_constants: float
+    unquantized_weights: float
+    adapters: float
+    gradients: float
+    optimizer_states: float
+    activations: float
+    logits: float
+
+    @property
+    def total(self) -> float:
+        return sum(asdict(self).values())
+
+    def table(self) -> list[dict[str, Any]]:
+        """Component rows in GiB, for display."""
+        rows = [{"component": k.replace("_", " "), "GiB": v / GiB} for k, v in asdict(self).items()]
+        return rows + [{"component": "total", "GiB": self.total / GiB}]
+
+
+def _linear_params(config: PretrainedConfig) -> int:
+    """Parameters in the seven projection matrices of all blocks (the weights bitsandbytes quantizes)."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    return layers * (h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * inter)
+
+
+def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None = None, batch_size: int = 1,
+                seq_len: int = 512, gradient_checkpointing: bool = True, optimizer: str = "paged_adamw_32bit",
+                ) -> MemoryPlan:
+    """Predict peak training memory of one configuration (the same accounting on CPU and GPU).
+
+    nf4/fp4: projections in 4 bits (0.5 byte per weight) plus one 8-bit absmax per 64 weights and one fp32 constant
+    per 256 absmax (double quantization: 0.127 bits per weight); embeddings and head in bf16, norms in fp32; adapters,
+    their gradients in bf16. bf16: every weight in 2 bytes. full: fp32 weights and gradients (bf16 autocast).
+    Activations: with checkpointing one bf16 hidden state per layer plus one layer recomputed in the backward pass;
+    logits in fp32 for the loss, with their gradient."""
+    check_mode(mode)
+    if optimizer not in OPTIMIZER_BYTES:
+        raise QLoraError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_BYTES)}")
+    if mode == "full" and lora is not None:
+        raise QLoraError("full fine-tuning has no adapters; pass lora=None")
+    if mode != "full" and lora is None:
+        raise QLoraError(f"mode {mode!r} trains LoRA adapters; pass LoRA settings")
+    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    heads = config.num_attention_heads
+    total = analytic_parameter_count(config).total
+    linear = _linear_params(config)
+    rest = total - linear  # embeddings, head, norms, biases
+    tokens = batch_size * seq_len
+    trainable = analytic_parameter_count(config, lora).trainable if lora else total
+    if mode in ("nf4", "fp4"):
+        quantized, constants = 0.5 * linear, linear / BLOCK + 4 * linear / (BLOCK * BLOCK2)
+        unquantized = 2.0 * rest
+        adapters, grad_bytes = 2.0 * trainable, 2.0
+    elif mode == "bf16":
+        quantized = constants = 0.0
+        unquantized, adapters, grad_bytes = 2.0 * total, 2.0 * trainable, 2.0
+    else:
+        quantized = constants = adapters = 0.0
+        unquantized, grad_bytes = 4.0 * total, 4.0
+    gradients = grad_bytes * trainable
+    optimizer_states = OPTIMIZER_BYTES[optimizer] * trainable
+    per_layer = tokens * (10 * h + 4 * inter) * 2.0 + batch_size * heads * seq_len ** 2 * 2.0  # one block, bf16
+    if gradient_checkpointing:
+        activations = layers * tokens * h * 2.0 + per_layer
+    else:
+        activations = layers * per_layer
+    if mode in ("nf4", "fp4"):
+        activations += 2.0 * max(h * inter, h * h)  # one projection dequantized to bf16 at a time
+    logits = tokens * vocab * (2.0 + 4.0 + 4.0)  # bf16 logits, fp32 upcast for the loss, its gradient
+    return MemoryPlan(quantized, constants, unquantized, adapters, gradients, optimizer_states, activations, logits)
+
+
+def verdict(plan: MemoryPlan, gpu_gib: float = 24.0, reserve_gib: float = 1.0) -> dict[str, Any]:
+    """Does the plan fit a GPU of gpu_gib (keeping reserve_gib for the CUDA context), and with what margin?"""
+    need = plan.total / GiB
+    margin = gpu_gib - reserve_gib - need
+    return {"predicted GiB": need, "GPU GiB": gpu_gib, "margin GiB": margin, "fits": margin >= 0}

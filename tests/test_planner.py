@@ -1,0 +1,50 @@
+"""The memory planner's accounting on hand-checked cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from qlora_utils.__main__ import main
+from qlora_utils.adapters import LoraSettings
+from qlora_utils.errors import QLoraError
+from qlora_utils.models import architecture_config
+from qlora_utils.planner import _linear_params, plan_memory
+
+
+def test_double_quantization_costs_0127_bits_per_weight() -> None:
+    config = architecture_config("random-qwen2.5-7b")
+    plan = plan_memory(config, "nf4", LoraSettings(8))
+    linear = _linear_params(config)
+    assert plan.quantized_weights == 0.5 * linear
+    assert 8 * plan.quantization_constants / linear == pytest.approx(0.127, abs=1e-3)  # the QLoRA paper's figure
+
+
+def test_modes_order_as_expected() -> None:
+    config = architecture_config("random-qwen3-4b")
+    nf4 = plan_memory(config, "nf4", LoraSettings(8)).total
+    bf16 = plan_memory(config, "bf16", LoraSettings(8)).total
+    full = plan_memory(config, "full", None).total
+    assert nf4 < bf16 < full
+    full_plan = plan_memory(config, "full", None)
+    assert full_plan.optimizer_states == 2 * full_plan.gradients == 2 * full_plan.unquantized_weights
+
+
+def test_checkpointing_saves_activation_memory() -> None:
+    config = architecture_config("random-qwen2.5-0.5b")
+    with_ckpt = plan_memory(config, "nf4", LoraSettings(8), batch_size=8, seq_len=512)
+    without = plan_memory(config, "nf4", LoraSettings(8), batch_size=8, seq_len=512, gradient_checkpointing=False)
+    assert with_ckpt.activations < without.activations / 5
+
+
+def test_planner_refuses_inconsistent_inputs() -> None:
+    config = architecture_config("tiny-qwen2")
+    with pytest.raises(QLoraError, match="full fine-tuning has no adapters"):
+        plan_memory(config, "full", LoraSettings(8))
+    with pytest.raises(QLoraError, match="unknown optimizer"):
+        plan_memory(config, "nf4", LoraSettings(8), optimizer="lion")
+
+
+def test_plan_command_prints_breakdown_and_verdict(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--model", "qwen3-8b", "--mode", "full", "--gpu-gib", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer states" in out and "qwen3-8b full: does not fit in 24 GiB" in out
