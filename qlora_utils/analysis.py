@@ -39,6 +39,7 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "mode": m.get("model", {}).get("mode"), "placement": lora.get("placement", "all weights"),
             "rank": lora.get("rank"), "seed": run.parameters.get("seed"),
             "learning rate": m["training"].get("settings", {}).get("learning_rate"),
+            "train examples": m.get("data", {}).get("train", {}).get("records_used"),
             "metric": metric, "quality": value,
             "zero-shot": (100 * m["zero_shot"]["accuracy"] if m.get("experiment") == "sst2" else
                           m["zero_shot"].get("f1")) if m.get("zero_shot") else None,
@@ -75,3 +76,22 @@ def mode_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     agg["mode name"] = agg["mode"].map(MODE_NAMES)
     return agg
+
+
+def by_mode(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per fine-tuning mode: mean and std of quality over seeds, zero-shot, trainable share, memory, throughput."""
+    if frame.empty:
+        return pd.DataFrame()
+    table = frame.groupby("mode").agg(
+        seeds=("quality", "count"), mean=("quality", "mean"), std=("quality", "std"),
+        zero_shot=("zero-shot", "max"), trainable=("trainable", "first"), trainable_pct=("trainable %", "first"),
+        peak_mib=("peak MiB", "mean"), tokens_per_s=("tokens/s", "mean"), train_s=("train s", "mean"),
+    ).reset_index()
+    table.insert(0, "system", table["mode"].map(MODE_NAMES))
+    order = {mode: i for i, mode in enumerate(MODE_NAMES)}
+    return table.sort_values("mode", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def gap(reference: float, other: float) -> tuple[float, float]:
+    """How far `other` falls below `reference`: in points and in percent of the reference."""
+    return reference - other, 100 * (reference - other) / reference

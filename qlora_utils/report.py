@@ -4,6 +4,7 @@ Charts are Altair, rendered to static SVG with vl-convert so that they draw in a
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -58,12 +59,16 @@ def glue_value(name: str, value: Any, fmt: str = "{:.1f}") -> None:
     """Glue a number as formatted text for `{glue:text}` in prose."""
     from myst_nb import glue
 
-    glue(name, fmt.format(value) if isinstance(value, (int, float)) else str(value), display=False)
+    glue(name, fmt.format(value) if isinstance(value, numbers.Number) else str(value), display=False)
 
 
 def styled(frame: pd.DataFrame, digits: int = 2) -> Any:
     """A table for reading: no index column, floats rounded, thousands separated, missing values as a dash."""
-    floats = {c: f"{{:,.{digits}f}}" for c in frame.columns if pd.api.types.is_float_dtype(frame[c])}
+    floats = {}
+    for c in frame.columns:
+        if pd.api.types.is_float_dtype(frame[c]):
+            whole = frame[c].dropna().apply(float.is_integer).all()
+            floats[c] = "{:g}" if "learning rate" in str(c) else "{:,.0f}" if whole else f"{{:,.{digits}f}}"
     ints = {c: "{:,}" for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])}
     return frame.style.hide(axis="index").format({**floats, **ints}, na_rep="—")
 
