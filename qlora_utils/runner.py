@@ -210,6 +210,8 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     for variable in (DATA_DIR_ENV, CACHE_DIR_ENV):  # kernels run inside run directories: make paths absolute
         if os.environ.get(variable):
             os.environ[variable] = str(Path(os.environ[variable]).expanduser().resolve())
+    for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(variable, "1")  # weight-loading and map bars would fill the executed notebooks
     results: dict[str, str] = {}
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
     try:
