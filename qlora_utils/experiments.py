@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from peft import PeftModel
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training
@@ -17,7 +19,7 @@ from .efficiency import PeakMemory, process_memory
 from .environment import environment
 from .errors import QLoraError
 from .metrics import generate, squad_evaluate, sst2_accuracy
-from .models import LoadedModel, load_model
+from .models import LoadedModel, get_preset, load_model
 from .prompts import messages_for, prompt_ids, tokenize_for_training
 from .runs import RunRecorder
 from .training import TrainSettings, train
@@ -146,6 +148,14 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
 
     recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
+    fit = predicted_fit(run)
+    if not fit["fits"]:  # a mode that does not fit is a result: record the prediction instead of crashing the machine
+        record = {"experiment": "efficiency", "model": {"preset": run.preset, "label": get_preset(run.preset).label,
+                                                        "mode": run.mode, "pretrained": get_preset(run.preset).pretrained},
+                  "lora": run.lora.to_dict() if run.lora else None, "fit": fit, "environment": environment(),
+                  "wall_seconds": round(time.perf_counter() - started, 1)}
+        recorder.metrics(record)
+        return record
     baseline_rss = process_memory()
     with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)
@@ -158,7 +168,7 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
     settings = TrainSettings(learning_rate=1e-4, max_steps=run.steps, batch_size=run.batch_size, optim=run.optim,
                              seed=run.seed)
     result = train(model, loaded.tokenizer, data, settings, Path(output_dir), baseline_rss=baseline_rss)
-    record = {"experiment": "efficiency", "model": loaded.describe(),
+    record = {"experiment": "efficiency", "model": loaded.describe(), "fit": fit,
               "lora": run.lora.to_dict() if run.lora else None,
               "shape": {"batch_size": run.batch_size, "seq_len": run.seq_len, "steps": run.steps,
                         "gradient_checkpointing": run.gradient_checkpointing},
@@ -168,3 +178,20 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
     recorder.history(result.history)
     recorder.metrics(record)
     return record
+
+
+def predicted_fit(run: EfficiencyRun, headroom: float = 0.85) -> dict[str, Any]:
+    """The memory planner's prediction for a run against the memory this machine has free (GPU or CPU)."""
+    import torch
+
+    from .inventory import config_of
+    from .planner import GiB, plan_memory
+
+    plan = plan_memory(config_of(run.preset), run.mode, run.lora, run.batch_size, run.seq_len,
+                       run.gradient_checkpointing, run.optim)
+    if torch.cuda.is_available():
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = psutil.virtual_memory().available
+    return {"predicted_gib": round(plan.total / GiB, 2), "free_gib": round(free / GiB, 2),
+            "fits": plan.total <= headroom * free, "device": "cuda" if torch.cuda.is_available() else "cpu"}

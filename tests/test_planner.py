@@ -48,3 +48,28 @@ def test_plan_command_prints_breakdown_and_verdict(capsys: pytest.CaptureFixture
     assert main(["plan", "--model", "qwen3-8b", "--mode", "full", "--gpu-gib", "24"]) == 0
     out = capsys.readouterr().out
     assert "optimizer states" in out and "qwen3-8b full: does not fit in 24 GiB" in out
+
+
+def test_efficiency_run_that_cannot_fit_is_recorded_not_started(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import psutil
+
+    from qlora_utils.experiments import EfficiencyRun, run_efficiency
+
+    class Tiny:  # pretend this machine has 1 MiB free
+        available = total = 1024 ** 2
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tiny)
+    record = run_efficiency(EfficiencyRun(preset="tiny-qwen2", mode="full", lora=None), tmp_path)
+    assert record["fit"]["fits"] is False and "training" not in record
+    assert json.loads((tmp_path / "metrics.json").read_text())["fit"]["predicted_gib"] > 0
+
+
+def test_efficiency_run_measures_memory_and_speed(tmp_path) -> None:
+    from qlora_utils.experiments import EfficiencyRun, run_efficiency
+
+    record = run_efficiency(EfficiencyRun(preset="tiny-qwen3", mode="nf4", lora=LoraSettings(4), batch_size=2,
+                                          seq_len=16, steps=2), tmp_path)
+    assert record["fit"]["fits"] and record["training"]["steps"] == 2
+    assert record["training"]["tokens"] == 2 * 2 * 16 and record["training"]["tokens_per_second"] > 0
