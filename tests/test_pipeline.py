@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from qlora_utils.book import build_book
 from qlora_utils.runner import REPO, load_profile, run_profile, status

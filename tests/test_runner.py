@@ -11,8 +11,6 @@ import pytest
 from qlora_utils.errors import QLoraError
 from qlora_utils.runner import (
     REPO,
-    Entry,
-    Profile,
     available_profiles,
     load_profile,
     notebook_parameters,
