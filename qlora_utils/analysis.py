@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from .efficiency import headline_peak_mib
 from .runs import Run, read_runs
 
 MODE_NAMES = {"nf4": "QLoRA (NF4)", "fp4": "QLoRA (FP4)", "bf16": "16-bit LoRA", "full": "full fine-tuning"}
@@ -45,7 +46,7 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
                           m["zero_shot"].get("f1")) if m.get("zero_shot") else None,
             "trainable %": m.get("parameters", {}).get("percent"),
             "trainable": m.get("parameters", {}).get("trainable"),
-            "peak MiB": memory.get("cuda_max_allocated_mib", memory.get("cpu_peak_above_baseline_mib")),
+            "peak MiB": headline_peak_mib(memory),
             "tokens/s": m["training"].get("tokens_per_second"), "train s": m["training"].get("seconds"),
             "wall s": run.status.get("wall_seconds"),
         })
@@ -55,14 +56,6 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
 def profile_frame(runs_dir: str | Path) -> pd.DataFrame:
     """experiments_frame over every finished run of a profile directory."""
     return experiments_frame(read_runs(Path(runs_dir)))
-
-
-def mean_std(frame: pd.DataFrame, by: list[str], value: str = "quality") -> pd.DataFrame:
-    """Mean, standard deviation and count of a column per group (std is NaN for a single seed)."""
-    if frame.empty:
-        return pd.DataFrame(columns=[*by, "mean", "std", "n"])
-    grouped = frame.groupby(by, dropna=False)[value]
-    return grouped.agg(["mean", "std", "count"]).rename(columns={"count": "n"}).reset_index()
 
 
 def mode_comparison(frame: pd.DataFrame) -> pd.DataFrame:

@@ -85,9 +85,13 @@ class PeakMemory:
 
     @property
     def peak_mib(self) -> float:
-        """The headline peak: CUDA max allocated on a GPU, else CPU RSS above the baseline."""
-        key = "cuda_max_allocated_mib" if self.cuda else "cpu_peak_above_baseline_mib"
-        return float(self.result[key])
+        """The headline peak: CUDA max allocated on a GPU, else CPU memory above the baseline."""
+        return float(headline_peak_mib(self.result))
+
+
+def headline_peak_mib(memory: dict[str, Any]) -> float | None:
+    """The headline peak of a recorded phase: CUDA max allocated on a GPU, else CPU memory above the baseline."""
+    return memory.get("cuda_max_allocated_mib", memory.get("cpu_peak_above_baseline_mib"))
 
 
 def tokens_per_second(tokens: int, seconds: float) -> float:

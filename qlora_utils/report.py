@@ -13,6 +13,7 @@ import altair as alt
 import pandas as pd
 from IPython.display import SVG, Markdown, display
 
+from .efficiency import headline_peak_mib
 from .runner import RUNS_DIR, RUNS_ENV
 from .runs import Run, read_runs
 
@@ -112,7 +113,7 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         "zero-shot": record.get("zero_shot", {}).get("accuracy"),
         "fine-tuned": record.get("fine_tuned", {}).get("accuracy"),
         "trainable %": params.get("percent"), "trainable": params.get("trainable"),
-        "peak MiB": memory.get("cuda_max_allocated_mib", memory.get("cpu_peak_above_baseline_mib")),
+        "peak MiB": headline_peak_mib(memory),
         "tokens/s": training.get("tokens_per_second"), "train s": training.get("seconds"),
     }
 
@@ -122,13 +123,6 @@ def show_record(record: dict[str, Any]) -> pd.DataFrame:
     frame = pd.Series(headline(record), name="value").to_frame()
     display(frame)
     return frame
-
-
-def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
-    """Headline numbers of several runs, one row each, with seed and run name."""
-    rows = [{"run": r.name, "seed": r.parameters.get("seed"), **headline(r.metrics),
-             "wall s": r.status.get("wall_seconds")} for r in runs]
-    return pd.DataFrame(rows)
 
 
 def provenance_frame(runs: Iterable[Run]) -> pd.DataFrame:
