@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -45,16 +46,25 @@ class PeakMemory:
         self.cuda = torch.cuda.is_available()
         self.baseline = baseline_rss
         self.peak_rss = 0
+        self.samples = 0
         self.result: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def sample(self) -> int:
+        """Take one CPU sample now (the background thread calls this every `interval`); returns the current value."""
+        rss = process_memory()
+        self.peak_rss = max(self.peak_rss, rss)
+        self.samples += 1
+        return rss
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, process_memory())
+            self.sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
+        gc.collect()  # garbage from earlier phases freed mid-phase would hide this phase's growth
         rss = process_memory()
         self.baseline = rss if self.baseline is None else self.baseline
         self.peak_rss = rss
@@ -73,7 +83,7 @@ class PeakMemory:
         self._stop.set()
         assert self._thread is not None
         self._thread.join()
-        self.peak_rss = max(self.peak_rss, process_memory())
+        self.sample()
         self.result = {"phase": self.phase, "seconds": round(seconds, 3), "device": "cuda" if self.cuda else "cpu",
                        "cpu_measure": "anonymous RSS" if anonymous_rss() is not None else "RSS",
                        "cpu_peak_rss_mib": round(self.peak_rss / MiB, 1),

@@ -18,8 +18,11 @@ def test_peak_memory_sees_a_transient_allocation() -> None:
     with PeakMemory("alloc", interval=0.005) as mem:
         block = bytearray(300 * 1024 * 1024)
         block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
-        time.sleep(0.2)  # the sampler runs between bytecodes, so hold the block for a few samples
+        seen, deadline = mem.samples, time.monotonic() + 10
+        while mem.samples < seen + 3 and time.monotonic() < deadline:  # hold the block until the thread sampled it
+            time.sleep(0.01)
         del block
+    assert mem.samples >= 3, "the background sampler never ran"
     assert mem.result["cpu_peak_above_baseline_mib"] >= 250
     assert mem.result["seconds"] > 0 and mem.peak_mib == mem.result["cpu_peak_above_baseline_mib"]
 
