@@ -88,6 +88,18 @@ def _per_example(exp: Experiment, data: TaskData, zero: dict[str, Any] | None,
             for z, t in zip(zero_e, tuned["examples"])]
 
 
+def _record_model_outputs(exp: Experiment, data: TaskData, zero: dict[str, Any] | None, tuned: dict[str, Any],
+                          output_dir: Path) -> None:
+    """AlpacaEval-format outputs of the tuned model (and of the base model when it answered too)."""
+    from .io import atomic_write_json
+    from .winrate import BASE_OUTPUTS, MODEL_OUTPUTS, model_outputs
+
+    rows = list(data.dataset)
+    atomic_write_json(output_dir / MODEL_OUTPUTS, model_outputs(rows, tuned["outputs"], f"{exp.preset}-{exp.mode}"))
+    if zero:
+        atomic_write_json(output_dir / BASE_OUTPUTS, model_outputs(rows, zero["outputs"], f"{exp.preset}-base"))
+
+
 def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir."""
     recorder = RunRecorder(Path(output_dir))
@@ -120,6 +132,11 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
                    "training": result.summary(), "load_memory": load_mem.result, "environment": environment(),
                    "wall_seconds": round(time.perf_counter() - started, 1)})
     recorder.generations(_per_example(exp, eval_data, zero, tuned))
+    if exp.task == "alpaca":
+        _record_model_outputs(exp, eval_data, zero, tuned, Path(output_dir))
+        record["decoding"] = {"strategy": "greedy", "max_new_tokens": exp.max_new_tokens,
+                              "batch_size": max(1, exp.eval_batch_size // 4),
+                              "prompt": "chat template with the model's default system prompt"}
     recorder.history(result.history)
     recorder.metrics(record)
     return record
