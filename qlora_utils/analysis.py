@@ -4,7 +4,7 @@ plan's expectations."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -88,3 +88,89 @@ def by_mode(frame: pd.DataFrame) -> pd.DataFrame:
 def gap(reference: float, other: float) -> tuple[float, float]:
     """How far `other` falls below `reference`: in points and in percent of the reference."""
     return reference - other, 100 * (reference - other) / reference
+
+
+def efficiency_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """One row per efficiency run: model, mode, shape, trainable share, peak memory and tokens/s, or the planner's
+    prediction for a run that was not started because it would not fit."""
+    rows = []
+    for run in runs:
+        m = run.metrics
+        if m.get("experiment") != "efficiency":
+            continue
+        fit = m.get("fit", {})
+        row: dict[str, Any] = {"run": run.name, "model": m["model"]["label"], "mode code": m["model"]["mode"],
+                               "mode": MODE_NAMES.get(m["model"]["mode"]), "predicted GiB": fit.get("predicted_gib"),
+                               "fits": "yes" if fit.get("fits", True) else f"no: {fit.get('free_gib', 0):.0f} GiB free"}
+        if "training" in m:
+            row.update({"parameters": m["parameters"]["total"], "trainable %": m["parameters"]["percent"],
+                        "batch × seq": f"{m['shape']['batch_size']} × {m['shape']['seq_len']}",
+                        "peak MiB": headline_peak_mib(m["training"]["memory"]),
+                        "tokens/s": m["training"]["tokens_per_second"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_summary(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, standard deviation, min and max of quality over seeds, per configuration (`keys`)."""
+    if frame.empty:
+        return frame
+    return frame.groupby(keys, dropna=False).agg(
+        seeds=("quality", "count"), mean=("quality", "mean"), std=("quality", "std"), low=("quality", "min"),
+        high=("quality", "max"), trainable_pct=("trainable %", "mean"), peak_mib=("peak MiB", "mean"),
+        tokens_per_s=("tokens/s", "mean")).reset_index()
+
+
+def disagreements(systems: dict[str, Sequence[Any]], limit: int = 5) -> list[int]:
+    """The rule for side-by-side examples: the first `limit` positions (in the seeded evaluation order) where the
+    systems' outputs are not all the same; if there are fewer, the first positions where they agree fill up."""
+    columns = list(systems.values())
+    n = min(len(c) for c in columns) if columns else 0
+    differ = [i for i in range(n) if len({str(c[i]) for c in columns}) > 1]
+    agree = [i for i in range(n) if i not in set(differ)]
+    return (differ + agree)[:limit]
+
+
+ERROR_KINDS = ("exact match", "answer too long (contains the gold span)", "answer too short (inside the gold span)",
+               "partial overlap", "wrong span (no overlap)", "empty answer")
+
+
+def _normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_error_kind(prediction: str | None, answers: Sequence[str]) -> str:
+    """Which kind of answer a SQuAD prediction is, against its gold answers (best-matching gold first)."""
+    pred = _normalize(prediction or "")
+    golds = [_normalize(a) for a in answers]
+    if not pred:
+        return ERROR_KINDS[5]
+    if pred in golds:
+        return ERROR_KINDS[0]
+    if any(g and g in pred for g in golds):
+        return ERROR_KINDS[1]
+    if any(pred in g for g in golds):
+        return ERROR_KINDS[2]
+    if any(set(pred.split()) & set(g.split()) for g in golds):
+        return ERROR_KINDS[3]
+    return ERROR_KINDS[4]
+
+
+def squad_error_table(generations: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Typical errors: how many answers of each kind, zero-shot and fine-tuned, with the first fine-tuned example."""
+    rows = []
+    for kind in ERROR_KINDS:
+        zero = [g for g in generations if g.get("zero_shot") is not None
+                and squad_error_kind(g["zero_shot"], g["answers"]) == kind]
+        tuned = [g for g in generations if squad_error_kind(g["fine_tuned"], g["answers"]) == kind]
+        example = tuned[0] if tuned else None
+        rows.append({"kind": kind, "zero-shot": len(zero), "fine-tuned": len(tuned),
+                     "example question": example["question"] if example else "—",
+                     "gold": " | ".join(dict.fromkeys(example["answers"])) if example else "—",
+                     "fine-tuned answer": example["fine_tuned"] if example else "—"})
+    return pd.DataFrame(rows)

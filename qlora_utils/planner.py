@@ -100,3 +100,64 @@ def verdict(plan: MemoryPlan, gpu_gib: float = 24.0, reserve_gib: float = 1.0) -
     need = plan.total / GiB
     margin = gpu_gib - reserve_gib - need
     return {"predicted GiB": need, "GPU GiB": gpu_gib, "margin GiB": margin, "fits": margin >= 0}
+
+
+MiB = 1024 ** 2
+PLAN_GPU_SETTINGS = {"batch_size": 4, "seq_len": 512, "gradient_checkpointing": True,
+                     "optimizer": "paged_adamw_32bit"}  # the gpu-24gb profile's efficiency shape
+PLAN_LORA = LoraSettings(rank=8, alpha=16, dropout=0.1, placement="attention")  # the plan's adapters
+VERDICT_PRESETS = ("qwen3-4b", "qwen2.5-7b", "qwen3-8b")
+
+
+def plan_for_record(record: dict[str, Any]) -> MemoryPlan:
+    """The plan of a finished efficiency run, from what its metrics.json recorded (model, mode, LoRA, shape)."""
+    from .inventory import config_of
+
+    lora = record.get("lora")
+    shape = record["shape"]
+    settings = LoraSettings(lora["rank"], lora["alpha"], lora.get("dropout", 0.1), lora["placement"]) if lora else None
+    return plan_memory(config_of(record["model"]["preset"]), record["model"]["mode"], settings, shape["batch_size"],
+                       shape["seq_len"], shape.get("gradient_checkpointing", True),
+                       record["training"].get("optimizer", {}).get("requested", "paged_adamw_32bit"))
+
+
+def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predicted against measured peak training memory for every efficiency run that trained (CUDA: max allocated;
+    CPU: anonymous RSS above the process before loading), with the relative error."""
+    from .efficiency import headline_peak_mib
+
+    rows = []
+    for record in records:
+        if record.get("experiment") != "efficiency" or "training" not in record:
+            continue
+        measured = headline_peak_mib(record["training"]["memory"])
+        predicted = plan_for_record(record).total / MiB
+        rows.append({"model": record["model"]["label"], "mode": record["model"]["mode"],
+                     "batch × seq": f"{record['shape']['batch_size']} × {record['shape']['seq_len']}",
+                     "device": record["training"]["memory"].get("device", "cpu"),
+                     "predicted MiB": predicted, "measured MiB": measured,
+                     "error %": 100 * (predicted - measured) / measured if measured else float("nan")})
+    return rows
+
+
+def gpu_verdicts(presets: tuple[str, ...] = VERDICT_PRESETS, modes: tuple[str, ...] = ("nf4", "bf16", "full"),
+                 gpu_gib: float = 24.0, lora: LoraSettings = PLAN_LORA, **settings: Any) -> list[dict[str, Any]]:
+    """Does each model fit a GPU of gpu_gib in each mode at the plan's settings, with the breakdown and margin."""
+    from .inventory import config_of
+
+    shape = {**PLAN_GPU_SETTINGS, **settings}
+    rows = []
+    for preset in presets:
+        for mode in modes:
+            plan = plan_memory(config_of(preset), mode, None if mode == "full" else lora, **shape)
+            rows.append({"model": preset, "mode": mode,
+                         **{row["component"]: row["GiB"] for row in plan.table()}, **verdict(plan, gpu_gib)})
+    return rows
+
+
+def llama_7b_config() -> PretrainedConfig:
+    """LLaMA-7B's architecture (the QLoRA paper's memory breakdown is for it)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)

@@ -268,15 +268,17 @@ def run_winrates(systems: dict[str, list[dict[str, Any]]], judge: Judge, output_
         if missing:
             raise QLoraError(f"{len(missing)} instructions have no {ref} reference, e.g. {missing[0][:60]!r}")
         ref_answers = seen([by_instruction[i] for i in instructions])
-        sanity[ref] = sanity_pair(annotator, instructions, ref_answers)
         matchups += [(ref, ref_answers, name) for name in names]
     if base is not None:
         matchups += [(base, answers[base], name) for name in names if name != base]
     for baseline, baseline_answers, name in matchups:
+        if baseline not in sanity:  # the baseline's answers against themselves: 50 % for an unbiased judge
+            sanity[baseline] = sanity_pair(annotator, instructions, baseline_answers)
         pairs = head_to_head(annotator, instructions, baseline_answers, answers[name], baseline, name, judge.name)
         pairs["dataset"] = [o.get("dataset") for o in systems[name]]
         tables.append(pairs)
-        rows.append({"system": name, "baseline": baseline, "n": len(pairs), **win_rate(pairs)})
+        rows.append({"system": name, "baseline": baseline, "n": len(pairs), **win_rate(pairs),
+                     "sanity_pair_win_rate": sanity[baseline]["win_rate"]})
     record = {"experiment": "alpacaeval", "judge": {"spec": judge.spec, "name": judge.name,
                                                     "max_output_tokens": max_output_tokens if judge.local else None,
                                                     **clipped},
@@ -313,3 +315,16 @@ def systems_from_runs(run_dirs: Sequence[str | os.PathLike[str]], base: str = "b
         if base not in systems and (path / BASE_OUTPUTS).is_file():
             systems[base] = json.loads((path / BASE_OUTPUTS).read_text(encoding="utf-8"))
     return systems
+
+
+def winrate_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Every win rate of a win-rate run beside its judge, position consistency and sanity pair, for the book."""
+    rows = []
+    for r in record.get("win_rates", []):
+        lc = r.get("length_controlled_winrate")
+        rows.append({"system": r["system"], "against": REFERENCES.get(r["baseline"], r["baseline"]),
+                     "win rate %": r["win_rate"], "± s.e.": r["standard_error"],
+                     "length-controlled %": f"{lc:.1f}" if lc is not None else "not computed offline",
+                     "judge": record["judge"]["spec"], "position consistency %": 100 * r["position_consistency"],
+                     "sanity pair %": r["sanity_pair_win_rate"], "n": r["n"]})
+    return pd.DataFrame(rows)
