@@ -14,23 +14,35 @@ MiB = 1024 ** 2
 _STATUS = "/proc/self/status"
 
 
-def anonymous_rss() -> int | None:
-    """Resident anonymous memory (heap, tensors) in bytes from /proc (Linux), excluding file-backed pages such as
-    memory-mapped safetensors checkpoints; None where /proc is not available."""
+def _status_kib(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status in bytes (Linux); empty where /proc is not available."""
+    found: dict[str, int] = {}
     try:
         with open(_STATUS, encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(":", 1)[0]
+                if key in keys:
+                    found[key] = int(line.split()[1]) * 1024
     except OSError:
-        return None
-    return None
+        return {}
+    return found
+
+
+def anonymous_rss() -> int | None:
+    """Resident anonymous memory (heap, tensors) in bytes from /proc (Linux), excluding file-backed pages such as
+    memory-mapped safetensors checkpoints; None where /proc is not available."""
+    return _status_kib("RssAnon").get("RssAnon")
 
 
 def process_memory() -> int:
     """The CPU memory measure used throughout: anonymous RSS where available, else the whole RSS."""
     anon = anonymous_rss()
     return anon if anon is not None else psutil.Process().memory_info().rss
+
+
+def total_rss() -> int:
+    """The whole resident set in bytes, memory-mapped checkpoint pages included."""
+    return _status_kib("VmRSS").get("VmRSS") or psutil.Process().memory_info().rss
 
 
 class PeakMemory:
@@ -41,11 +53,13 @@ class PeakMemory:
     seconds; `cpu_peak_above_baseline_mib` subtracts the value at the start of the phase, or `baseline_rss` when given
     (for example the process before the model was loaded)."""
 
-    def __init__(self, phase: str, interval: float = 0.02, baseline_rss: int | None = None) -> None:
+    def __init__(self, phase: str, interval: float = 0.02, baseline_rss: int | None = None,
+                 baseline_total: int | None = None) -> None:
         self.phase, self.interval = phase, interval
         self.cuda = torch.cuda.is_available()
         self.baseline = baseline_rss
-        self.peak_rss = 0
+        self.peak_rss = self.peak_total = 0
+        self.baseline_total = baseline_total
         self.samples = 0
         self.result: dict[str, Any] = {}
         self._stop = threading.Event()
@@ -53,8 +67,10 @@ class PeakMemory:
 
     def sample(self) -> int:
         """Take one CPU sample now (the background thread calls this every `interval`); returns the current value."""
-        rss = process_memory()
+        fields = _status_kib("RssAnon", "VmRSS")
+        rss = fields.get("RssAnon") or process_memory()
         self.peak_rss = max(self.peak_rss, rss)
+        self.peak_total = max(self.peak_total, fields.get("VmRSS") or total_rss())
         self.samples += 1
         return rss
 
@@ -65,9 +81,10 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()  # garbage from earlier phases freed mid-phase would hide this phase's growth
-        rss = process_memory()
+        rss, total = process_memory(), total_rss()
         self.baseline = rss if self.baseline is None else self.baseline
-        self.peak_rss = rss
+        self.baseline_total = total if self.baseline_total is None else self.baseline_total
+        self.peak_rss, self.peak_total = rss, total
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -88,7 +105,8 @@ class PeakMemory:
                        "cpu_measure": "anonymous RSS" if anonymous_rss() is not None else "RSS",
                        "cpu_peak_rss_mib": round(self.peak_rss / MiB, 1),
                        "cpu_baseline_rss_mib": round(self.baseline / MiB, 1),
-                       "cpu_peak_above_baseline_mib": round((self.peak_rss - self.baseline) / MiB, 1)}
+                       "cpu_peak_above_baseline_mib": round((self.peak_rss - self.baseline) / MiB, 1),
+                       "cpu_total_rss_above_baseline_mib": round((self.peak_total - self.baseline_total) / MiB, 1)}
         if self.cuda:
             self.result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MiB, 1)
             self.result["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved() / MiB, 1)

@@ -15,7 +15,7 @@ from peft import PeftModel
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training
 from .data import TaskData, load_task
-from .efficiency import PeakMemory, process_memory
+from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
 from .errors import QLoraError
 from .metrics import generate, squad_evaluate, sst2_accuracy
@@ -104,8 +104,8 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir."""
     recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
-    baseline_rss = process_memory()  # memory is measured above the process before loading
-    with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
+    baseline_rss, baseline_total = process_memory(), total_rss()  # measured above the process before loading
+    with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(exp.preset, exp.mode)
     train_data = load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir)
     eval_task, eval_split = EVAL_SPLITS[exp.task]
@@ -116,15 +116,16 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
                               "data": {"train": train_data.describe(), "eval": eval_data.describe()}}
     zero = None
     if exp.zero_shot:
-        with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss) as mem:
+        with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
             zero = evaluate(exp, loaded, loaded.model, eval_data)
         record["zero_shot"] = _summary(zero, mem.result)
     model = prepare_for_training(loaded, exp.lora)
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
     examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
     record["data"]["train"]["examples_after_length_filter"] = len(examples)
-    result = train(model, loaded.tokenizer, examples, exp.train, Path(output_dir), baseline_rss=baseline_rss)
-    with PeakMemory("eval", baseline_rss=baseline_rss) as mem:
+    result = train(model, loaded.tokenizer, examples, exp.train, Path(output_dir), baseline_rss=baseline_rss,
+                   baseline_total=baseline_total)
+    with PeakMemory("eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
         tuned = evaluate(exp, loaded, model, eval_data)
     if isinstance(model, PeftModel):
         model.save_pretrained(Path(output_dir) / "adapter", safe_serialization=True)
@@ -173,8 +174,8 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
                   "wall_seconds": round(time.perf_counter() - started, 1)}
         recorder.metrics(record)
         return record
-    baseline_rss = process_memory()
-    with PeakMemory("load", baseline_rss=baseline_rss) as load_mem:
+    baseline_rss, baseline_total = process_memory(), total_rss()
+    with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)
     model = prepare_for_training(loaded, run.lora, gradient_checkpointing=run.gradient_checkpointing)
     generator = torch.Generator().manual_seed(run.seed)
@@ -184,7 +185,8 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
                                        "labels": ids})
     settings = TrainSettings(learning_rate=1e-4, max_steps=run.steps, batch_size=run.batch_size, optim=run.optim,
                              seed=run.seed)
-    result = train(model, loaded.tokenizer, data, settings, Path(output_dir), baseline_rss=baseline_rss)
+    result = train(model, loaded.tokenizer, data, settings, Path(output_dir), baseline_rss=baseline_rss,
+                   baseline_total=baseline_total)
     record = {"experiment": "efficiency", "model": loaded.describe(), "fit": fit,
               "lora": run.lora.to_dict() if run.lora else None,
               "shape": {"batch_size": run.batch_size, "seq_len": run.seq_len, "steps": run.steps,

@@ -114,7 +114,8 @@ class TrainResult:
 
 def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data: datasets.Dataset,
           settings: TrainSettings, output_dir: str | Path, eval_data: datasets.Dataset | None = None,
-          baseline_rss: int | None = None, show_progress: bool = True) -> TrainResult:
+          baseline_rss: int | None = None, show_progress: bool = True,
+          baseline_total: int | None = None) -> TrainResult:
     """Train with transformers' Trainer on tokenized examples (input_ids, attention_mask, labels)."""
     output_dir = Path(output_dir)
     evaluate = eval_data is not None and settings.eval_steps is not None
@@ -134,7 +135,7 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
     trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data if evaluate else None,
                       data_collator=collator, processing_class=tokenizer, callbacks=[history])
-    with PeakMemory("train", baseline_rss=baseline_rss) as memory:
+    with PeakMemory("train", baseline_rss=baseline_rss, baseline_total=baseline_total) as memory:
         output = trainer.train()
     steps = int(output.global_step)
     tokens = int(trainer.state.num_input_tokens_seen)
