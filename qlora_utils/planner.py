@@ -14,6 +14,8 @@ from .models import check_mode
 
 GiB = 1024 ** 3
 BLOCK, BLOCK2 = 64, 256  # NF4 block size and the block size of the double-quantized constants
+LOGIT_BYTES = 14.0  # bf16 logits, fp32 copy for the loss, log-softmax, gradient
+WORKSPACE = 64 * 1024 ** 2  # framework buffers and allocator slack, measured on the smallest runs here
 OPTIMIZER_BYTES = {"adamw_32bit": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0}
 
 
@@ -57,7 +59,10 @@ def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None =
     per 256 absmax (double quantization: 0.127 bits per weight); embeddings and head in bf16, norms in fp32; adapters,
     their gradients in bf16. bf16: every weight in 2 bytes. full: fp32 weights and gradients (bf16 autocast).
     Activations: with checkpointing one bf16 hidden state per layer plus one layer recomputed in the backward pass;
-    logits in fp32 for the loss, with their gradient."""
+    with a 4-bit base also the inputs that bitsandbytes' 4-bit matmul keeps for its backward pass outside the
+    checkpointing hooks (the q/k/v, o and gate/up inputs in fp32, the down-projection input in bf16, every layer).
+    Logits: bf16 logits, their fp32 copy for the loss, the log-softmax and the gradient (14 bytes per logit).
+    Plus a fixed workspace for the framework's buffers (WORKSPACE)."""
     check_mode(mode)
     if optimizer not in OPTIMIZER_BYTES:
         raise QLoraError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_BYTES)}")
@@ -91,7 +96,10 @@ def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None =
         activations = layers * per_layer
     if mode in ("nf4", "fp4"):
         activations += 2.0 * max(h * inter, h * h)  # one projection dequantized to bf16 at a time
-    logits = tokens * vocab * (2.0 + 4.0 + 4.0)  # bf16 logits, fp32 upcast for the loss, its gradient
+        if gradient_checkpointing:  # MatMul4Bit stores its input in ctx, which checkpointing does not release
+            activations += layers * tokens * (3 * h * 4.0 + inter * 2.0)
+    activations += WORKSPACE
+    logits = tokens * vocab * LOGIT_BYTES
     return MemoryPlan(quantized, constants, unquantized, adapters, gradients, optimizer_states, activations, logits)
 
 
@@ -118,7 +126,7 @@ def plan_for_record(record: dict[str, Any]) -> MemoryPlan:
     settings = LoraSettings(lora["rank"], lora["alpha"], lora.get("dropout", 0.1), lora["placement"]) if lora else None
     return plan_memory(config_of(record["model"]["preset"]), record["model"]["mode"], settings, shape["batch_size"],
                        shape["seq_len"], shape.get("gradient_checkpointing", True),
-                       record["training"].get("optimizer", {}).get("requested", "paged_adamw_32bit"))
+                       record["training"].get("settings", {}).get("optim", "paged_adamw_32bit"))
 
 
 def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

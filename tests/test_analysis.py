@@ -79,7 +79,7 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
     record = {"experiment": "efficiency", "model": {"preset": "tiny-qwen2", "label": "tiny", "mode": "bf16"},
               "lora": {"rank": 8, "alpha": 16, "dropout": 0.1, "placement": "attention"},
               "shape": {"batch_size": 2, "seq_len": 32, "gradient_checkpointing": True},
-              "training": {"memory": {"cpu_peak_above_baseline_mib": 100.0}, "optimizer": {}}}
+              "training": {"memory": {"cpu_peak_above_baseline_mib": 100.0}, "settings": {"optim": "paged_adamw_32bit"}}}
     from qlora_utils.adapters import LoraSettings
 
     plan = plan_memory(config_of("tiny-qwen2"), "bf16", LoraSettings(8, 16, 0.1, "attention"), 2, 32)
