@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from typing import Any
@@ -106,7 +107,8 @@ class PeakMemory:
                        "cpu_peak_rss_mib": round(self.peak_rss / MiB, 1),
                        "cpu_baseline_rss_mib": round(self.baseline / MiB, 1),
                        "cpu_peak_above_baseline_mib": round((self.peak_rss - self.baseline) / MiB, 1),
-                       "cpu_total_rss_above_baseline_mib": round((self.peak_total - self.baseline_total) / MiB, 1)}
+                       "cpu_total_rss_above_baseline_mib": round((self.peak_total - self.baseline_total) / MiB, 1),
+                       "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
         if self.cuda:
             self.result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MiB, 1)
             self.result["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved() / MiB, 1)
