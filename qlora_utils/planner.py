@@ -31,6 +31,7 @@ class MemoryPlan:
     optimizer_states: float
     activations: float
     logits: float
+    autocast_copies: float = 0.0
 
     @property
     def total(self) -> float:
@@ -62,7 +63,8 @@ def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None =
     with a 4-bit base also the inputs that bitsandbytes' 4-bit matmul keeps for its backward pass outside the
     checkpointing hooks (the q/k/v, o and gate/up inputs in fp32, the down-projection input in bf16, every layer).
     Logits: bf16 logits, their fp32 copy for the loss, the log-softmax and the gradient (14 bytes per logit).
-    Plus a fixed workspace for the framework's buffers (WORKSPACE)."""
+    Plus a fixed workspace for the framework's buffers (WORKSPACE). Full fine-tuning under bf16 autocast also holds
+    bf16 copies of the fp32 projection weights (autocast's weight cache) for the forward pass."""
     check_mode(mode)
     if optimizer not in OPTIMIZER_BYTES:
         raise QLoraError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_BYTES)}")
@@ -100,7 +102,9 @@ def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None =
             activations += layers * tokens * (3 * h * 4.0 + inter * 2.0)
     activations += WORKSPACE
     logits = tokens * vocab * LOGIT_BYTES
-    return MemoryPlan(quantized, constants, unquantized, adapters, gradients, optimizer_states, activations, logits)
+    copies = 2.0 * linear if mode == "full" else 0.0
+    return MemoryPlan(quantized, constants, unquantized, adapters, gradients, optimizer_states, activations, logits,
+                      copies)
 
 
 def verdict(plan: MemoryPlan, gpu_gib: float = 24.0, reserve_gib: float = 1.0) -> dict[str, Any]:
@@ -145,6 +149,7 @@ def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         predicted = plan_for_record(record).total / MiB
         rows.append({"model": record["model"]["label"], "mode": record["model"]["mode"],
                      "batch × seq": f"{record['shape']['batch_size']} × {record['shape']['seq_len']}",
+                     "tokens": record["shape"]["batch_size"] * record["shape"]["seq_len"],
                      "device": memory.get("device", "cpu"),
                      "predicted MiB": predicted, "measured MiB": measured,
                      "error %": 100 * (predicted - measured) / measured if measured else float("nan")})
