@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import yaml
+from tqdm.auto import tqdm
 
 from .errors import QLoraError
 from .io import atomic_write_json
@@ -70,16 +71,39 @@ class LocalJudge:
             ids = ids[-self.max_tokens:]
         return list(ids)
 
-    def __call__(self, prompts: Sequence[str], **_: Any) -> dict[str, list]:
-        from .metrics import score_candidates
+    def next_token_logprobs(self, ids: Sequence[list[int]]) -> list[list[float]]:
+        """Log-probabilities of "m" and "M" after each prompt. The judge prompt's long shared opening is run once
+        and its key/value cache reused for every prompt (prompts are scored one at a time after it)."""
+        import copy
 
+        import torch
+
+        from .metrics import evaluating, score_candidates
+
+        candidates = [[self.token_ids[t]] for t in ("m", "M")]
+        shared = len(ids[0]) if ids else 0
+        for seq in ids[1:]:
+            shared = next((i for i, (a, b) in enumerate(zip(ids[0][:shared], seq)) if a != b), min(shared, len(seq)))
+        shared = min(shared, min((len(seq) for seq in ids), default=0) - 1)
+        if len(ids) < 2 or shared < 32:
+            return score_candidates(self.loaded.model, self.loaded.tokenizer, ids, candidates, self.batch_size,
+                                    desc=f"judge {self.name}").tolist()
+        model, rows = self.loaded.model, []
+        with evaluating(model, self.loaded.tokenizer, "left"):
+            prefix = model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
+            for seq in tqdm(ids, desc=f"judge {self.name}", leave=False):
+                cache = copy.deepcopy(prefix)
+                logits = model(input_ids=torch.tensor([seq[shared:]]), past_key_values=cache, use_cache=True,
+                               logits_to_keep=1).logits[0, -1]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                rows.append([logprobs[c[0]].item() for c in candidates])
+        return rows
+
+    def __call__(self, prompts: Sequence[str], **_: Any) -> dict[str, list]:
         started = time.perf_counter()
-        ids = [self.prompt_ids(p) for p in prompts]
-        tokens = list(self.token_ids)
-        scores = score_candidates(self.loaded.model, self.loaded.tokenizer, ids,
-                                  [[self.token_ids[t]] for t in tokens], self.batch_size, desc=f"judge {self.name}")
+        tokens = ["m", "M"]
         completions, texts = [], []
-        for row in scores.tolist():
+        for row in self.next_token_logprobs([self.prompt_ids(p) for p in prompts]):
             top = [{"token": t, "logprob": lp} for t, lp in zip(tokens, row)]
             best = max(top, key=lambda x: x["logprob"])
             completions.append({"logprobs": {"content": [{**best, "top_logprobs": top}]}, "text": best["token"]})
@@ -232,9 +256,12 @@ REFERENCES = {"text_davinci_003": "AlpacaEval 1.0 reference (text-davinci-003)",
 
 def run_winrates(systems: dict[str, list[dict[str, Any]]], judge: Judge, output_dir: str | os.PathLike[str],
                  references: Sequence[str] = tuple(REFERENCES), base: str | None = "base",
-                 max_output_tokens: int | None = 256, data_dir: str | None = None) -> dict[str, Any]:
-    """Judge every system (AlpacaEval-format outputs for the same instructions) against each reference and every
-    other system against `base`, both orders each; write annotations.json and metrics.json into output_dir."""
+                 max_output_tokens: int | None = 256, data_dir: str | None = None, base_vs_references: bool = True,
+                 sanity_examples: int | None = None) -> dict[str, Any]:
+    """Judge every system (AlpacaEval-format outputs for the same instructions) against each reference (the base
+    model too unless base_vs_references is False) and every other system against `base`, both orders each; a sanity
+    pair per baseline on the first `sanity_examples` instructions (all when None). Writes annotations.json and
+    metrics.json into output_dir."""
     from .data import load_task
     from .runs import RunRecorder
 
@@ -268,12 +295,13 @@ def run_winrates(systems: dict[str, list[dict[str, Any]]], judge: Judge, output_
         if missing:
             raise QLoraError(f"{len(missing)} instructions have no {ref} reference, e.g. {missing[0][:60]!r}")
         ref_answers = seen([by_instruction[i] for i in instructions])
-        matchups += [(ref, ref_answers, name) for name in names]
+        matchups += [(ref, ref_answers, name) for name in names if base_vs_references or name != base]
     if base is not None:
         matchups += [(base, answers[base], name) for name in names if name != base]
     for baseline, baseline_answers, name in matchups:
         if baseline not in sanity:  # the baseline's answers against themselves: 50 % for an unbiased judge
-            sanity[baseline] = sanity_pair(annotator, instructions, baseline_answers)
+            sanity[baseline] = sanity_pair(annotator, instructions[:sanity_examples],
+                                           baseline_answers[:sanity_examples])
         pairs = head_to_head(annotator, instructions, baseline_answers, answers[name], baseline, name, judge.name)
         pairs["dataset"] = [o.get("dataset") for o in systems[name]]
         tables.append(pairs)
