@@ -230,6 +230,9 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
         if state == "done" and not force:
             results[entry.name] = "skipped (done)"
             continue
+        if state == "running":  # another live runner has it: never run one experiment twice at once
+            results[entry.name] = "skipped (running in another process)"
+            continue
         try:
             execute_entry(entry, profile, root)
             results[entry.name] = "done"

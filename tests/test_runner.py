@@ -129,3 +129,15 @@ def test_entries_inherit_notebook_defaults(tmp_path: Path) -> None:
                     "  - name: a\n    notebook: notebooks/week2_sst2_baseline.md\n")
     with pytest.raises(QLoraError, match="defaults for \\['week2_sst2'\\] match no notebook"):
         load_profile(path)
+
+
+def test_a_run_that_another_live_runner_holds_is_skipped(tmp_path: Path) -> None:
+    """Two runners over one profile never execute the same experiment at once."""
+    path = _profile(tmp_path, "  - name: busy\n    notebook: notebooks/week7_analysis.md\n")
+    profile = load_profile(path)
+    entry = profile.entries[0]
+    run_dir = profile.runs_dir(tmp_path / "runs") / "busy"
+    mark_started(run_dir, entry.notebook, entry.parameters, profile.name)  # this (live) process holds it
+    results = run_profile(profile, root=tmp_path / "runs")
+    assert results == {"busy": "skipped (running in another process)"}
+    assert not (run_dir / "notebook.ipynb").exists()
