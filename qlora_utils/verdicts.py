@@ -18,6 +18,7 @@ def qlora_vs_full(frame: pd.DataFrame, tolerance_pct: float = 3.0, min_seeds: in
     one-seed sweeps, are left out) against the best of full fine-tuning, per task and pretrained model."""
     rows = []
     data = _pretrained(frame)
+    data = data.dropna(subset=["quality"]) if not data.empty else data  # tasks without a quality metric (Alpaca)
     if not data.empty:
         for (experiment, model), group in data.groupby(["experiment", "model"]):
             keys = ["mode", "placement", "rank", "learning rate", "train examples"]

@@ -87,3 +87,9 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
     assert row["predicted MiB"] == pytest.approx(plan.total / 2 ** 20)
     assert row["error %"] == pytest.approx(100 * (plan.total / 2 ** 20 - 100) / 100)
     assert plan.total < GiB
+
+
+def test_tasks_without_a_quality_metric_do_not_break_the_verdict() -> None:
+    alpaca = [("alpaca", "M", True, mode, "attention_mlp", 8, 2e-4, 150, None, 1.0, 1, 1.0, 1.0)
+              for mode in ("nf4", "full")]
+    assert qlora_vs_full(_frame(ROWS + alpaca))["verdict"] == SUPPORTED
