@@ -61,3 +61,17 @@ def accuracy_by_mode(frame: pd.DataFrame) -> alt.TopLevelMixin:
     zero = alt.Chart(data.dropna(subset=["zero-shot"])).mark_rule(strokeDash=[4, 4], color="gray").encode(
         x="mean(zero-shot):Q")
     return (zero + points).properties(width=420, height=130)
+
+
+def gpu_fit(verdicts: pd.DataFrame, gpu_gib: float = 24.0) -> alt.TopLevelMixin:
+    """Predicted peak training memory per model and mode (log scale) against a GPU's memory (dashed rule)."""
+    data = verdicts.assign(configuration=verdicts["model"] + " · " + verdicts["mode"],
+                           fits=verdicts["fits"].map({True: "fits", False: "does not fit", "yes": "fits",
+                                                      "no": "does not fit"}))
+    bars = alt.Chart(data).mark_bar().encode(
+        x=alt.X("predicted GiB:Q", title="predicted peak training memory (GiB, log scale)", scale=alt.Scale(type="log")),
+        y=alt.Y("configuration:N", title=None, sort=None),
+        color=alt.Color("fits:N", title=f"{gpu_gib:g} GB GPU"),
+        tooltip=["model", "mode", alt.Tooltip("predicted GiB:Q", format=".1f"), alt.Tooltip("margin GiB:Q", format=".1f")])
+    rule = alt.Chart(pd.DataFrame({"gib": [gpu_gib]})).mark_rule(strokeDash=[4, 4], color="black").encode(x="gib:Q")
+    return (bars + rule).properties(width=380, height=220)
