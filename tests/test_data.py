@@ -17,7 +17,7 @@ from qlora_utils.errors import DataUnavailableError, QLoraError
 def test_local_loaders_read_every_record(data_dir: Path, task: str, split: str, count: int) -> None:
     data = load_task(task, split, data_dir=data_dir)
     assert len(data) == data.n_available == count
-    assert data.source.startswith("local:") and str(data_dir) in data.source
+    assert data.source.startswith("local:") and str(Path(data_dir).resolve()) in data.source
     assert f"read {count} records" in str(data)
 
 
