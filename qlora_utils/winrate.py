@@ -327,21 +327,22 @@ MODEL_OUTPUTS, BASE_OUTPUTS = "model_outputs.json", "base_model_outputs.json"
 
 
 def systems_from_runs(run_dirs: Sequence[str | os.PathLike[str]], base: str = "base") -> dict[str, list[dict]]:
-    """The AlpacaEval-format outputs of instruction-tuning runs, by system name (the run's mode), with the base
-    model's outputs from the first run that recorded them."""
+    """The AlpacaEval-format outputs of instruction-tuning runs (rebuilt from their generations.json), by system
+    name, the base model first when a run recorded its answers too."""
     from .analysis import MODE_NAMES
     from .runs import read_run
 
     systems: dict[str, list[dict]] = {}
     for path in map(Path, run_dirs):
         run = read_run(path)
-        if run.status.get("state") != "done" or not (path / MODEL_OUTPUTS).is_file():
-            raise QLoraError(f"{path} is not a finished instruction-tuning run with {MODEL_OUTPUTS}; run it first "
+        gens = run.generations()
+        if run.status.get("state") != "done" or run.metrics.get("experiment") != "alpaca" or not gens:
+            raise QLoraError(f"{path} is not a finished instruction-tuning run; run it first "
                              f"(python -m qlora_utils run PROFILE --only {path.name})")
-        mode = run.metrics.get("model", {}).get("mode", path.name)
-        systems[MODE_NAMES.get(mode, mode)] = json.loads((path / MODEL_OUTPUTS).read_text(encoding="utf-8"))
-        if base not in systems and (path / BASE_OUTPUTS).is_file():
-            systems[base] = json.loads((path / BASE_OUTPUTS).read_text(encoding="utf-8"))
+        preset, mode = run.metrics["model"]["preset"], run.metrics["model"]["mode"]
+        if base not in systems and gens[0].get("zero_shot") is not None:
+            systems = {base: model_outputs(gens, [g["zero_shot"] for g in gens], f"{preset}-base"), **systems}
+        systems[MODE_NAMES.get(mode, mode)] = model_outputs(gens, [g["fine_tuned"] for g in gens], f"{preset}-{mode}")
     return systems
 
 
