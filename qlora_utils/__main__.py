@@ -1,6 +1,6 @@
 """Command line of the study.
 
-  run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN)
+  run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N)
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run runs that are done and current")
     run.add_argument("--only", nargs="+", metavar="PATTERN", help="run names to execute (shell patterns)")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads (default 1)")
+    run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
     status = sub.add_parser("status", help="list every run of a profile with its state")
     status.add_argument("profile")
     validate = sub.add_parser("validate", help="check profiles against the notebooks' parameters cells")
@@ -70,6 +72,9 @@ def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
     p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
     p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--scheduler", default="constant_with_warmup",
+                   help="learning-rate schedule after warmup (the QLoRA paper's constant; the cpu profile uses cosine)")
+    p.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             results = run_profile(load_profile(args.profile), force=args.force, only=args.only,
-                                  keep_going=args.keep_going)
+                                  keep_going=args.keep_going, jobs=args.jobs,
+                                  validate=not args.no_validate)
             for name, outcome in results.items():
                 print(f"{name:45s} {outcome}")
             if any(o.startswith("failed") for o in results.values()):
@@ -118,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,
                              train_examples=args.train_examples, eval_examples=args.eval_examples,
                              max_length=args.max_length, data_dir=args.data_dir,
+                             gradient_checkpointing=not args.no_checkpointing,
                              train=TrainSettings(learning_rate=args.lr, batch_size=args.batch_size,
-                                                 epochs=args.epochs, seed=args.seed))
+                                                 epochs=args.epochs, seed=args.seed, scheduler=args.scheduler))
             record = run_experiment(exp, args.output)
             print(json.dumps(_headline(record), indent=2))
     except QLoraError as exc:

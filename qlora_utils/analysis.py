@@ -40,6 +40,7 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "mode": m.get("model", {}).get("mode"), "placement": lora.get("placement", "all weights"),
             "rank": lora.get("rank"), "seed": run.parameters.get("seed"),
             "learning rate": m["training"].get("settings", {}).get("learning_rate"),
+            "schedule": m["training"].get("settings", {}).get("scheduler"),
             "train examples": m.get("data", {}).get("train", {}).get("records_used"),
             "metric": metric, "quality": value,
             "zero-shot": (100 * m["zero_shot"]["accuracy"] if m.get("experiment") == "sst2" else

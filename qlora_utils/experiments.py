@@ -47,6 +47,7 @@ class Experiment:
     zero_shot: bool = True
     eval_batch_size: int = 32
     data_dir: str | None = None
+    gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -119,7 +120,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
         with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
             zero = evaluate(exp, loaded, loaded.model, eval_data)
         record["zero_shot"] = _summary(zero, mem.result)
-    model = prepare_for_training(loaded, exp.lora)
+    model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
     examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
     record["data"]["train"]["examples_after_length_filter"] = len(examples)
@@ -130,7 +131,8 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     if isinstance(model, PeftModel):
         model.save_pretrained(Path(output_dir) / "adapter", safe_serialization=True)
     record.update({"fine_tuned": _summary(tuned, mem.result), "parameters": parameter_report(model).to_dict(),
-                   "training": result.summary(), "load_memory": load_mem.result, "environment": environment(),
+                   "training": {**result.summary(), "gradient_checkpointing": exp.gradient_checkpointing},
+                   "load_memory": load_mem.result, "environment": environment(),
                    "wall_seconds": round(time.perf_counter() - started, 1)})
     recorder.generations(_per_example(exp, eval_data, zero, tuned))
     if exp.task == "alpaca":

@@ -141,7 +141,8 @@ def provenance_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "seed": r.parameters.get("seed", "—"),
             "versions": f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, "
                         f"peft {versions.get('peft')}, bitsandbytes {versions.get('bitsandbytes')}",
-            "hardware": hardware.get("gpu") or f"CPU × {hardware.get('cpu_count')}",
+            "hardware": hardware.get("gpu") or f"CPU × {hardware.get('cpu_count')}, "
+                                               f"{hardware.get('torch_threads', '?')} thread(s)",
             "commit": (r.env.get("git_commit") or "—")[:12], "finished": r.status.get("finished"),
             "wall s": r.status.get("wall_seconds"),
         })

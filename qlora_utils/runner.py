@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import QLoraError
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV
-from .runs import config_hash, mark_finished, mark_started, run_state
+from .runs import read_json, config_hash, mark_finished, mark_started, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
@@ -33,6 +35,8 @@ class Entry:
     name: str
     notebook: str  # repository-relative path of the MyST-markdown notebook
     parameters: dict[str, Any]
+    needs: tuple[str, ...] = field(default=())  # patterns of earlier runs that must finish first (with --jobs)
+    exclusive: bool = False  # with --jobs, runs alone on every core (clean memory and throughput measurements)
 
     @property
     def config_hash(self) -> str:
@@ -76,11 +80,16 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if item["name"] in seen:
             raise QLoraError(f"{path.name}: run name {item['name']!r} is used twice")
         seen.add(item["name"])
-        unknown = set(item) - {"name", "notebook", "parameters"}
+        unknown = set(item) - {"name", "notebook", "parameters", "needs", "exclusive"}
         if unknown:
             raise QLoraError(f"{path.name}: run {item['name']!r} has unknown keys {sorted(unknown)}")
+        needs = item.get("needs") or []
+        if isinstance(needs, str) or not all(isinstance(n, str) for n in needs):
+            raise QLoraError(f"{path.name}: run {item['name']!r}: `needs` must be a list of run-name patterns")
+        if unmatched := [n for n in needs if not any(pattern_match(e.name, n) for e in entries)]:
+            raise QLoraError(f"{path.name}: run {item['name']!r} needs {unmatched}, which match no earlier run")
         parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
-        entries.append(Entry(item["name"], item["notebook"], parameters))
+        entries.append(Entry(item["name"], item["notebook"], parameters, tuple(needs), bool(item.get("exclusive"))))
     if not entries:
         raise QLoraError(f"{path.name} lists no runs")
     stems = {Path(e.notebook).stem for e in entries}
@@ -153,7 +162,27 @@ def validate_profile(profile: Profile) -> None:
 
 def status(profile: Profile, root: Path | None = None) -> list[tuple[str, str]]:
     """(run name, state) for every entry of a profile."""
-    return [(e.name, run_state(profile.runs_dir(root) / e.name, e.config_hash)) for e in profile.entries]
+    return [(e.name, entry_state(profile, e, root)) for e in profile.entries]
+
+
+def _needed(profile: Profile, entry: Entry) -> list[Entry]:
+    """The earlier entries that an entry's `needs` patterns name."""
+    earlier = profile.entries[:profile.entries.index(entry)]
+    return [e for e in earlier if any(pattern_match(e.name, n) for n in entry.needs)]
+
+
+def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str:
+    """A run's state (see runs.run_state); a done run that needs other runs is stale once one of them finished
+    after it started (an analysis over results that have changed since)."""
+    runs_dir = profile.runs_dir(root)
+    state = run_state(runs_dir / entry.name, entry.config_hash)
+    if state == "done" and entry.needs:
+        started = (read_json(runs_dir / entry.name / "status.json") or {}).get("started", "")
+        for needed in _needed(profile, entry):
+            finished = (read_json(runs_dir / needed.name / "status.json") or {}).get("finished", "")
+            if finished > started:
+                return "stale"
+    return state
 
 
 def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kernel_name: str = "python3") -> None:
@@ -201,9 +230,15 @@ def _title_with_run_name(path: Path, name: str) -> None:
 
 
 def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
-                keep_going: bool = False) -> dict[str, str]:
-    """Validate the whole grid, then execute every entry that is not done and current (all with force)."""
-    validate_profile(profile)
+                keep_going: bool = False, jobs: int = 1, validate: bool = True) -> dict[str, str]:
+    """Validate the whole grid, then execute every entry that is not done and current (all with force).
+
+    With jobs > 1, that many runs execute at once, each in its own runner process with cores / jobs threads;
+    an entry starts once the earlier runs it `needs` have finished, and an `exclusive` one runs alone."""
+    if jobs < 1:
+        raise QLoraError(f"jobs must be at least 1, got {jobs}")
+    if validate:
+        validate_profile(profile)
     entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
     if only and not entries:
         raise QLoraError(f"no run of profile {profile.name!r} matches {only}")
@@ -215,7 +250,10 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     results: dict[str, str] = {}
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
     try:
-        _run_entries(profile, entries, root, force, keep_going, results)
+        if jobs == 1:
+            _run_entries(profile, entries, root, force, keep_going, results)
+        else:
+            _run_parallel(profile, entries, root, force, keep_going, jobs, results)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return results
@@ -226,7 +264,7 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
     bar = tqdm(entries, desc=profile.name, unit="run")
     for entry in bar:
         bar.set_postfix_str(entry.name)
-        state = run_state(profile.runs_dir(root) / entry.name, entry.config_hash)
+        state = entry_state(profile, entry, root)
         if state == "done" and not force:
             results[entry.name] = "skipped (done)"
             continue
@@ -243,6 +281,87 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
             if not keep_going:
                 raise QLoraError(f"run {entry.name!r} failed; its notebook is in "
                                  f"{profile.runs_dir(root) / entry.name / 'notebook.failed.ipynb'}") from exc
+
+
+def _blocked(entry: Entry, profile: Profile, unfinished: set[str]) -> bool:
+    """Whether an earlier run that the entry needs has not finished yet."""
+    return any(e.name in unfinished for e in _needed(profile, entry))
+
+
+def _runner_command(profile: Profile, entry: Entry, force: bool) -> list[str]:
+    return [sys.executable, "-m", "qlora_utils", "run", str(profile.path), "--only", entry.name,
+            "--no-validate"] + (["--force"] if force else [])
+
+
+def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
+                  jobs: int, results: dict[str, str]) -> None:
+    """Execute entries `jobs` at a time, each through a one-entry runner process; logs go to RUNS/PROFILE/NAME.log."""
+    runs_dir = profile.runs_dir(root)
+    cores = os.cpu_count() or 1
+    pending: list[Entry] = []
+    for entry in entries:
+        state = entry_state(profile, entry, root)
+        if state == "done" and not force and not any(e in pending for e in _needed(profile, entry)):
+            results[entry.name] = "skipped (done)"
+        elif state == "running":
+            results[entry.name] = "skipped (running in another process)"
+        else:
+            pending.append(entry)
+    unfinished = {e.name for e in pending}
+    running: dict[str, tuple[subprocess.Popen[bytes], Any, Entry]] = {}
+    failed = False
+    bar = tqdm(total=len(pending), desc=f"{profile.name} ({jobs} jobs)", unit="run")
+    try:
+        while pending or running:
+            for name, (process, log, entry) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                unfinished.discard(name)
+                ok = process.returncode == 0 and run_state(runs_dir / name, entry.config_hash) == "done"
+                results[name] = "done" if ok else f"failed: exit status {process.returncode}, see {runs_dir / name}.log"
+                failed = failed or not ok
+                bar.update(1)
+            if failed and not keep_going:
+                pending.clear()
+            for entry in list(pending):
+                if len(running) >= jobs or any(e.exclusive for _, _, e in running.values()):
+                    break
+                if entry.exclusive and running:
+                    break  # it waits for the machine to empty; later entries wait behind it, keeping the order
+                if _blocked(entry, profile, unfinished):
+                    continue
+                if not force and entry_state(profile, entry, root) == "done":  # what it needs did not change
+                    pending.remove(entry)
+                    unfinished.discard(entry.name)
+                    results[entry.name] = "skipped (done)"
+                    bar.update(1)
+                    continue
+                threads = cores if entry.exclusive else max(1, cores // jobs)
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                if root is not None:
+                    env[RUNS_ENV] = str(root)
+                runs_dir.mkdir(parents=True, exist_ok=True)
+                log = open(runs_dir / f"{entry.name}.log", "wb")
+                process = subprocess.Popen(_runner_command(profile, entry, force), cwd=REPO, env=env,
+                                           stdout=log, stderr=subprocess.STDOUT)
+                running[entry.name] = (process, log, entry)
+                pending.remove(entry)
+            bar.set_postfix_str(", ".join(running))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for process, _, _ in running.values():
+            process.terminate()  # each runner marks its run interrupted and stops its kernel
+        for process, log, _ in running.values():
+            process.wait()
+            log.close()
+        raise
+    finally:
+        bar.close()
+    if failed and not keep_going:
+        bad = [n for n, r in results.items() if r.startswith("failed")]
+        raise QLoraError(f"run(s) {bad} failed; see their logs in {runs_dir}")
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -41,7 +41,8 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -51,7 +52,7 @@ def _read_json(path: Path) -> Any:
 def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
     """done, running (its runner is alive), stale (done with another configuration), failed, partial (started and
     killed or interrupted, never finished) or missing."""
-    status = _read_json(run_dir / "status.json")
+    status = read_json(run_dir / "status.json")
     if status is None:
         return "partial" if run_dir.exists() and any(run_dir.iterdir()) else "missing"
     state = status.get("state")
@@ -103,7 +104,7 @@ class RunRecorder:
 
     def metrics(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json (merged with what is already there)."""
-        existing = _read_json(self.run_dir / "metrics.json") or {}
+        existing = read_json(self.run_dir / "metrics.json") or {}
         atomic_write_json(self.run_dir / "metrics.json", {**existing, **metrics})
 
     def history(self, history: list[dict[str, Any]]) -> None:
@@ -140,17 +141,17 @@ class Run:
 
     def history(self) -> list[dict[str, Any]]:
         """The per-step training history (empty if none was recorded)."""
-        return _read_json(self.path / "history.json") or []
+        return read_json(self.path / "history.json") or []
 
     def generations(self) -> list[dict[str, Any]]:
         """Recorded generations (empty if none)."""
-        return _read_json(self.path / "generations.json") or []
+        return read_json(self.path / "generations.json") or []
 
 
 def read_run(path: Path) -> Run:
     """Read one run directory."""
-    return Run(path, _read_json(path / "config.json") or {}, _read_json(path / "status.json") or {},
-               _read_json(path / "metrics.json") or {}, _read_json(path / "env.json") or {})
+    return Run(path, read_json(path / "config.json") or {}, read_json(path / "status.json") or {},
+               read_json(path / "metrics.json") or {}, read_json(path / "env.json") or {})
 
 
 def read_runs(profile_dir: Path, notebook: str | None = None, done_only: bool = True) -> list[Run]:
@@ -164,3 +165,19 @@ def read_runs(profile_dir: Path, notebook: str | None = None, done_only: bool = 
             continue
         runs.append(run)
     return runs
+
+
+def busy_seconds(runs: list[Run]) -> float:
+    """Wall-clock seconds during which at least one of the runs was executing (overlapping runs count once): the
+    grid's elapsed time without the pauses between sessions."""
+    spans = sorted((datetime.fromisoformat(r.status["started"]), datetime.fromisoformat(r.status["finished"]))
+                   for r in runs if r.status.get("started") and r.status.get("finished"))
+    total, current = 0.0, None
+    for start, end in spans:
+        if current and start <= current[1]:
+            current = (current[0], max(current[1], end))
+            continue
+        if current:
+            total += (current[1] - current[0]).total_seconds()
+        current = (start, end)
+    return total + ((current[1] - current[0]).total_seconds() if current else 0.0)

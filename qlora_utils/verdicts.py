@@ -15,13 +15,17 @@ def _pretrained(frame: pd.DataFrame) -> pd.DataFrame:
 
 def qlora_vs_full(frame: pd.DataFrame, tolerance_pct: float = 3.0, min_seeds: int = 2) -> dict[str, Any]:
     """QLoRA's best configuration (mean over seeds; configurations run with fewer than min_seeds seeds, such as
-    one-seed sweeps, are left out) against the best of full fine-tuning, per task and pretrained model."""
+    one-seed sweeps, or on another amount of training data than full fine-tuning are left out) against the best of
+    full fine-tuning, per task and pretrained model."""
     rows = []
     data = _pretrained(frame)
     data = data.dropna(subset=["quality"]) if not data.empty else data  # tasks without a quality metric (Alpaca)
     if not data.empty:
         for (experiment, model), group in data.groupby(["experiment", "model"]):
-            keys = ["mode", "placement", "rank", "learning rate", "train examples"]
+            keys = [k for k in ("mode", "placement", "rank", "learning rate", "train examples", "schedule")
+                    if k in group.columns]
+            full_sizes = set(group.loc[group["mode"] == "full", "train examples"])
+            group = group[group["train examples"].isin(full_sizes)]  # same data as full fine-tuning: a fair gap
             stats = group.groupby(keys, dropna=False)["quality"].agg(["mean", "count"])
             repeated = stats[stats["count"] >= min(min_seeds, stats["count"].max())]  # single-seed sweeps excluded
             modes = repeated.index.get_level_values(0)

@@ -59,7 +59,7 @@ def test_offline_model_lora_is_under_one_percent() -> None:
 def test_kbit_preparation_enables_checkpointing_and_input_grads() -> None:
     loaded = load_model("tiny-qwen2", "nf4")
     model = prepare_for_training(loaded, LoraSettings(rank=4))
-    assert model.base_model.model.is_gradient_checkpointing
+    assert model.base_model.model.is_activation_checkpointing
     lora_a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"]
     assert lora_a.weight.dtype == torch.bfloat16
     norm = model.base_model.model.model.layers[0].input_layernorm

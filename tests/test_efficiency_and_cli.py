@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qlora_utils.__main__ import main
@@ -16,12 +18,13 @@ from qlora_utils.io import atomic_write_json
 
 def test_peak_memory_sees_a_transient_allocation() -> None:
     with PeakMemory("alloc", interval=0.005) as mem:
-        block = bytearray(300 * 1024 * 1024)
-        block[::4096] = b"x" * len(block[::4096])  # touch every page so it is resident
+        # a fresh private anonymous mapping: malloc could reuse heap that an earlier test freed but kept resident
+        block = mmap.mmap(-1, 300 * 1024 * 1024, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        np.frombuffer(block, dtype=np.uint8)[::4096] = 1  # touch every page so it is resident
         seen, deadline = mem.samples, time.monotonic() + 10
         while mem.samples < seen + 3 and time.monotonic() < deadline:  # hold the block until the thread sampled it
             time.sleep(0.01)
-        del block
+        block.close()
     assert mem.samples >= 3, "the background sampler never ran"
     assert mem.result["cpu_peak_above_baseline_mib"] >= 250 and mem.result["cpu_total_rss_above_baseline_mib"] >= 250
     assert mem.result["seconds"] > 0 and mem.peak_mib == mem.result["cpu_peak_above_baseline_mib"]
@@ -48,11 +51,14 @@ def test_cli_bad_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]
 def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["sst2", "--model", "tiny-qwen2", "--train-examples", "16", "--eval-examples", "16",
-                 "--batch-size", "8", "--output", str(tmp_path / "run")])
+                 "--batch-size", "8", "--scheduler", "cosine", "--no-checkpointing",
+                 "--output", str(tmp_path / "run")])
     assert code == 0
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["zero_shot"]["n"] == record["fine_tuned"]["n"] == 16
     assert record["parameters"]["trainable"] > 0 and record["training"]["tokens"] > 0
     assert record["model"]["label"] == "tiny-qwen2 (random weights)"
+    assert record["training"]["settings"]["scheduler"] == "cosine"
+    assert record["training"]["gradient_checkpointing"] is False
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "history.json").read_text())

@@ -43,6 +43,7 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, d
             assert "<svg" in (html / image).read_text(encoding="utf-8")
         assert "cdn.jsdelivr.net/npm/vega" not in page, "charts are static SVG, nothing loads Vega from a CDN"
     appendix = (html / "book" / "appendix_runs.html").read_text(encoding="utf-8")
+    assert appendix.count("<table") >= 2 and "|:--" not in appendix, "run tables render as tables, not as text"
     for entry in profile.entries:
         assert (html / "runs" / "smoke" / entry.name / "notebook.html").is_file()
         assert f"runs/smoke/{entry.name}/notebook.html" in appendix

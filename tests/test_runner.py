@@ -141,3 +141,85 @@ def test_a_run_that_another_live_runner_holds_is_skipped(tmp_path: Path) -> None
     results = run_profile(profile, root=tmp_path / "runs")
     assert results == {"busy": "skipped (running in another process)"}
     assert not (run_dir / "notebook.ipynb").exists()
+
+
+FAKE_RUNNER = """
+import json, os, sys, time
+from pathlib import Path
+from qlora_utils.runs import mark_finished, mark_started
+run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+started = time.perf_counter()
+state = mark_started(run_dir, notebook, parameters, "ptest")
+begin = time.time()
+time.sleep(0.8)
+(run_dir / "notebook.ipynb").write_text("{}")
+(run_dir / "times.json").write_text(json.dumps({"begin": begin, "end": time.time(),
+                                                "threads": os.environ["OMP_NUM_THREADS"]}))
+mark_finished(run_dir, state, started)
+"""
+
+
+def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs 2: two at a time with half the cores each; `needs` waits for its run; `exclusive` runs alone."""
+    import sys
+
+    import qlora_utils.runner as runner
+
+    root = tmp_path / "runs"
+    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force: [
+        sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
+        json.dumps(entry.parameters)])
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    notebook = "    notebook: notebooks/week7_analysis.md\n"
+    path = _profile(tmp_path, f"  - name: a\n{notebook}  - name: b\n{notebook}  - name: c\n{notebook}"
+                              f"    needs: [a]\n  - name: d\n{notebook}    exclusive: true\n  - name: e\n{notebook}")
+    results = run_profile(load_profile(path), root=root, jobs=2, validate=False)
+    assert results == {name: "done" for name in "abcde"}
+    times = {n: json.loads((root / "ptest" / n / "times.json").read_text()) for n in "abcde"}
+    assert times["a"]["begin"] < times["b"]["end"] and times["b"]["begin"] < times["a"]["end"], "a and b overlap"
+    assert times["c"]["begin"] >= times["a"]["end"], "c needs a"
+    assert all(times["d"]["begin"] >= times[n]["end"] for n in "abc") and times["e"]["begin"] >= times["d"]["end"]
+    assert [times[n]["threads"] for n in "abcde"] == ["2", "2", "2", "4", "2"]
+    assert (root / "ptest" / "a.log").is_file()
+
+
+def test_needs_must_name_an_earlier_run(tmp_path: Path) -> None:
+    path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n    needs: [b]\n"
+                              "  - name: b\n    notebook: notebooks/week7_analysis.md\n")
+    with pytest.raises(QLoraError, match=r"run 'a' needs \['b'\], which match no earlier run"):
+        load_profile(path)
+
+
+def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
+    from qlora_utils.runs import Run, busy_seconds
+
+    def run(start: str, end: str) -> Run:
+        return Run(tmp_path, {}, {"started": f"2026-01-01T{start}+00:00", "finished": f"2026-01-01T{end}+00:00"}, {}, {})
+
+    # 10:00-10:10 and 10:05-10:20 overlap (20 min), then a pause, then 11:00-11:01
+    assert busy_seconds([run("11:00:00", "11:01:00"), run("10:00:00", "10:10:00"), run("10:05:00", "10:20:00")]) == 1260
+    assert busy_seconds([]) == 0
+
+
+def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path) -> None:
+    from qlora_utils.runner import entry_state
+
+    path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n"
+                              "  - name: b\n    notebook: notebooks/week8_report.md\n    needs: ['*']\n")
+    profile = load_profile(path)
+    root = tmp_path / "runs"
+
+    def finish(entry, started: str, finished: str) -> None:
+        run_dir = profile.runs_dir(root) / entry.name
+        status = mark_started(run_dir, entry.notebook, entry.parameters, profile.name)
+        mark_finished(run_dir, status, 0.0)
+        (run_dir / "notebook.ipynb").write_text("{}")
+        done = json.loads((run_dir / "status.json").read_text())
+        (run_dir / "status.json").write_text(json.dumps({**done, "started": started, "finished": finished}))
+
+    a, b = profile.entries
+    finish(a, "2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")
+    finish(b, "2026-01-01T10:06:00+00:00", "2026-01-01T10:07:00+00:00")
+    assert entry_state(profile, b, root) == "done"
+    finish(a, "2026-01-01T11:00:00+00:00", "2026-01-01T11:05:00+00:00")  # a re-ran: b read old results
+    assert entry_state(profile, b, root) == "stale"

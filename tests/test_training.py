@@ -50,14 +50,18 @@ def test_short_lora_run_lowers_the_loss_on_a_fixed_batch(tmp_path: Path, data_di
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_full_fine_tuning_also_learns(tmp_path: Path, data_dir: Path) -> None:
+def test_full_fine_tuning_also_learns_with_cosine_decay_and_no_checkpointing(tmp_path: Path, data_dir: Path) -> None:
     loaded = load_model("tiny-qwen3", "full")
     examples = tokenize_for_training(load_task("sst2", "train", n=16, seed=0, data_dir=data_dir), loaded.tokenizer)
-    model = prepare_for_training(loaded, None)
+    model = prepare_for_training(loaded, None, gradient_checkpointing=False)
+    assert not model.is_activation_checkpointing
     before = _batch_loss(model, loaded.tokenizer, examples.select(range(8)))
-    train(model, loaded.tokenizer, examples, TrainSettings(learning_rate=1e-3, max_steps=6, batch_size=8), tmp_path,
-          show_progress=False)
+    result = train(model, loaded.tokenizer, examples, TrainSettings(learning_rate=1e-3, max_steps=6, batch_size=8,
+                                                                     scheduler="cosine"), tmp_path, show_progress=False)
     assert _batch_loss(model, loaded.tokenizer, examples.select(range(8))) < before - 0.5
+    rates = [h["learning_rate"] for h in result.history if "learning_rate" in h]
+    peak = rates.index(max(rates))  # after the warmup step
+    assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 0.1 * rates[peak], "cosine decays"
 
 
 def test_paged_optimizer_fallback_is_reported() -> None:
@@ -72,3 +76,5 @@ def test_bad_train_settings_are_refused() -> None:
         TrainSettings(learning_rate=0)
     with pytest.raises(QLoraError, match="warmup_ratio"):
         TrainSettings(warmup_ratio=3)
+    with pytest.raises(QLoraError, match="unknown scheduler 'cosin'.*cosine"):
+        TrainSettings(scheduler="cosin")
