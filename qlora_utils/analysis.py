@@ -43,6 +43,8 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "schedule": m["training"].get("settings", {}).get("scheduler"),
             "train examples": m.get("data", {}).get("train", {}).get("records_used"),
             "metric": metric, "quality": value,
+            "predicted positive %": 100 * m["fine_tuned"]["predicted_positive_share"]
+            if "predicted_positive_share" in m.get("fine_tuned", {}) else None,
             "zero-shot": (100 * m["zero_shot"]["accuracy"] if m.get("experiment") == "sst2" else
                           m["zero_shot"].get("f1")) if m.get("zero_shot") else None,
             "trainable %": m.get("parameters", {}).get("percent"),
@@ -52,6 +54,15 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "wall s": run.status.get("wall_seconds"),
         })
     return pd.DataFrame(rows)
+
+
+def at_common_setting(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows at the most common value of each column (say, the grid's amount of data and schedule), which leaves
+    out one-off sweep runs."""
+    for column in columns:
+        if len(frame):
+            frame = frame[frame[column] == frame[column].mode().iloc[0]]
+    return frame
 
 
 def profile_frame(runs_dir: str | Path) -> pd.DataFrame:

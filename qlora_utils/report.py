@@ -15,7 +15,7 @@ from IPython.display import SVG, Markdown, display
 
 from .efficiency import headline_peak_mib
 from .runner import RUNS_DIR, RUNS_ENV
-from .runs import Run, read_runs
+from .runs import Run, busy_seconds, read_runs, summed_seconds
 
 alt.renderers.enable("svg")  # notebooks show charts as SVG made by vl-convert: no CDN needed
 PROFILE_ENV = "QLORA_PROFILE"
@@ -147,6 +147,15 @@ def provenance_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "wall s": r.status.get("wall_seconds"),
         })
     return pd.DataFrame(rows)
+
+
+def wall_time_table(runs: list[Run]) -> pd.DataFrame:
+    """Per notebook, then for the whole grid: the runs, their summed wall times and the elapsed time (minutes)."""
+    groups = {stem: [r for r in runs if Path(r.notebook).stem == stem]
+              for stem in sorted({Path(r.notebook).stem for r in runs})}
+    groups["whole grid"] = list(runs)
+    return pd.DataFrame([{"notebook": name, "runs": len(group), "sum of wall times (min)": summed_seconds(group) / 60,
+                          "elapsed (min)": busy_seconds(group) / 60} for name, group in groups.items()]).round(1)
 
 
 def markdown_table(frame: pd.DataFrame) -> Markdown:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import QLoraError
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV
-from .runs import read_json, config_hash, mark_finished, mark_started, run_state
+from .runs import config_hash, mark_finished, mark_started, read_json, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
@@ -256,7 +256,7 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
             _run_parallel(profile, entries, root, force, keep_going, jobs, results)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    return results
+    return {e.name: results[e.name] for e in entries if e.name in results}  # in the profile's order
 
 
 def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
@@ -264,12 +264,8 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
     bar = tqdm(entries, desc=profile.name, unit="run")
     for entry in bar:
         bar.set_postfix_str(entry.name)
-        state = entry_state(profile, entry, root)
-        if state == "done" and not force:
-            results[entry.name] = "skipped (done)"
-            continue
-        if state == "running":  # another live runner has it: never run one experiment twice at once
-            results[entry.name] = "skipped (running in another process)"
+        if skipped := _skip_reason(profile, entry, root, force):
+            results[entry.name] = skipped
             continue
         try:
             execute_entry(entry, profile, root)
@@ -281,6 +277,16 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
             if not keep_going:
                 raise QLoraError(f"run {entry.name!r} failed; its notebook is in "
                                  f"{profile.runs_dir(root) / entry.name / 'notebook.failed.ipynb'}") from exc
+
+
+def _skip_reason(profile: Profile, entry: Entry, root: Path | None, force: bool) -> str | None:
+    """Why an entry is not executed now (done and current, or held by another live runner), or None."""
+    state = entry_state(profile, entry, root)
+    if state == "done" and not force:
+        return "skipped (done)"
+    if state == "running":  # another live runner has it: never run one experiment twice at once
+        return "skipped (running in another process)"
+    return None
 
 
 def _blocked(entry: Entry, profile: Profile, unfinished: set[str]) -> bool:
@@ -298,15 +304,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
     """Execute entries `jobs` at a time, each through a one-entry runner process; logs go to RUNS/PROFILE/NAME.log."""
     runs_dir = profile.runs_dir(root)
     cores = os.cpu_count() or 1
-    pending: list[Entry] = []
-    for entry in entries:
-        state = entry_state(profile, entry, root)
-        if state == "done" and not force and not any(e in pending for e in _needed(profile, entry)):
-            results[entry.name] = "skipped (done)"
-        elif state == "running":
-            results[entry.name] = "skipped (running in another process)"
-        else:
-            pending.append(entry)
+    pending = list(entries)  # whether one is skipped is decided when its turn comes: what it needs may re-run first
     unfinished = {e.name for e in pending}
     running: dict[str, tuple[subprocess.Popen[bytes], Any, Entry]] = {}
     failed = False
@@ -326,18 +324,18 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
             if failed and not keep_going:
                 pending.clear()
             for entry in list(pending):
+                if _blocked(entry, profile, unfinished):
+                    continue
+                if skipped := _skip_reason(profile, entry, root, force):
+                    pending.remove(entry)
+                    unfinished.discard(entry.name)
+                    results[entry.name] = skipped
+                    bar.update(1)
+                    continue
                 if len(running) >= jobs or any(e.exclusive for _, _, e in running.values()):
                     break
                 if entry.exclusive and running:
                     break  # it waits for the machine to empty; later entries wait behind it, keeping the order
-                if _blocked(entry, profile, unfinished):
-                    continue
-                if not force and entry_state(profile, entry, root) == "done":  # what it needs did not change
-                    pending.remove(entry)
-                    unfinished.discard(entry.name)
-                    results[entry.name] = "skipped (done)"
-                    bar.update(1)
-                    continue
                 threads = cores if entry.exclusive else max(1, cores // jobs)
                 env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
                 if root is not None:

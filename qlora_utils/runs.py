@@ -167,6 +167,11 @@ def read_runs(profile_dir: Path, notebook: str | None = None, done_only: bool = 
     return runs
 
 
+def summed_seconds(runs: list[Run]) -> float:
+    """The runs' recorded wall times added up (runs that overlapped count in full)."""
+    return sum(r.status.get("wall_seconds", 0) for r in runs)
+
+
 def busy_seconds(runs: list[Run]) -> float:
     """Wall-clock seconds during which at least one of the runs was executing (overlapping runs count once): the
     grid's elapsed time without the pauses between sessions."""

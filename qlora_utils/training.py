@@ -13,6 +13,7 @@ import torch
 from transformers import (
     DataCollatorForSeq2Seq,
     PreTrainedTokenizerBase,
+    SchedulerType,
     Trainer,
     TrainerCallback,
     TrainerControl,
@@ -51,8 +52,6 @@ class TrainSettings:
             raise QLoraError(f"batch_size and grad_accum must be positive, got {self.batch_size}, {self.grad_accum}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise QLoraError("give a positive epochs or max_steps")
-        from transformers import SchedulerType
-
         if self.scheduler not in {t.value for t in SchedulerType}:
             raise QLoraError(f"unknown scheduler {self.scheduler!r}; use one of transformers' SchedulerType values, "
                              "e.g. constant_with_warmup (the QLoRA paper's), cosine or linear")

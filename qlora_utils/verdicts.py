@@ -22,8 +22,7 @@ def qlora_vs_full(frame: pd.DataFrame, tolerance_pct: float = 3.0, min_seeds: in
     data = data.dropna(subset=["quality"]) if not data.empty else data  # tasks without a quality metric (Alpaca)
     if not data.empty:
         for (experiment, model), group in data.groupby(["experiment", "model"]):
-            keys = [k for k in ("mode", "placement", "rank", "learning rate", "train examples", "schedule")
-                    if k in group.columns]
+            keys = ["mode", "placement", "rank", "learning rate", "train examples", "schedule"]
             full_sizes = set(group.loc[group["mode"] == "full", "train examples"])
             group = group[group["train examples"].isin(full_sizes)]  # same data as full fine-tuning: a fair gap
             stats = group.groupby(keys, dropna=False)["quality"].agg(["mean", "count"])

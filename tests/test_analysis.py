@@ -41,7 +41,7 @@ def test_disagreements_come_first_then_agreements_fill_up() -> None:
 def _frame(rows: list[tuple]) -> pd.DataFrame:
     columns = ["experiment", "model", "pretrained", "mode", "placement", "rank", "learning rate", "train examples",
                "quality", "trainable %", "trainable", "peak MiB", "tokens/s"]
-    return pd.DataFrame([dict(zip(columns, r)) for r in rows])
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows]).assign(schedule="cosine")
 
 
 ROWS = [("sst2", "M", True, "nf4", "attention", 8, 1e-3, 1000, q, 0.48, 645_120, 1900.0, 150.0) for q in (80, 82)] + \

@@ -223,3 +223,18 @@ def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Pa
     assert entry_state(profile, b, root) == "done"
     finish(a, "2026-01-01T11:00:00+00:00", "2026-01-01T11:05:00+00:00")  # a re-ran: b read old results
     assert entry_state(profile, b, root) == "stale"
+
+
+def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
+    from qlora_utils.report import wall_time_table
+    from qlora_utils.runs import Run
+
+    def run(notebook: str, start: str, end: str, wall: float) -> Run:
+        status = {"started": f"2026-01-01T{start}+00:00", "finished": f"2026-01-01T{end}+00:00", "wall_seconds": wall}
+        return Run(tmp_path, {"notebook": notebook}, status, {}, {})
+
+    runs = [run("notebooks/week2_a.md", "10:00:00", "10:06:00", 360),  # two side by side
+            run("notebooks/week2_a.md", "10:00:00", "10:06:00", 360), run("notebooks/week7_b.md", "10:06:00", "10:07:00", 60)]
+    table = wall_time_table(runs).set_index("notebook")
+    assert table.loc["week2_a", "sum of wall times (min)"] == 12 and table.loc["week2_a", "elapsed (min)"] == 6
+    assert table.loc["whole grid"].tolist() == [3, 13, 7]
