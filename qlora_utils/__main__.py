@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", nargs="+", metavar="PATTERN", help="run names to execute (shell patterns)")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
     run.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads (default 1)")
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
     status = sub.add_parser("status", help="list every run of a profile with its state")
     status.add_argument("profile")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             results = run_profile(load_profile(args.profile), force=args.force, only=args.only,
                                   keep_going=args.keep_going, jobs=args.jobs,
-                                  validate=not args.no_validate)
+                                  validate=not args.no_validate, allow_dirty=args.allow_dirty)
             for name, outcome in results.items():
                 print(f"{name:45s} {outcome}")
             if any(o.startswith("failed") for o in results.values()):

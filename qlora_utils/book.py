@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import QLoraError
 from .report import PROFILE_ENV
-from .runner import REPO, load_profile
+from .runner import REPO, kernel_environment, load_profile
 
 DEFAULT_PROFILE = "cpu"  # the profile the committed _toc.yml globs
 
@@ -39,6 +39,7 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
                "--toc", str(toc), "--config", str(REPO / "_config.yml")]
     if strict:
         command += ["-W", "-n", "--keep-going"]
+    kernel_environment()  # the pages' kernels import this checkout's qlora_utils
     env = {**os.environ, PROFILE_ENV: profile}
     try:
         subprocess.run(command, check=True, env=env, cwd=REPO)

@@ -124,7 +124,7 @@ def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, str
             raise DataUnavailableError(f"{path} is missing: {DATA_DIR_ENV} (or data_dir=) points at {root}, which "
                                        f"must hold {spec.local} as in shared/data/README.md")
         ds = datasets.Dataset.from_list(spec.reader(path))
-        source = f"local:{path}"
+        source = f"local:{spec.local}"  # relative to the data directory: no machine path in a run record
     else:
         try:
             ds = spec.hub_loader()
@@ -139,6 +139,23 @@ def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, str
     data = TaskData(task, split, ds, source, len(ds))
     print(data)
     return data if n is None else subsample(data, n, seed, stratify_by)
+
+
+# Model selection needs data that reports no score: a fixed, seeded part of SST-2's training set, never trained on.
+SELECTION_SEED = 20230523  # the QLoRA paper's arXiv date; fixed once, the same for every run
+SELECTION_SIZE = 500
+
+
+def split_for_selection(data: TaskData, size: int = SELECTION_SIZE,
+                        seed: int = SELECTION_SEED) -> tuple[TaskData, TaskData]:
+    """(training pool, selection split): `size` records of a training split set aside by a fixed seed, disjoint from
+    the pool that training examples are drawn from. The dev set that reports the score is never used to choose."""
+    if not 0 < size < len(data.dataset):
+        raise QLoraError(f"cannot set aside {size} of the {len(data.dataset)} records of {data.task}/{data.split}")
+    order = np.random.default_rng(seed).permutation(len(data.dataset))
+    held, pool = sorted(int(i) for i in order[:size]), sorted(int(i) for i in order[size:])
+    return (TaskData(data.task, data.split, data.dataset.select(pool), data.source, len(pool)),
+            TaskData(data.task, f"{data.split} (selection split)", data.dataset.select(held), data.source, size, seed))
 
 
 def subsample(data: TaskData, n: int, seed: int, stratify_by: str | None = None) -> TaskData:

@@ -39,16 +39,32 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+COMMIT_ENV = "QLORA_GIT_COMMIT"  # set by the runner for its kernels: one commit for every file of a run
+RESULTS_DIR = "runs"  # run directories are results, not code: changes there do not make the code dirty
+
+
+def changed_files(path: str | os.PathLike[str] | None = None) -> list[str] | None:
+    """Tracked files with uncommitted changes (run directories excluded), or None outside a git checkout."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                              f":(top,exclude){RESULTS_DIR}"], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sorted(line[3:] for line in out.stdout.splitlines() if line.strip())
+
+
 def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
-    """The current commit of the repository holding path (with '+dirty' for uncommitted changes), or None."""
+    """The current commit of the repository holding path (with '+dirty' for uncommitted changes to tracked files
+    outside runs/), or None; inside a run, the commit its runner recorded ($QLORA_GIT_COMMIT)."""
+    if path is None and os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     cwd = Path(path or Path(__file__).parent)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
-    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return commit.stdout.strip() + ("+dirty" if changed_files(cwd) else "")
 
 
 def environment() -> dict[str, Any]:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from peft import PeftModel
+from transformers import set_seed
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training
-from .data import TaskData, load_task
+from .data import SELECTION_SIZE, TaskData, load_task, split_for_selection, subsample
 from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
 from .errors import QLoraError
@@ -48,6 +48,7 @@ class Experiment:
     eval_batch_size: int = 32
     data_dir: str | None = None
     gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
+    selection_examples: int = SELECTION_SIZE  # SST-2: training sentences set aside to choose configurations on
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -101,25 +102,41 @@ def _record_model_outputs(exp: Experiment, data: TaskData, zero: dict[str, Any] 
         atomic_write_json(output_dir / BASE_OUTPUTS, model_outputs(rows, zero["outputs"], f"{exp.preset}-base"))
 
 
+def training_data(exp: Experiment) -> tuple[TaskData, TaskData | None]:
+    """The experiment's training sample (drawn by its seed) and, for SST-2, the selection split: sentences of the
+    training set set aside once by a fixed seed, never trained on, to choose configurations without the dev set."""
+    if exp.task != "sst2" or not exp.selection_examples:
+        return load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir), None
+    pool, selection = split_for_selection(load_task(exp.task, "train", data_dir=exp.data_dir), exp.selection_examples)
+    return subsample(pool, exp.train_examples, exp.train.seed), selection
+
+
 def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir."""
+    """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir.
+
+    Python, NumPy and torch are seeded with the training seed before the model loads and again before the adapters
+    are created, so that the same seed gives the same adapters, data order, dropout masks and numbers."""
     recorder = RunRecorder(Path(output_dir))
     started = time.perf_counter()
+    set_seed(exp.train.seed)
     baseline_rss, baseline_total = process_memory(), total_rss()  # measured above the process before loading
     with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(exp.preset, exp.mode)
-    train_data = load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir)
+    train_data, selection_data = training_data(exp)
     eval_task, eval_split = EVAL_SPLITS[exp.task]
     eval_data = load_task(eval_task, eval_split, n=exp.eval_examples, seed=EVAL_SEED, data_dir=exp.data_dir,
                           stratify_by="dataset" if eval_task == "alpaca_eval" else None)
     record: dict[str, Any] = {"experiment": exp.task, "model": loaded.describe(),
-                              "lora": exp.lora.to_dict() if exp.lora else None,
+                              "lora": exp.lora.to_dict() if exp.lora else None, "seed": exp.train.seed,
                               "data": {"train": train_data.describe(), "eval": eval_data.describe()}}
+    if selection_data is not None:
+        record["data"]["selection"] = selection_data.describe()
     zero = None
     if exp.zero_shot:
         with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
             zero = evaluate(exp, loaded, loaded.model, eval_data)
         record["zero_shot"] = _summary(zero, mem.result)
+    set_seed(exp.train.seed)  # the adapters' initialisation does not depend on whether zero-shot scoring ran
     model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
     examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
@@ -128,6 +145,9 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
                    baseline_total=baseline_total)
     with PeakMemory("eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
         tuned = evaluate(exp, loaded, model, eval_data)
+    if selection_data is not None:
+        chosen_on = evaluate(exp, loaded, model, selection_data)
+        record["selection"] = {k: v for k, v in chosen_on.items() if k != "predictions"}
     if isinstance(model, PeftModel):
         model.save_pretrained(Path(output_dir) / "adapter", safe_serialization=True)
     record.update({"fine_tuned": _summary(tuned, mem.result), "parameters": parameter_report(model).to_dict(),
@@ -176,6 +196,7 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
                   "wall_seconds": round(time.perf_counter() - started, 1)}
         recorder.metrics(record)
         return record
+    set_seed(run.seed)
     baseline_rss, baseline_total = process_memory(), total_rss()
     with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)

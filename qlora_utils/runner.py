@@ -17,9 +17,11 @@ from typing import Any, Callable
 import yaml
 from tqdm.auto import tqdm
 
+from .environment import COMMIT_ENV, RESULTS_DIR, changed_files
 from .errors import QLoraError
-from .io import CACHE_DIR_ENV, DATA_DIR_ENV
-from .runs import config_hash, mark_finished, mark_started, read_json, run_state
+from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
+from .paths import scrub_file
+from .runs import UNCOMMITTED, config_hash, mark_finished, mark_started, read_json, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
@@ -37,6 +39,7 @@ class Entry:
     parameters: dict[str, Any]
     needs: tuple[str, ...] = field(default=())  # patterns of earlier runs that must finish first (with --jobs)
     exclusive: bool = False  # with --jobs, runs alone on every core (clean memory and throughput measurements)
+    group: str | None = None  # a named family of runs (e.g. "sweep"): never pooled with the seeds of another
 
     @property
     def config_hash(self) -> str:
@@ -80,7 +83,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if item["name"] in seen:
             raise QLoraError(f"{path.name}: run name {item['name']!r} is used twice")
         seen.add(item["name"])
-        unknown = set(item) - {"name", "notebook", "parameters", "needs", "exclusive"}
+        unknown = set(item) - {"name", "notebook", "parameters", "needs", "exclusive", "group"}
         if unknown:
             raise QLoraError(f"{path.name}: run {item['name']!r} has unknown keys {sorted(unknown)}")
         needs = item.get("needs") or []
@@ -89,7 +92,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if unmatched := [n for n in needs if not any(pattern_match(e.name, n) for e in entries)]:
             raise QLoraError(f"{path.name}: run {item['name']!r} needs {unmatched}, which match no earlier run")
         parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
-        entries.append(Entry(item["name"], item["notebook"], parameters, tuple(needs), bool(item.get("exclusive"))))
+        group = item.get("group")
+        if group is not None and not isinstance(group, str):
+            raise QLoraError(f"{path.name}: run {item['name']!r}: `group` must be a name, got {group!r}")
+        entries.append(Entry(item["name"], item["notebook"], parameters, tuple(needs), bool(item.get("exclusive")),
+                             group))
     if not entries:
         raise QLoraError(f"{path.name} lists no runs")
     stems = {Path(e.notebook).stem for e in entries}
@@ -191,10 +198,19 @@ def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kern
     import papermill
 
     run_dir = profile.runs_dir(root) / entry.name
-    for leftover in ("notebook.ipynb", "notebook.failed.ipynb", "metrics.json", "history.json", "generations.json"):
+    for leftover in ("notebook.ipynb", "notebook.failed.ipynb", "metrics.json", "history.json", "generations.json",
+                     UNCOMMITTED):
         (run_dir / leftover).unlink(missing_ok=True)  # nothing of an earlier attempt may pass for this one's
     started = time.perf_counter()
-    state = mark_started(run_dir, entry.notebook, entry.parameters, profile.name)
+    os.environ.pop(COMMIT_ENV, None)  # the commit is read from the checkout now, not inherited from another run
+    state = mark_started(run_dir, entry.notebook, entry.parameters, profile.name, group=entry.group)
+    commit = read_json(run_dir / "env.json").get("git_commit")
+    if commit:
+        os.environ[COMMIT_ENV] = commit  # the kernel records the same commit in metrics.json
+    if commit and commit.endswith("+dirty"):
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", f":(exclude){RESULTS_DIR}"], cwd=REPO,
+                              capture_output=True, text=True)
+        atomic_write_text(run_dir / UNCOMMITTED, diff.stdout)
     source = run_dir / ".source.ipynb"
     partial = run_dir / "notebook.partial.ipynb"
     jupytext.write(notebook_node(entry.notebook), source)
@@ -212,6 +228,7 @@ def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kern
     finally:
         source.unlink(missing_ok=True)
     _title_with_run_name(partial, entry.name)
+    scrub_file(partial)
     partial.replace(run_dir / "notebook.ipynb")
     mark_finished(run_dir, state, started)
 
@@ -229,14 +246,36 @@ def _title_with_run_name(path: Path, name: str) -> None:
     nbformat.write(notebook, path)
 
 
+def check_committed(allow_dirty: bool = False) -> None:
+    """Refuse to run from a working tree whose tracked code has uncommitted changes (runs/ excepted): the code of
+    every run must be in a commit. With allow_dirty, such runs are marked dirty and keep their diff."""
+    changed = changed_files(REPO)
+    if changed and not allow_dirty:
+        listed = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise QLoraError(f"uncommitted changes to tracked files: {listed}. Commit them first, so that every run "
+                         "records the commit of its code, or pass --allow-dirty to run anyway (each run is then "
+                         f"marked +dirty and keeps the diff in {UNCOMMITTED})")
+
+
+def kernel_environment() -> None:
+    """Make the notebooks' kernels (children of this process) import this checkout's qlora_utils, whatever the
+    virtual environment's editable install points at."""
+    path = os.environ.get("PYTHONPATH", "")
+    if str(REPO) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([path] if path else []))
+
+
 def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
-                keep_going: bool = False, jobs: int = 1, validate: bool = True) -> dict[str, str]:
+                keep_going: bool = False, jobs: int = 1, validate: bool = True,
+                allow_dirty: bool = False) -> dict[str, str]:
     """Validate the whole grid, then execute every entry that is not done and current (all with force).
 
     With jobs > 1, that many runs execute at once, each in its own runner process with cores / jobs threads;
     an entry starts once the earlier runs it `needs` have finished, and an `exclusive` one runs alone."""
     if jobs < 1:
         raise QLoraError(f"jobs must be at least 1, got {jobs}")
+    check_committed(allow_dirty)
+    kernel_environment()
     if validate:
         validate_profile(profile)
     entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
@@ -253,7 +292,7 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
         if jobs == 1:
             _run_entries(profile, entries, root, force, keep_going, results)
         else:
-            _run_parallel(profile, entries, root, force, keep_going, jobs, results)
+            _run_parallel(profile, entries, root, force, keep_going, jobs, results, allow_dirty)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return {e.name: results[e.name] for e in entries if e.name in results}  # in the profile's order
@@ -294,13 +333,13 @@ def _blocked(entry: Entry, profile: Profile, unfinished: set[str]) -> bool:
     return any(e.name in unfinished for e in _needed(profile, entry))
 
 
-def _runner_command(profile: Profile, entry: Entry, force: bool) -> list[str]:
+def _runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: bool) -> list[str]:
     return [sys.executable, "-m", "qlora_utils", "run", str(profile.path), "--only", entry.name,
-            "--no-validate"] + (["--force"] if force else [])
+            "--no-validate"] + (["--force"] if force else []) + (["--allow-dirty"] if allow_dirty else [])
 
 
 def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
-                  jobs: int, results: dict[str, str]) -> None:
+                  jobs: int, results: dict[str, str], allow_dirty: bool = False) -> None:
     """Execute entries `jobs` at a time, each through a one-entry runner process; logs go to RUNS/PROFILE/NAME.log."""
     runs_dir = profile.runs_dir(root)
     cores = os.cpu_count() or 1
@@ -342,7 +381,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                     env[RUNS_ENV] = str(root)
                 runs_dir.mkdir(parents=True, exist_ok=True)
                 log = open(runs_dir / f"{entry.name}.log", "wb")
-                process = subprocess.Popen(_runner_command(profile, entry, force), cwd=REPO, env=env,
+                process = subprocess.Popen(_runner_command(profile, entry, force, allow_dirty), cwd=REPO, env=env,
                                            stdout=log, stderr=subprocess.STDOUT)
                 running[entry.name] = (process, log, entry)
                 pending.remove(entry)

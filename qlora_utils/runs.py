@@ -18,6 +18,7 @@ from typing import Any
 from .environment import environment
 from .io import atomic_write_json
 
+UNCOMMITTED = "uncommitted.diff"  # what a run made with --allow-dirty ran beyond its commit
 STATES = ("done", "running", "stale", "failed", "partial", "missing")
 
 
@@ -67,12 +68,13 @@ def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
     return "failed" if state == "failed" else "partial"
 
 
-def mark_started(run_dir: Path, notebook: str, parameters: dict[str, Any], profile: str) -> dict[str, Any]:
+def mark_started(run_dir: Path, notebook: str, parameters: dict[str, Any], profile: str,
+                 group: str | None = None) -> dict[str, Any]:
     """Write config.json, env.json and a 'running' status before a run starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(notebook, parameters)
     config = {"run": run_dir.name, "profile": profile, "notebook": notebook, "parameters": parameters,
-              "config_hash": digest, "seed": parameters.get("seed")}
+              "config_hash": digest, "seed": parameters.get("seed"), "group": group}
     atomic_write_json(run_dir / "config.json", config)
     atomic_write_json(run_dir / "env.json", environment())
     status = {"state": "running", "config_hash": digest, "started": now(), "pid": os.getpid()}
@@ -88,7 +90,9 @@ def mark_finished(run_dir: Path, status: dict[str, Any], started: float, error: 
               "wall_seconds": round(time.perf_counter() - started, 1)}
     status.pop("pid", None)
     if error:
-        status["error"] = error[-2000:]
+        from .paths import scrub
+
+        status["error"] = scrub(error)[-2000:]
     atomic_write_json(run_dir / "status.json", status)
 
 
@@ -133,6 +137,16 @@ class Run:
     @property
     def parameters(self) -> dict[str, Any]:
         return self.config.get("parameters", {})
+
+    @property
+    def group(self) -> str | None:
+        """The profile's group of the run (e.g. "sweep"), or None."""
+        return self.config.get("group")
+
+    @property
+    def commit(self) -> str | None:
+        """The commit of the code that produced the run ('+dirty' when it ran with uncommitted changes)."""
+        return self.env.get("git_commit")
 
     @property
     def notebook(self) -> str:

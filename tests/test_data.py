@@ -17,7 +17,8 @@ from qlora_utils.errors import DataUnavailableError, QLoraError
 def test_local_loaders_read_every_record(data_dir: Path, task: str, split: str, count: int) -> None:
     data = load_task(task, split, data_dir=data_dir)
     assert len(data) == data.n_available == count
-    assert data.source.startswith("local:") and str(Path(data_dir).resolve()) in data.source
+    assert data.source.startswith("local:") and "/" not in data.source.split(":")[1].split("/")[0]
+    assert (Path(data_dir) / data.source.removeprefix("local:")).is_file(), "relative to the data directory"
     assert f"read {count} records" in str(data)
 
 
@@ -77,3 +78,18 @@ def test_unreachable_hub_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) 
 def test_unknown_split_lists_the_known_ones() -> None:
     with pytest.raises(QLoraError, match="unknown task split sst2/test; known: sst2/train"):
         load_task("sst2", "test")
+
+
+def test_selection_split_is_fixed_and_disjoint_from_every_training_sample(data_dir: Path) -> None:
+    from dataclasses import replace
+
+    from qlora_utils.data import split_for_selection, subsample
+
+    full = load_task("sst2", "train", data_dir=data_dir)
+    full = replace(full, dataset=full.dataset.add_column("row", list(range(len(full)))))
+    pool, selection = split_for_selection(full, 500)
+    held, pooled = set(selection.dataset["row"]), set(pool.dataset["row"])
+    assert len(held) == 500 and not held & pooled and held | pooled == set(range(len(full)))
+    assert split_for_selection(full, 500)[1].dataset["row"] == selection.dataset["row"], "the same split every run"
+    for seed in (0, 1):
+        assert set(subsample(pool, 1000, seed).dataset["row"]) <= pooled, "never trained on"

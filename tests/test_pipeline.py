@@ -24,7 +24,7 @@ FIGURES = {"week2_sst2_baseline": 2, "week3_scaling": 2, "week5_ablations": 1, "
 def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, data_dir: Path) -> None:
     profile = load_profile("smoke")
     shutil.rmtree(profile.runs_dir(REPO / "runs"), ignore_errors=True)
-    results = run_profile(profile, root=REPO / "runs")
+    results = run_profile(profile, root=REPO / "runs", allow_dirty=True)
     assert set(results.values()) == {"done"}, results
     assert {Path(e.notebook).stem[:5] for e in profile.entries} == {f"week{i}" for i in range(1, 9)}
     for entry in profile.entries:
@@ -32,7 +32,7 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, d
         assert run.status["state"] == "done" and run.status["wall_seconds"] > 0
         assert run.config["parameters"] == entry.parameters and run.env["versions"]["torch"]
         assert run.metrics, f"{entry.name} recorded no metrics"
-    assert run_profile(profile, root=REPO / "runs") == {e.name: "skipped (done)" for e in profile.entries}
+    assert run_profile(profile, root=REPO / "runs", allow_dirty=True) == {e.name: "skipped (done)" for e in profile.entries}
 
     html = build_book("smoke", output=tmp_path)
     for stem, figures in FIGURES.items():
@@ -55,7 +55,7 @@ def test_killed_run_is_partial_and_the_rerun_skips_finished_runs(tmp_path: Path)
                        "  - {name: first, notebook: notebooks/week7_analysis.md}\n"
                        "  - {name: second, notebook: notebooks/week1_setup.md, parameters: {length_sample: 2000}}\n")
     env = {**os.environ, "QLORA_RUNS_DIR": str(tmp_path / "runs")}
-    command = [sys.executable, "-m", "qlora_utils", "run", str(profile)]
+    command = [sys.executable, "-m", "qlora_utils", "run", str(profile), "--allow-dirty"]
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     second = tmp_path / "runs" / "kill" / "second" / "status.json"

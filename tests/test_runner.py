@@ -64,7 +64,7 @@ def test_mistyped_parameter_name_stops_before_any_run(tmp_path: Path) -> None:
                               "  - name: typo-run\n    notebook: notebooks/week2_sst2_baseline.md\n"
                               "    parameters: {learnig_rate: 0.001}\n")
     with pytest.raises(QLoraError, match=r"run 'typo-run': unknown parameter 'learnig_rate'.*learning_rate"):
-        run_profile(load_profile(path), root=tmp_path / "runs")
+        run_profile(load_profile(path), root=tmp_path / "runs", allow_dirty=True)
     assert not (tmp_path / "runs").exists(), "nothing ran"
 
 
@@ -138,7 +138,7 @@ def test_a_run_that_another_live_runner_holds_is_skipped(tmp_path: Path) -> None
     entry = profile.entries[0]
     run_dir = profile.runs_dir(tmp_path / "runs") / "busy"
     mark_started(run_dir, entry.notebook, entry.parameters, profile.name)  # this (live) process holds it
-    results = run_profile(profile, root=tmp_path / "runs")
+    results = run_profile(profile, root=tmp_path / "runs", allow_dirty=True)
     assert results == {"busy": "skipped (running in another process)"}
     assert not (run_dir / "notebook.ipynb").exists()
 
@@ -166,14 +166,14 @@ def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypa
     import qlora_utils.runner as runner
 
     root = tmp_path / "runs"
-    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force: [
+    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force, allow_dirty: [
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
     notebook = "    notebook: notebooks/week7_analysis.md\n"
     path = _profile(tmp_path, f"  - name: a\n{notebook}  - name: b\n{notebook}  - name: c\n{notebook}"
                               f"    needs: [a]\n  - name: d\n{notebook}    exclusive: true\n  - name: e\n{notebook}")
-    results = run_profile(load_profile(path), root=root, jobs=2, validate=False)
+    results = run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True)
     assert results == {name: "done" for name in "abcde"}
     times = {n: json.loads((root / "ptest" / n / "times.json").read_text()) for n in "abcde"}
     assert times["a"]["begin"] < times["b"]["end"] and times["b"]["begin"] < times["a"]["end"], "a and b overlap"
@@ -238,3 +238,34 @@ def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
     table = wall_time_table(runs).set_index("notebook")
     assert table.loc["week2_a", "sum of wall times (min)"] == 12 and table.loc["week2_a", "elapsed (min)"] == 6
     assert table.loc["whole grid"].tolist() == [3, 13, 7]
+
+
+def test_a_dirty_tree_is_refused_naming_the_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import qlora_utils.runner as runner
+
+    monkeypatch.setattr(runner, "changed_files", lambda repo: ["qlora_utils/training.py"])
+    path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n")
+    with pytest.raises(QLoraError, match=r"uncommitted changes to tracked files: qlora_utils/training.py.*--allow-dirty"):
+        run_profile(load_profile(path), root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists(), "nothing ran"
+
+
+def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path) -> None:
+    import subprocess
+
+    from qlora_utils.environment import changed_files, git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "runs" / "cpu").mkdir(parents=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "runs" / "cpu" / "metrics.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert changed_files(tmp_path) == [] and not git_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "runs" / "cpu" / "metrics.json").write_text('{"a": 1}\n')
+    assert changed_files(tmp_path) == [], "a run directory written by a run is a result, not code"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert changed_files(tmp_path) == ["code.py"] and git_commit(tmp_path).endswith("+dirty")

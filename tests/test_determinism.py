@@ -1,0 +1,43 @@
+"""Same seed, same numbers: one tiny experiment in separate processes gives identical adapters and metrics, and a
+different seed gives different ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from qlora_utils.runner import REPO
+
+
+def _run(out: Path, seed: int, threads: int = 1) -> tuple[dict, dict]:
+    command = [sys.executable, "-m", "qlora_utils", "sst2", "--model", "tiny-qwen2", "--mode", "nf4",
+               "--train-examples", "16", "--eval-examples", "16", "--batch-size", "8", "--lr", "1e-2",
+               "--seed", str(seed), "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    return metrics, load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def _numbers(metrics: dict) -> dict:
+    return {"zero_shot": metrics["zero_shot"]["accuracy"], "fine_tuned": metrics["fine_tuned"]["accuracy"],
+            "selection": metrics["selection"]["accuracy"]}
+
+
+def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Path, data_dir: Path) -> None:
+    first, weights_a = _run(tmp_path / "a", seed=0)
+    second, weights_b = _run(tmp_path / "b", seed=0)
+    other, weights_c = _run(tmp_path / "c", seed=1)
+    assert weights_a.keys() == weights_b.keys() and weights_a
+    assert all(bool((weights_a[k] == weights_b[k]).all()) for k in weights_a), "same seed, different adapters"
+    assert _numbers(first) == _numbers(second)
+    losses = lambda d: [h["loss"] for h in json.loads((d / "history.json").read_text())]  # noqa: E731
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert any(not bool((weights_a[k] == weights_c[k]).all()) for k in weights_a), "another seed, same adapters"
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
