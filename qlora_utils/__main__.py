@@ -2,6 +2,7 @@
 
   run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N)
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
+  reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
   plan             predict peak training memory of a model/mode/shape and whether it fits a GPU
@@ -27,7 +28,8 @@ from .training import TrainSettings
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a profile's grid (done runs are skipped)")
     run.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
@@ -38,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
+    again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
+    again.add_argument("profile")
+    again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
     status = sub.add_parser("status", help="list every run of a profile with its state")
     status.add_argument("profile")
     validate = sub.add_parser("validate", help="check profiles against the notebooks' parameters cells")
@@ -46,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", default="cpu")
     book.add_argument("--output", default=None, help="folder that receives _build/ (default: the repository)")
     book.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
+    book.add_argument("--partial", action="store_true",
+                      help="build although some runs are not finished; the landing page names them")
     plan = sub.add_parser("plan", help="predict peak training memory and whether it fits a GPU")
     plan.add_argument("--model", required=True, help="preset name, e.g. qwen3-8b or random-qwen2.5-7b")
     plan.add_argument("--mode", default="nf4", choices=MODES)
@@ -64,22 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
     what = "accuracy" if task == "sst2" else "exact match and F1"
     p = sub.add_parser(task, help=f"fine-tune on {task} and report {what} before/after, memory and throughput")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
-    p.add_argument("--mode", default="nf4", choices=MODES)
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=int, default=16)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--placement", default="attention", choices=sorted(PLACEMENTS))
-    p.add_argument("--train-examples", type=int, default=1000)
+    exp, lora = Experiment(), LoraSettings()  # the defaults are the dataclasses': set once, there
+    p.add_argument("--model", default=exp.preset, help="model preset name")
+    p.add_argument("--mode", default=exp.mode, choices=MODES)
+    p.add_argument("--rank", type=int, default=lora.rank)
+    p.add_argument("--alpha", type=int, default=lora.alpha)
+    p.add_argument("--dropout", type=float, default=lora.dropout)
+    p.add_argument("--placement", default=lora.placement, choices=sorted(PLACEMENTS))
+    p.add_argument("--train-examples", type=int, default=exp.train_examples)
     p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
     p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--scheduler", default="constant_with_warmup",
+    p.add_argument("--lr", type=float, default=exp.train.learning_rate)
+    p.add_argument("--scheduler", default=exp.train.scheduler,
                    help="learning-rate schedule after warmup (the QLoRA paper's constant; the cpu profile uses cosine)")
     p.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=exp.train.batch_size)
+    p.add_argument("--epochs", type=float, default=exp.train.epochs)
+    p.add_argument("--seed", type=int, default=exp.train.seed)
     p.add_argument("--data-dir", default=None, help="local data directory (default: $QLORA_DATA_DIR, else the Hub)")
     p.add_argument("--output", default=f"runs/adhoc/{task}", help="folder for metrics.json, history.json, adapter")
 
@@ -96,6 +104,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:45s} {outcome}")
             if any(o.startswith("failed") for o in results.values()):
                 return 1
+        elif args.command == "reproduce":
+            import tempfile
+            from pathlib import Path
+
+            from .runner import reproduce
+
+            with tempfile.TemporaryDirectory(prefix="qlora-reproduce-") as scratch:
+                differences = reproduce(load_profile(args.profile), args.run, Path(scratch))
+            for line in differences:
+                print(f"differs: {line}")
+            print(f"{args.run}: " + ("reproduced exactly (headline numbers, per-step losses, every per-example output)"
+                                     if not differences else f"{len(differences)} difference(s)"))
+            if differences:
+                return 1
         elif args.command == "status":
             profile = load_profile(args.profile)
             states = status(profile)
@@ -109,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 validate_profile(profile)
                 print(f"{profile.name}: {len(profile.entries)} runs valid")
         elif args.command == "book":
-            html = build_book(args.profile, args.output, strict=not args.no_strict)
+            html = build_book(args.profile, args.output, strict=not args.no_strict, partial=args.partial)
             print(f"book built: {html / 'index.html'}")
         elif args.command == "plan":
             lora = None if args.mode == "full" else LoraSettings(args.rank, 16, 0.1, args.placement)
@@ -138,16 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _headline(record: dict) -> dict:
+    """What the command line prints: the run's headline numbers, then how it trained."""
+    from .analysis import headline
+
     training = record["training"]
-    scores = ("accuracy",) if record["experiment"] == "sst2" else ("exact_match", "f1")
-    return {"model": record["model"]["label"], "mode": record["model"]["mode"], "lora": record["lora"],
-            **{f"zero_shot_{s}": record.get("zero_shot", {}).get(s) for s in scores},
-            **{f"fine_tuned_{s}": record["fine_tuned"][s] for s in scores}, "eval_examples": record["fine_tuned"]["n"],
-            "trainable_parameters": record["parameters"]["trainable"],
-            "trainable_percent": round(record["parameters"]["percent"], 4),
-            "train_tokens_per_second": training["tokens_per_second"], "train_seconds": training["seconds"],
-            "train_peak_memory": training["memory"], "optimizer": training["optimizer"],
-            "wall_seconds": record["wall_seconds"]}
+    return {**headline(record), "eval_examples": record["fine_tuned"]["n"], "optimizer": training["optimizer"],
+            "train_peak_memory": training["memory"], "wall_seconds": record["wall_seconds"]}
 
 
 if __name__ == "__main__":

@@ -24,35 +24,41 @@ def quality(record: dict[str, Any]) -> tuple[str | None, float | None]:
     return None, None
 
 
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The one place a run's headline numbers are read from its record: configuration, quality, efficiency."""
+    metric, value = quality(record)
+    lora = record.get("lora") or {}
+    training = record.get("training") or {}
+    settings = training.get("settings", {})
+    tuned, zero = record.get("fine_tuned") or {}, record.get("zero_shot") or {}
+    sst2 = record.get("experiment") == "sst2"
+    return {
+        "experiment": record.get("experiment"), "model": record.get("model", {}).get("label"),
+        "pretrained": record.get("model", {}).get("pretrained"), "mode": record.get("model", {}).get("mode"),
+        "placement": lora.get("placement", "all weights"), "rank": lora.get("rank"), "alpha": lora.get("alpha"),
+        "learning rate": settings.get("learning_rate"), "schedule": settings.get("scheduler"),
+        "train examples": record.get("data", {}).get("train", {}).get("records_used"),
+        "metric": metric, "quality": value, "exact match": tuned.get("exact_match"),
+        "selection": 100 * record["selection"]["accuracy"] if "accuracy" in record.get("selection", {}) else None,
+        "predicted positive %": 100 * tuned["predicted_positive_share"] if "predicted_positive_share" in tuned else None,
+        "zero-shot": (100 * zero["accuracy"] if sst2 else zero.get("f1")) if zero else None,
+        "trainable %": record.get("parameters", {}).get("percent"),
+        "trainable": record.get("parameters", {}).get("trainable"),
+        "peak MiB": headline_peak_mib(training.get("memory", {})),
+        "tokens/s": training.get("tokens_per_second"), "train s": training.get("seconds"),
+    }
+
+
 def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per training run (any notebook) with its task, configuration, quality and efficiency."""
+    """One row per training run (any notebook): its headline numbers with where and how it ran."""
     rows = []
     for run in runs:
-        m = run.metrics
-        if "training" not in m:
+        if "training" not in run.metrics:
             continue
-        metric, value = quality(m)
-        lora = m.get("lora") or {}
-        memory = m["training"].get("memory", {})
-        rows.append({
-            "run": run.name, "notebook": Path(run.notebook).stem, "experiment": m.get("experiment"),
-            "model": m.get("model", {}).get("label"), "pretrained": m.get("model", {}).get("pretrained"),
-            "mode": m.get("model", {}).get("mode"), "placement": lora.get("placement", "all weights"),
-            "rank": lora.get("rank"), "seed": run.parameters.get("seed"),
-            "learning rate": m["training"].get("settings", {}).get("learning_rate"),
-            "schedule": m["training"].get("settings", {}).get("scheduler"),
-            "train examples": m.get("data", {}).get("train", {}).get("records_used"),
-            "metric": metric, "quality": value,
-            "predicted positive %": 100 * m["fine_tuned"]["predicted_positive_share"]
-            if "predicted_positive_share" in m.get("fine_tuned", {}) else None,
-            "zero-shot": (100 * m["zero_shot"]["accuracy"] if m.get("experiment") == "sst2" else
-                          m["zero_shot"].get("f1")) if m.get("zero_shot") else None,
-            "trainable %": m.get("parameters", {}).get("percent"),
-            "trainable": m.get("parameters", {}).get("trainable"),
-            "peak MiB": headline_peak_mib(memory),
-            "tokens/s": m["training"].get("tokens_per_second"), "train s": m["training"].get("seconds"),
-            "wall s": run.status.get("wall_seconds"),
-        })
+        rows.append({"run": run.name, "notebook": Path(run.notebook).stem, "seed": run.parameters.get("seed"),
+                     "group": run.group, **headline(run.metrics), "wall s": run.status.get("wall_seconds"),
+                     "device": run.metrics["training"].get("memory", {}).get("device", "cpu"),
+                     "threads": run.env.get("hardware", {}).get("torch_threads"), "commit": run.commit})
     return pd.DataFrame(rows)
 
 

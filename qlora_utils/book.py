@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .errors import QLoraError
 from .report import PROFILE_ENV
-from .runner import REPO, kernel_environment, load_profile
+from .runner import REPO, kernel_environment, load_profile, status
+from .runs import profile_runs_dir
 
 DEFAULT_PROFILE = "cpu"  # the profile the committed _toc.yml globs
 
@@ -28,11 +29,29 @@ def toc_for(profile: str) -> Path:
     return Path(handle.name)
 
 
-def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None, strict: bool = True) -> Path:
-    """Run `jupyter-book build` on the repository for a profile; returns the HTML folder."""
+MISSING_ENV = "QLORA_MISSING_RUNS"  # a partial build: the unfinished runs, which the landing page lists
+
+
+def unfinished_runs(profile: str) -> list[tuple[str, str]]:
+    """(run, state) for every run of the profile that is not done and current (missing, running, failed,
+    interrupted, partial, corrupt or stale)."""
+    return [(name, state) for name, state in status(load_profile(profile)) if state != "done"]
+
+
+def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None, strict: bool = True,
+               partial: bool = False) -> Path:
+    """Run `jupyter-book build` on the repository for a profile; returns the HTML folder. Every run of the profile
+    must be done and whole; with partial, the book builds anyway and its landing page lists what is missing."""
     load_profile(profile)  # fails clearly on an unknown profile
-    if not (REPO / "runs" / profile).is_dir():
-        raise QLoraError(f"no runs for profile {profile!r} in runs/{profile}; run `python -m qlora_utils run {profile}`")
+    if not profile_runs_dir(profile).is_dir():
+        raise QLoraError(f"no runs for profile {profile!r} in {profile_runs_dir(profile)}; run "
+                         f"`python -m qlora_utils run {profile}`")
+    unfinished = unfinished_runs(profile)
+    if unfinished and not partial:
+        listed = ", ".join(f"{name} ({state})" for name, state in unfinished)
+        raise QLoraError(f"the book of profile {profile!r} needs every run finished; {len(unfinished)} are not: "
+                         f"{listed}. Run `python -m qlora_utils run {profile}` (it redoes failed, partial, corrupt "
+                         "and stale runs), or build a partial book with --partial (its pages name the missing runs)")
     output = Path(output or REPO)
     toc = toc_for(profile)
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO), "--path-output", str(output),
@@ -40,7 +59,8 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
     if strict:
         command += ["-W", "-n", "--keep-going"]
     kernel_environment()  # the pages' kernels import this checkout's qlora_utils
-    env = {**os.environ, PROFILE_ENV: profile}
+    env = {**os.environ, PROFILE_ENV: profile,
+           MISSING_ENV: ", ".join(f"{name} ({state})" for name, state in unfinished)}
     try:
         subprocess.run(command, check=True, env=env, cwd=REPO)
     except subprocess.CalledProcessError as exc:

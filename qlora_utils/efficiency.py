@@ -120,8 +120,10 @@ class PeakMemory:
 
 
 def headline_peak_mib(memory: dict[str, Any]) -> float | None:
-    """The headline peak of a recorded phase: CUDA max allocated on a GPU, else CPU memory above the baseline."""
-    return memory.get("cuda_max_allocated_mib", memory.get("cpu_peak_above_baseline_mib"))
+    """The headline peak of a recorded phase: CUDA max allocated on a GPU, else the whole resident set above the
+    process before loading (memory-mapped weights count, as in the planner), else anonymous memory (older runs)."""
+    return memory.get("cuda_max_allocated_mib", memory.get("cpu_total_rss_above_baseline_mib",
+                                                           memory.get("cpu_peak_above_baseline_mib")))
 
 
 def tokens_per_second(tokens: int, seconds: float) -> float:

@@ -21,12 +21,14 @@ def rank_tradeoff(summary: pd.DataFrame, metric: str = "SST-2 dev accuracy (%)")
     return (spread + line).properties(width=360, height=240)
 
 
-def quality_memory(comparison: pd.DataFrame) -> alt.TopLevelMixin:
-    """Quality against peak training memory, by fine-tuning mode (colour) and task (shape)."""
+def quality_memory(comparison: pd.DataFrame, metric: str = "SST-2 dev accuracy (%)") -> alt.TopLevelMixin:
+    """Quality of one task against peak training memory, by fine-tuning mode (one metric per chart: SST-2 accuracy
+    and SQuAD F1 never share an axis)."""
     return alt.Chart(comparison).mark_point(filled=True, size=90).encode(
         x=alt.X("peak_mib:Q", title="peak training memory above the pre-load process (MiB)"),
-        y=alt.Y("quality:Q", title="quality (SST-2 accuracy % or SQuAD F1)", scale=alt.Scale(zero=False)),
-        color=alt.Color("mode name:N", title="mode", sort=MODE_ORDER), shape=alt.Shape("experiment:N", title="task"),
+        y=alt.Y("quality:Q", title=metric, scale=alt.Scale(zero=False)),
+        color=alt.Color("mode name:N", title="mode", sort=MODE_ORDER),
+        shape=alt.Shape("placement:N", title="adapters on"),
         tooltip=["experiment", "model", "mode name", "placement", "rank", "seeds",
                  alt.Tooltip("quality:Q", format=".1f"), alt.Tooltip("peak_mib:Q", format=",.0f")],
     ).properties(width=420, height=260)
@@ -64,14 +66,109 @@ def accuracy_by_mode(frame: pd.DataFrame) -> alt.TopLevelMixin:
 
 
 def gpu_fit(verdicts: pd.DataFrame, gpu_gib: float = 24.0) -> alt.TopLevelMixin:
-    """Predicted peak training memory per model and mode (log scale) against a GPU's memory (dashed rule)."""
-    data = verdicts.assign(configuration=verdicts["model"] + " · " + verdicts["mode"],
-                           fits=verdicts["fits"].map({True: "fits", False: "does not fit", "yes": "fits",
-                                                      "no": "does not fit"}))
-    bars = alt.Chart(data).mark_bar().encode(
-        x=alt.X("predicted GiB:Q", title="predicted peak training memory (GiB, log scale)", scale=alt.Scale(type="log")),
-        y=alt.Y("configuration:N", title=None, sort=None),
-        color=alt.Color("fits:N", title=f"{gpu_gib:g} GB GPU"),
+    """Predicted peak training memory per model and mode (log scale) against a GPU's memory (dashed rule): bars from a
+    positive baseline, a power of ten below the smallest prediction, since a log scale has no zero to start from."""
+    import math
+
+    data = verdicts[verdicts["predicted GiB"] > 0].assign(
+        configuration=verdicts["model"] + " · " + verdicts["mode"],
+        fits=verdicts["fits"].map({True: "fits", False: "does not fit", "yes": "fits", "no": "does not fit"}))
+    predicted = [*data["predicted GiB"], gpu_gib]
+    baseline = 10.0 ** math.floor(math.log10(min(predicted) / 2))
+    bars = alt.Chart(data.assign(baseline=baseline)).mark_bar().encode(
+        x=alt.X("baseline:Q", title=f"predicted peak training memory (GiB, log scale; bars start at {baseline:g} GiB)",
+                scale=alt.Scale(type="log", domain=[baseline, max(predicted) * 1.5], nice=False)),
+        x2=alt.X2("predicted GiB:Q"), y=alt.Y("configuration:N", title=None, sort=None),
+        color=alt.Color("fits:N", title=f"{gpu_gib:g} GB GPU", scale=alt.Scale(domain=["fits", "does not fit"])),
         tooltip=["model", "mode", alt.Tooltip("predicted GiB:Q", format=".1f"), alt.Tooltip("margin GiB:Q", format=".1f")])
     rule = alt.Chart(pd.DataFrame({"gib": [gpu_gib]})).mark_rule(strokeDash=[4, 4], color="black").encode(x="gib:Q")
     return (bars + rule).properties(width=380, height=220)
+
+
+def training_loss(curves: pd.DataFrame) -> alt.TopLevelMixin:
+    """Training loss per optimizer step, one line per run, coloured by fine-tuning mode."""
+    return alt.Chart(curves[curves["kind"] == "train"]).mark_line(opacity=0.7).encode(
+        x=alt.X("step:Q", title="optimizer step"), y=alt.Y("loss:Q", title="training loss (answer tokens)"),
+        color=alt.Color("system:N", title="mode", sort=MODE_ORDER), detail="run:N").properties(width=420, height=240)
+
+
+def token_lengths(lengths: pd.DataFrame) -> alt.TopLevelMixin:
+    """Mean prompt and answer length (tokens under the chat template) per data split, stacked (columns split, part,
+    tokens)."""
+    return alt.Chart(lengths).mark_bar().encode(
+        y=alt.Y("split:N", title=None), x=alt.X("tokens:Q", title="mean tokens per example (chat template)"),
+        color=alt.Color("part:N", title=None), tooltip=["split", "part", alt.Tooltip("tokens:Q", format=".1f")],
+    ).properties(width=420, height=200)
+
+
+def scaling_memory(frame: pd.DataFrame) -> alt.TopLevelMixin:
+    """Peak training memory against model size (log scale), one line per fine-tuning mode (columns parameters,
+    "peak memory (MiB)", mode, model)."""
+    return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
+        x=alt.X("parameters:Q", title="model parameters (log scale)", scale=alt.Scale(type="log"),
+                axis=alt.Axis(format="~s")),
+        y=alt.Y("peak memory (MiB):Q", title="peak training memory (MiB)"),
+        color=alt.Color("mode:N", title="mode", sort=MODE_ORDER),
+        tooltip=["model", "mode", alt.Tooltip("peak memory (MiB):Q", format=",.0f")],
+    ).properties(width=360, height=220)
+
+
+def scaling_throughput(frame: pd.DataFrame) -> alt.TopLevelMixin:
+    """Training tokens/s against model size, one panel per torch thread count (compare speeds only within a panel);
+    the point's shape says whether the machine was busy (columns parameters, tokens/s, mode, threads, machine)."""
+    base = alt.Chart().encode(
+        x=alt.X("parameters:Q", title="model parameters (log scale)", scale=alt.Scale(type="log"),
+                axis=alt.Axis(format="~s")),
+        y=alt.Y("tokens/s:Q", title="training tokens per second"),
+        color=alt.Color("mode:N", title="mode", sort=MODE_ORDER))
+    points = base.mark_point(filled=True, size=80).encode(
+        shape=alt.Shape("machine:N", title="1-min load average",
+                        scale=alt.Scale(domain=["quiet machine", "busy machine", "load not recorded"],
+                                        range=["circle", "triangle-up", "square"])),
+        tooltip=["model", "mode", "threads", "machine", alt.Tooltip("load average (1 min):Q", format=".2f"),
+                 alt.Tooltip("tokens/s:Q", format=".1f")])
+    return alt.layer(base.mark_line(opacity=0.6), points, data=frame).properties(width=260, height=200).facet(
+        column=alt.Column("threads:N", title="torch threads (compare within a panel only)"))
+
+
+def squad_scores(bars: pd.DataFrame) -> alt.TopLevelMixin:
+    """SQuAD exact match and F1 (%), zero-shot and fine-tuned, one row per metric (columns system, metric, value)."""
+    return alt.Chart(bars).mark_bar().encode(
+        x=alt.X("value:Q", title="score (%)", scale=alt.Scale(domain=[0, 100])),
+        y=alt.Y("system:N", title=None, sort=["zero-shot", "fine-tuned"]),
+        color=alt.Color("system:N", legend=None), row=alt.Row("metric:N", title=None),
+        tooltip=["run", "system", "metric", alt.Tooltip("value:Q", format=".1f")],
+    ).properties(width=380, height=60)
+
+
+def winrates(frame: pd.DataFrame) -> alt.TopLevelMixin:
+    """AlpacaEval win rate (%) per system, one colour per reference, with ±1 standard error bars and a dashed rule at
+    50 % (no preference); expects columns system, against, win rate, se (sanity pairs may be rows too)."""
+    data = frame.assign(low=frame["win rate"] - frame["se"].fillna(0), high=frame["win rate"] + frame["se"].fillna(0))
+    legend = alt.Legend(orient="bottom", direction="vertical", labelLimit=0)
+    base = alt.Chart(data).encode(y=alt.Y("system:N", title=None, sort=None), yOffset=alt.YOffset("against:N"),
+                                  color=alt.Color("against:N", title="against", legend=legend))
+    points = base.mark_point(filled=True, size=60).encode(
+        x=alt.X("win rate:Q", title="win rate (%)", scale=alt.Scale(zero=False)),
+        tooltip=["system", "against", alt.Tooltip("win rate:Q", format=".1f"), alt.Tooltip("se:Q", format=".2f")])
+    bars = base.mark_rule().encode(x="low:Q", x2="high:Q")
+    half = alt.Chart(pd.DataFrame({"x": [50.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q")
+    return (half + bars + points).properties(width=380, height=alt.Step(12))
+
+
+def planner_validation(frame: pd.DataFrame) -> alt.TopLevelMixin:
+    """Predicted against measured peak training memory (MiB, log scales) per run, by mode (colour) and model (shape),
+    with a dashed line of perfect agreement."""
+    measured, predicted = "measured peak (MiB)", "predicted peak (MiB)"
+    low = min(frame[measured].min(), frame[predicted].min()) * 0.8
+    high = max(frame[measured].max(), frame[predicted].max()) * 1.2
+    scale = alt.Scale(type="log", domain=[low, high], nice=False)
+    points = alt.Chart(frame).mark_point(filled=True, size=70).encode(
+        x=alt.X(f"{measured}:Q", scale=scale, title=measured),
+        y=alt.Y(f"{predicted}:Q", scale=scale, title=predicted),
+        color=alt.Color("mode:N", sort=MODE_ORDER), shape="model:N",
+        tooltip=["model", "mode", alt.Tooltip(f"{measured}:Q", format=",.0f"),
+                 alt.Tooltip(f"{predicted}:Q", format=",.0f"), alt.Tooltip("error (%):Q", format="+.0f")])
+    span = pd.DataFrame({"x": [low, high]})
+    line = alt.Chart(span).mark_line(strokeDash=[4, 4], color="gray").encode(x="x:Q", y="x:Q")
+    return (points + line).properties(width=380, height=300)

@@ -13,9 +13,7 @@ import altair as alt
 import pandas as pd
 from IPython.display import SVG, Markdown, display
 
-from .efficiency import headline_peak_mib
-from .runner import RUNS_DIR, RUNS_ENV
-from .runs import Run, busy_seconds, read_runs, summed_seconds
+from .runs import Run, busy_seconds, profile_runs_dir, provenance_problems, read_runs, summed_seconds
 
 alt.renderers.enable("svg")  # notebooks show charts as SVG made by vl-convert: no CDN needed
 PROFILE_ENV = "QLORA_PROFILE"
@@ -28,7 +26,7 @@ def book_profile() -> str:
 
 def book_runs_dir() -> Path:
     """The run directories of that profile ($QLORA_RUNS_DIR/<profile>, default runs/<profile>)."""
-    return Path(os.environ.get(RUNS_ENV) or RUNS_DIR) / book_profile()
+    return profile_runs_dir(book_profile())
 
 
 def book_runs(notebook: str | None = None) -> list[Run]:
@@ -102,24 +100,10 @@ def loss_chart(history: Sequence[dict[str, Any]] | pd.DataFrame, title: str = "l
     ).properties(width=420, height=220)
 
 
-def headline(record: dict[str, Any]) -> dict[str, Any]:
-    """The scalars of an experiment record that tables show."""
-    training = record.get("training", {})
-    memory = training.get("memory", {})
-    params = record.get("parameters", {})
-    return {
-        "model": record.get("model", {}).get("label"), "mode": record.get("model", {}).get("mode"),
-        "placement": (record.get("lora") or {}).get("placement", "—"), "rank": (record.get("lora") or {}).get("rank"),
-        "zero-shot": record.get("zero_shot", {}).get("accuracy"),
-        "fine-tuned": record.get("fine_tuned", {}).get("accuracy"),
-        "trainable %": params.get("percent"), "trainable": params.get("trainable"),
-        "peak MiB": headline_peak_mib(memory),
-        "tokens/s": training.get("tokens_per_second"), "train s": training.get("seconds"),
-    }
-
-
 def show_record(record: dict[str, Any]) -> pd.DataFrame:
     """One experiment's headline numbers as a one-column table."""
+    from .analysis import headline
+
     frame = pd.Series(headline(record), name="value").to_frame()
     display(frame)
     return frame
@@ -143,7 +127,8 @@ def provenance_frame(runs: Iterable[Run]) -> pd.DataFrame:
                         f"peft {versions.get('peft')}, bitsandbytes {versions.get('bitsandbytes')}",
             "hardware": hardware.get("gpu") or f"CPU × {hardware.get('cpu_count')}, "
                                                f"{hardware.get('torch_threads', '?')} thread(s)",
-            "commit": (r.env.get("git_commit") or "—")[:12], "finished": r.status.get("finished"),
+            "commit": (r.env.get("git_commit") or "—")[:12],
+            "provenance": "; ".join(provenance_problems(r)) or "clean commit", "finished": r.status.get("finished"),
             "wall s": r.status.get("wall_seconds"),
         })
     return pd.DataFrame(rows)

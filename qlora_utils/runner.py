@@ -3,7 +3,11 @@ into run directories that are resumable (done runs are skipped, failed/partial/s
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,16 +21,16 @@ from typing import Any, Callable
 import yaml
 from tqdm.auto import tqdm
 
+from .checks import value_problems
 from .environment import COMMIT_ENV, RESULTS_DIR, changed_files
 from .errors import QLoraError
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
-from .paths import scrub_file
-from .runs import UNCOMMITTED, config_hash, mark_finished, mark_started, read_json, run_state
+from .paths import scrub, scrub_file
+from .runs import (RUNS_ENV, UNCOMMITTED, RunLock, config_hash, corruption, mark_finished, mark_started,
+                   profile_runs_dir, read_json, recover, replace_run, run_state, staging_dir)
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
-RUNS_DIR = REPO / "runs"
-RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
 INJECTED = ("run_dir", "runs_dir", "profile")  # parameters the runner sets itself
 
 
@@ -40,6 +44,7 @@ class Entry:
     needs: tuple[str, ...] = field(default=())  # patterns of earlier runs that must finish first (with --jobs)
     exclusive: bool = False  # with --jobs, runs alone on every core (clean memory and throughput measurements)
     group: str | None = None  # a named family of runs (e.g. "sweep"): never pooled with the seeds of another
+    explicit: tuple[str, ...] = ()  # the parameters the entry sets itself (not inherited from `defaults`)
 
     @property
     def config_hash(self) -> str:
@@ -57,7 +62,7 @@ class Profile:
 
     def runs_dir(self, root: Path | None = None) -> Path:
         """Where this profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/."""
-        return Path(root or os.environ.get(RUNS_ENV) or RUNS_DIR) / self.name
+        return profile_runs_dir(self.name, root)
 
 
 def available_profiles() -> list[str]:
@@ -74,8 +79,22 @@ def load_profile(name_or_path: str | Path) -> Profile:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise QLoraError(f"no profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise QLoraError(f"{path}: not valid YAML{where}: {problem}; fix the file (see profiles/smoke.yaml for the "
+                         "layout)") from None
+    if not isinstance(raw, dict):
+        raise QLoraError(f"{path}: a profile is a mapping with `profile`, `runs` (a list) and optional `defaults`; "
+                         f"this file holds a {type(raw).__name__}")
     defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
+        raise QLoraError(f"{path.name}: `defaults` must map a notebook's name to a mapping of parameters")
+    if not isinstance(raw.get("runs") or [], list):
+        raise QLoraError(f"{path.name}: `runs` must be a list of runs, each with a `name` and a `notebook`")
     entries, seen = [], set()
     for i, item in enumerate(raw.get("runs") or []):
         if not isinstance(item, dict) or "name" not in item or "notebook" not in item:
@@ -92,11 +111,13 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if unmatched := [n for n in needs if not any(pattern_match(e.name, n) for e in entries)]:
             raise QLoraError(f"{path.name}: run {item['name']!r} needs {unmatched}, which match no earlier run")
         parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
+        if not isinstance(item.get("parameters") or {}, dict):
+            raise QLoraError(f"{path.name}: run {item['name']!r}: `parameters` must be a mapping")
         group = item.get("group")
         if group is not None and not isinstance(group, str):
             raise QLoraError(f"{path.name}: run {item['name']!r}: `group` must be a name, got {group!r}")
         entries.append(Entry(item["name"], item["notebook"], parameters, tuple(needs), bool(item.get("exclusive")),
-                             group))
+                             group, tuple(item.get("parameters") or {})))
     if not entries:
         raise QLoraError(f"{path.name} lists no runs")
     stems = {Path(e.notebook).stem for e in entries}
@@ -163,6 +184,8 @@ def validate_profile(profile: Profile) -> None:
             elif not _type_ok(declared[name]["inferred_type_name"], value):
                 problems.append(f"run {entry.name!r}: parameter {name!r}={value!r} is not of type "
                                 f"{declared[name]['inferred_type_name']} as declared in {entry.notebook}")
+        earlier = [e.name for e in profile.entries[:profile.entries.index(entry)]]
+        problems += value_problems(entry.name, entry.notebook, entry.parameters, entry.explicit, earlier)
     if problems:
         raise QLoraError(f"profile {profile.name!r} ({profile.path.name}) is invalid:\n  " + "\n  ".join(problems))
 
@@ -192,45 +215,106 @@ def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str
     return state
 
 
-def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kernel_name: str = "python3") -> None:
-    """Execute one entry with papermill inside its run directory; the executed notebook appears only on success."""
+class RunFailed(QLoraError):
+    """A run's notebook raised; the message gives the cause and where the failed attempt is."""
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+FRAME = re.compile(r"(File [^\n]+?:\d+, in [\w<>]+|Cell In\[\d+\], line \d+)")
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line: the exception type and message, and (for an unexpected error) where in the code it happened."""
+    name = getattr(exc, "ename", None)  # papermill's PapermillExecutionError carries the kernel's exception
+    if not name:
+        return f"{type(exc).__name__}: {exc}".strip()
+    message = ANSI.sub("", str(getattr(exc, "evalue", ""))).strip()
+    if name in ("QLoraError", "DataUnavailableError"):
+        return f"{name}: {message}"  # a user error: its message names the input and the fix
+    frames = FRAME.findall(ANSI.sub("", "\n".join(getattr(exc, "traceback", []) or [])))
+    where = f" ({scrub(frames[-1])})" if frames else ""
+    return f"{name}: {message}{where}"
+
+
+def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kernel_name: str = "python3",
+                  force: bool = True) -> str:
+    """Execute one entry with papermill, holding its lock, into a staging folder that replaces the run directory
+    only on success; returns "done" or why it was skipped. A failed or interrupted attempt leaves the previous
+    finished run intact (RunFailed says so; Ctrl-C and SIGTERM are recorded as interrupted)."""
+    run_dir = profile.runs_dir(root) / entry.name
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+        return "skipped (running in another process)"
+    try:
+        recover(run_dir)
+        if not force and entry_state(profile, entry, root) == "done":
+            return "skipped (done)"  # finished by another runner while this one waited
+        try:
+            _attempt(entry, profile, run_dir, kernel_name)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                free = shutil.disk_usage(run_dir.parent).free / 2 ** 20
+                raise RunFailed(f"run {entry.name!r}: no space left on the disk that holds {run_dir.parent} "
+                                f"({free:.0f} MiB free); free some space and run it again. "
+                                + _kept(run_dir)) from exc
+            raise
+        return "done"
+    finally:
+        lock.release()
+
+
+def _kept(run_dir: Path) -> str:
+    return ("The previous finished run is kept." if run_state(run_dir) in ("done", "stale") else
+            "There was no earlier finished run.") + f" The attempt is in {staging_dir(run_dir)}."
+
+
+def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) -> None:
+    """One attempt at a run in its staging folder (called with the run's lock held)."""
     import jupytext
     import papermill
 
-    run_dir = profile.runs_dir(root) / entry.name
-    for leftover in ("notebook.ipynb", "notebook.failed.ipynb", "metrics.json", "history.json", "generations.json",
-                     UNCOMMITTED):
-        (run_dir / leftover).unlink(missing_ok=True)  # nothing of an earlier attempt may pass for this one's
+    staging = staging_dir(run_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # nothing of an earlier attempt may pass for this one's
     started = time.perf_counter()
     os.environ.pop(COMMIT_ENV, None)  # the commit is read from the checkout now, not inherited from another run
-    state = mark_started(run_dir, entry.notebook, entry.parameters, profile.name, group=entry.group)
-    commit = read_json(run_dir / "env.json").get("git_commit")
+    state = mark_started(staging, entry.notebook, entry.parameters, profile.name, group=entry.group)
+    commit = read_json(staging / "env.json").get("git_commit")
     if commit:
         os.environ[COMMIT_ENV] = commit  # the kernel records the same commit in metrics.json
     if commit and commit.endswith("+dirty"):
         diff = subprocess.run(["git", "diff", "HEAD", "--", ".", f":(exclude){RESULTS_DIR}"], cwd=REPO,
                               capture_output=True, text=True)
-        atomic_write_text(run_dir / UNCOMMITTED, diff.stdout)
-    source = run_dir / ".source.ipynb"
-    partial = run_dir / "notebook.partial.ipynb"
+        atomic_write_text(staging / UNCOMMITTED, diff.stdout)
+    source, partial = staging / ".source.ipynb", staging / "notebook.partial.ipynb"
     jupytext.write(notebook_node(entry.notebook), source)
     parameters = {**entry.parameters, "run_dir": ".", "runs_dir": "..", "profile": profile.name}
     try:
-        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(run_dir),
+        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(staging),
                                    kernel_name=kernel_name, progress_bar=False, request_save_on_cell_execute=True)
     except BaseException as exc:
-        if partial.exists():
-            partial.replace(run_dir / "notebook.failed.ipynb")
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        mark_finished(run_dir, state, started, error="interrupted" if interrupted else traceback.format_exc(),
-                      interrupted=interrupted)
-        raise
+        interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "ename", None) == "KeyboardInterrupt"
+        if partial.exists() and read_json(partial) is not None:
+            partial.replace(staging / "notebook.failed.ipynb")
+        partial.unlink(missing_ok=True)  # a notebook cut short (a full disk) is no notebook
+        cause = "interrupted (Ctrl-C or SIGTERM)" if interrupted else failure_cause(exc)
+        with contextlib.suppress(OSError):
+            mark_finished(staging, state, started, error=cause + "\n\n" + traceback.format_exc(),
+                          interrupted=interrupted)
+        if interrupted:
+            raise KeyboardInterrupt(f"run {entry.name!r} interrupted") from None
+        if isinstance(exc, OSError):
+            raise
+        raise RunFailed(f"run {entry.name!r} failed: {cause}. {_kept(run_dir)}") from exc
     finally:
         source.unlink(missing_ok=True)
     _title_with_run_name(partial, entry.name)
     scrub_file(partial)
-    partial.replace(run_dir / "notebook.ipynb")
-    mark_finished(run_dir, state, started)
+    partial.replace(staging / "notebook.ipynb")
+    mark_finished(staging, state, started)
+    if problems := corruption(staging):
+        raise RunFailed(f"run {entry.name!r} finished but its record is incomplete ({'; '.join(problems)}). "
+                        + _kept(run_dir))
+    replace_run(staging, run_dir)
 
 
 def _title_with_run_name(path: Path, name: str) -> None:
@@ -307,15 +391,15 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
             results[entry.name] = skipped
             continue
         try:
-            execute_entry(entry, profile, root)
-            results[entry.name] = "done"
+            results[entry.name] = execute_entry(entry, profile, root, force=force)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # papermill's PapermillExecutionError names the failing cell
-            results[entry.name] = f"failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+        except Exception as exc:
+            error = exc if isinstance(exc, RunFailed) else RunFailed(
+                f"run {entry.name!r} failed: {failure_cause(exc)}. {_kept(profile.runs_dir(root) / entry.name)}")
+            results[entry.name] = f"failed: {error}"
             if not keep_going:
-                raise QLoraError(f"run {entry.name!r} failed; its notebook is in "
-                                 f"{profile.runs_dir(root) / entry.name / 'notebook.failed.ipynb'}") from exc
+                raise error from exc
 
 
 def _skip_reason(profile: Profile, entry: Entry, root: Path | None, force: bool) -> str | None:
@@ -356,8 +440,10 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                 log.close()
                 del running[name]
                 unfinished.discard(name)
-                ok = process.returncode == 0 and run_state(runs_dir / name, entry.config_hash) == "done"
-                results[name] = "done" if ok else f"failed: exit status {process.returncode}, see {runs_dir / name}.log"
+                state = run_state(runs_dir / name, entry.config_hash)
+                ok = process.returncode == 0 and state in ("done", "running")
+                results[name] = ("done" if state == "done" else "skipped (running in another process)") if ok else \
+                    f"failed: {_last_error(runs_dir / f'{name}.log')} (log: {runs_dir / name}.log)"
                 failed = failed or not ok
                 bar.update(1)
             if failed and not keep_going:
@@ -401,6 +487,16 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
         raise QLoraError(f"run(s) {bad} failed; see their logs in {runs_dir}")
 
 
+def _last_error(log: Path) -> str:
+    """The runner's one-line error at the end of a child's log (or its exit)."""
+    try:
+        lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if line.startswith("error: ")]
+    except OSError:
+        return "no log"
+    return lines[-1].removeprefix("error: ") if lines else "it exited without finishing"
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -410,3 +506,42 @@ def pattern_match(name: str, pattern: str) -> bool:
     from fnmatch import fnmatchcase
 
     return fnmatchcase(name, pattern)
+
+
+TIMING = ("peak MiB", "tokens/s", "train s")  # measurements of the machine, not results of the seed
+
+
+def outcome(run_dir: Path) -> dict[str, Any]:
+    """What a seed determines in a finished run: the headline numbers (without time and memory), the per-step
+    losses and every per-example output."""
+    from .analysis import headline
+    from .runs import read_run
+
+    run = read_run(run_dir)
+    numbers = {k: v for k, v in headline(run.metrics).items() if k not in TIMING}
+    return {"headline": numbers, "losses": [h.get("loss") for h in run.history()], "generations": run.generations()}
+
+
+def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = None,
+              allow_dirty: bool = False) -> list[str]:
+    """Re-run one finished entry of a profile into scratch and list how its outcome differs from the recorded one
+    (an empty list: reproduced exactly)."""
+    entry = next((e for e in profile.entries if e.name == name), None)
+    if entry is None:
+        raise QLoraError(f"profile {profile.name!r} has no run {name!r}")
+    recorded = profile.runs_dir(root) / name
+    if run_state(recorded, entry.config_hash) != "done":
+        raise QLoraError(f"{recorded} is not a finished, current run; run it first")
+    check_committed(allow_dirty)
+    kernel_environment()
+    execute_entry(entry, profile, scratch, force=True)
+    before, after = outcome(recorded), outcome(profile.runs_dir(scratch) / name)
+    differences = [f"{k}: recorded {before['headline'][k]!r}, re-run {after['headline'].get(k)!r}"
+                   for k in before["headline"] if before["headline"][k] != after["headline"].get(k)]
+    if before["losses"] != after["losses"]:
+        steps = sum(a != b for a, b in zip(before["losses"], after["losses"]))
+        differences.append(f"training loss differs at {steps} of {len(before['losses'])} steps")
+    if before["generations"] != after["generations"]:
+        rows = sum(a != b for a, b in zip(before["generations"], after["generations"]))
+        differences.append(f"{rows} of {len(before['generations'])} per-example outputs differ")
+    return differences

@@ -2,13 +2,19 @@
 
 A run directory holds config.json (notebook, parameters, hash), status.json (running / done / failed, wall time),
 env.json (versions, hardware, git commit), the executed notebook.ipynb, and what the notebook records through
-`RunRecorder`: metrics.json, history.json, generations.json. Every file is written atomically."""
+`RunRecorder`: metrics.json, history.json, generations.json. Every file is written atomically.
+
+Beside each run directory NAME live `.NAME.lock` (held, with O_EXCL, by the one process executing it) and
+`.NAME.staging` (the attempt in progress, or the last failed one): an attempt replaces NAME only once it has
+finished, so a failed or interrupted attempt never destroys a finished run."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,8 +24,12 @@ from typing import Any
 from .environment import environment
 from .io import atomic_write_json
 
+REPO = Path(__file__).resolve().parents[1]
+RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
 UNCOMMITTED = "uncommitted.diff"  # what a run made with --allow-dirty ran beyond its commit
-STATES = ("done", "running", "stale", "failed", "partial", "missing")
+STATES = ("done", "running", "stale", "failed", "interrupted", "partial", "corrupt", "missing")
+REQUIRED = ("config.json", "env.json", "status.json", "notebook.ipynb", "metrics.json")  # a finished run has these
+OPTIONAL = ("history.json", "generations.json")  # and these parse when present
 
 
 def _alive(pid: Any) -> bool:
@@ -29,6 +39,11 @@ def _alive(pid: Any) -> bool:
     except (OSError, TypeError, ValueError):
         return False
     return True
+
+
+def profile_runs_dir(profile: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """The one place a profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/, then the profile."""
+    return Path(root or os.environ.get(RUNS_ENV) or REPO / "runs") / profile
 
 
 def config_hash(notebook: str, parameters: dict[str, Any]) -> str:
@@ -50,22 +65,130 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def staging_dir(run_dir: Path) -> Path:
+    """Where an attempt at a run executes before it replaces the run directory."""
+    return run_dir.parent / f".{run_dir.name}.staging"
+
+
+def corruption(run_dir: Path) -> list[str]:
+    """What is missing or unreadable among the files a finished run must have (empty when it is whole)."""
+    problems = []
+    for name in REQUIRED + OPTIONAL:
+        path = run_dir / name
+        if not path.is_file():
+            if name in REQUIRED:
+                problems.append(f"{name} is missing")
+        elif read_json(path) is None:
+            problems.append(f"{name} is not valid JSON")
+    return problems
+
+
 def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
-    """done, running (its runner is alive), stale (done with another configuration), failed, partial (started and
-    killed or interrupted, never finished) or missing."""
+    """done, running (a live process holds its lock), stale (done with another configuration), failed,
+    interrupted, partial (started and killed, never finished), corrupt (a finished run's files are missing or
+    unreadable) or missing. A finished run is verified, not trusted."""
+    if RunLock(run_dir).held():
+        return "running"
+    if not run_dir.is_dir():
+        attempt = read_json(staging_dir(run_dir) / "status.json")
+        if attempt is None:
+            return "partial" if staging_dir(run_dir).is_dir() else "missing"
+        return attempt.get("state") if attempt.get("state") in ("failed", "interrupted") else "partial"
     status = read_json(run_dir / "status.json")
     if status is None:
-        return "partial" if run_dir.exists() and any(run_dir.iterdir()) else "missing"
+        return "corrupt" if any(run_dir.iterdir()) else "missing"
     state = status.get("state")
     if state == "done":
-        if not (run_dir / "notebook.ipynb").is_file():
-            return "partial"
+        if corruption(run_dir):
+            return "corrupt"
         if expected_hash is not None and status.get("config_hash") != expected_hash:
             return "stale"
         return "done"
     if state == "running" and _alive(status.get("pid")):
-        return "running"
-    return "failed" if state == "failed" else "partial"
+        return "running"  # a runner from before run locks existed
+    return state if state in ("failed", "interrupted") else "partial"
+
+
+class RunLock:
+    """The right to execute one run: a lock file created with O_EXCL beside the run directory, holding the pid and
+    host of its owner. A lock whose owner died on this host is stale and taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir).parent / f".{Path(run_dir).name}.lock"
+        self.owned = False
+
+    def holder(self) -> dict[str, Any] | None:
+        """The lock's owner (pid, host, since), or None when nobody holds it."""
+        if not self.path.is_file():
+            return None
+        info = read_json(self.path)
+        if info is None:  # being written right now, or left half-written by a process killed at that instant
+            try:
+                young = time.time() - self.path.stat().st_mtime < 10
+            except OSError:
+                return None
+            return {"pid": None, "host": None, "since": "just now"} if young else None
+        if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+            return None  # stale: its owner died
+        return info
+
+    def held(self) -> bool:
+        """Whether another live process holds the lock."""
+        holder = self.holder()
+        return holder is not None and not (self.owned and holder.get("pid") == os.getpid())
+
+    def acquire(self) -> bool:
+        """Take the lock atomically; False when a live process holds it. Stale locks are taken over."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.holder() is not None:
+                    return False
+                self.path.unlink(missing_ok=True)  # stale: remove and try again
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, handle)
+            self.owned = True
+            return True
+        return False
+
+    def release(self) -> None:
+        """Give the lock back (only if this process holds it)."""
+        if self.owned and (read_json(self.path) or {}).get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.owned = False
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def replace_run(staging: Path, run_dir: Path) -> None:
+    """Put a finished attempt in the place of the run directory: the old one is moved aside first and deleted only
+    after the new one is in place (a crash in between leaves both, and `recover` puts the right one back)."""
+    old = run_dir.parent / f".{run_dir.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if run_dir.exists():
+        run_dir.rename(old)
+    staging.rename(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(run_dir: Path) -> None:
+    """Finish a replacement that a crash interrupted (call while holding the run's lock)."""
+    old, staging = run_dir.parent / f".{run_dir.name}.old", staging_dir(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if (read_json(staging / "status.json") or {}).get("state") == "done" and not corruption(staging):
+        staging.rename(run_dir)
+    elif old.exists():
+        old.rename(run_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def mark_started(run_dir: Path, notebook: str, parameters: dict[str, Any], profile: str,
@@ -200,3 +323,25 @@ def busy_seconds(runs: list[Run]) -> float:
             total += (current[1] - current[0]).total_seconds()
         current = (start, end)
     return total + ((current[1] - current[0]).total_seconds() if current else 0.0)
+
+
+def provenance_problems(run: Run) -> list[str]:
+    """What keeps a finished run from being reproducible from a commit: code outside a commit, a commit that differs
+    between its files, a machine path in any of its files."""
+    from .paths import absolute_paths
+
+    problems = []
+    commit = run.commit
+    if not commit:
+        problems.append("records no commit")
+    elif commit.endswith("+dirty"):
+        diff = run.path / UNCOMMITTED
+        problems.append(f"ran with uncommitted code ({'diff kept in ' + UNCOMMITTED if diff.is_file() else 'no diff'})")
+    recorded = (run.metrics.get("environment") or {}).get("git_commit")
+    if recorded and commit and recorded != commit:
+        problems.append(f"metrics.json records commit {recorded[:12]}, env.json {commit[:12]}")
+    for path in sorted(p for p in run.path.iterdir() if p.is_file()) if run.path.is_dir() else []:
+        if path.suffix in (".json", ".ipynb", ".diff", ".yaml", ".csv", ".txt") and (
+                found := absolute_paths(path.read_text(encoding="utf-8", errors="replace"))):
+            problems.append(f"{path.name} holds a machine path ({found[0]})")
+    return problems

@@ -1,4 +1,5 @@
-"""Cross-experiment analysis: SQuAD error kinds, the side-by-side rule, seed summaries and the plan's verdicts."""
+"""Cross-experiment analysis: SQuAD error kinds, the side-by-side rule, seed summaries, the planner's validation rows
+(the verdicts are in test_protocol.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 from qlora_utils.analysis import disagreements, seed_summary, squad_error_kind, squad_error_table
 from qlora_utils.planner import GiB, plan_memory, validation_rows
 from qlora_utils.inventory import config_of
-from qlora_utils.verdicts import NOT_SUPPORTED, SUPPORTED, fits_24gb, qlora_vs_full, trainable_share
 
 
 @pytest.mark.parametrize("prediction, kind", [
@@ -51,26 +51,6 @@ ROWS = [("sst2", "M", True, "nf4", "attention", 8, 1e-3, 1000, q, 0.48, 645_120,
        [("sst2", "M", True, "nf4", "attention_mlp", 16, 1e-3, 1000, q, 3.5, 4_800_000, 2100.0, 70.0) for q in (83, 83)]
 
 
-def test_qlora_vs_full_uses_the_best_repeated_configuration_not_a_one_seed_sweep() -> None:
-    more_data = [("sst2", "M", True, "nf4", "attention", 8, 1e-3, 2000, q, 0.48, 645_120, 1900.0, 150.0) for q in (90, 90)]
-    result = qlora_vs_full(_frame(ROWS + more_data))  # twice the data of full fine-tuning: not a fair comparison
-    # best repeated QLoRA configuration: attention_mlp r=16 at 83.0 (the 95 % sweep run has one seed)
-    assert "83.0 (mean of 2 seeds)" in result["evidence"] and "84.0" in result["evidence"]
-    assert result["verdict"] == SUPPORTED  # (84 - 83) / 84 = 1.2 % <= 3 %
-    assert qlora_vs_full(_frame(ROWS), tolerance_pct=1.0)["verdict"] == NOT_SUPPORTED
-
-
-def test_trainable_share_is_judged_at_the_plans_configuration() -> None:
-    result = trainable_share(_frame(ROWS))
-    assert result["verdict"] == SUPPORTED and "0.48 %" in result["evidence"] and "3.50 %" in result["evidence"]
-
-
-def test_fits_24gb_falls_back_to_the_planner_without_a_gpu_run() -> None:
-    result = fits_24gb(_frame(ROWS), validation=[{"error %": 5.0}, {"error %": -20.0}])
-    assert result["verdict"] == SUPPORTED and "predicted, not measured" in result["evidence"]
-    assert "1 of 2 measured runs" in result["evidence"]
-
-
 def test_seed_summary_spread() -> None:
     summary = seed_summary(_frame(ROWS[:2]), ["placement", "rank"]).iloc[0]
     assert (summary["seeds"], summary["mean"], summary["low"], summary["high"]) == (2, 81.0, 80, 82)
@@ -88,9 +68,3 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
     assert row["predicted MiB"] == pytest.approx(plan.total / 2 ** 20)
     assert row["error %"] == pytest.approx(100 * (plan.total / 2 ** 20 - 100) / 100)
     assert plan.total < GiB
-
-
-def test_tasks_without_a_quality_metric_do_not_break_the_verdict() -> None:
-    alpaca = [("alpaca", "M", True, mode, "attention_mlp", 8, 2e-4, 150, None, 1.0, 1, 1.0, 1.0)
-              for mode in ("nf4", "full")]
-    assert qlora_vs_full(_frame(ROWS + alpaca))["verdict"] == SUPPORTED

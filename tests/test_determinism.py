@@ -41,3 +41,19 @@ def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Pat
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert any(not bool((weights_a[k] == weights_c[k]).all()) for k in weights_a), "another seed, same adapters"
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, data_dir: Path) -> None:
+    from qlora_utils.runner import load_profile, reproduce, run_profile
+
+    profile = load_profile("smoke")
+    assert run_profile(profile, root=tmp_path / "runs", only=["week2-qlora-seed0"], allow_dirty=True) == {
+        "week2-qlora-seed0": "done"}
+    assert reproduce(profile, "week2-qlora-seed0", tmp_path / "scratch", root=tmp_path / "runs",
+                     allow_dirty=True) == []
+    generations = tmp_path / "runs" / "smoke" / "week2-qlora-seed0" / "generations.json"
+    rows = json.loads(generations.read_text())
+    rows[0]["fine_tuned"] = 1 - rows[0]["fine_tuned"]
+    generations.write_text(json.dumps(rows))  # a tampered record is caught
+    assert reproduce(profile, "week2-qlora-seed0", tmp_path / "scratch2", root=tmp_path / "runs",
+                     allow_dirty=True) == ["1 of 16 per-example outputs differ"]

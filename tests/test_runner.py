@@ -105,14 +105,20 @@ def test_run_states(tmp_path: Path) -> None:
     (run_dir / "status.json").write_text(json.dumps({**status, "pid": 2 ** 22 + 12345}))
     assert run_state(run_dir, digest) == "partial"  # started, never finished, its runner gone (killed)
     mark_finished(run_dir, status, 0.0)
-    assert run_state(run_dir, digest) == "partial", "done without its executed notebook is not done"
+    assert run_state(run_dir, digest) == "corrupt", "done without its executed notebook is not done"
     (run_dir / "notebook.ipynb").write_text("{}")
+    (run_dir / "metrics.json").write_text('{"a": 1}')
     assert run_state(run_dir, digest) == "done"
+    (run_dir / "metrics.json").write_text('{"a": ')  # cut in half
+    assert run_state(run_dir, digest) == "corrupt"
+    (run_dir / "metrics.json").write_text('{"a": 1}')
     assert run_state(run_dir, config_hash("notebooks/week7_analysis.md", {"a": 2})) == "stale"
     mark_finished(run_dir, status, 0.0, error="boom")
     assert run_state(run_dir, digest) == "failed"
     mark_finished(run_dir, status, 0.0, error="interrupted", interrupted=True)
-    assert run_state(run_dir, digest) == "partial"
+    assert run_state(run_dir, digest) == "interrupted"
+    (run_dir / "status.json").unlink()
+    assert run_state(run_dir, digest) == "corrupt", "files without a status are not a finished run"
 
 
 def test_config_hash_ignores_key_order() -> None:
@@ -153,6 +159,7 @@ state = mark_started(run_dir, notebook, parameters, "ptest")
 begin = time.time()
 time.sleep(0.8)
 (run_dir / "notebook.ipynb").write_text("{}")
+(run_dir / "metrics.json").write_text("{}")
 (run_dir / "times.json").write_text(json.dumps({"begin": begin, "end": time.time(),
                                                 "threads": os.environ["OMP_NUM_THREADS"]}))
 mark_finished(run_dir, state, started)
@@ -214,6 +221,7 @@ def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Pa
         status = mark_started(run_dir, entry.notebook, entry.parameters, profile.name)
         mark_finished(run_dir, status, 0.0)
         (run_dir / "notebook.ipynb").write_text("{}")
+        (run_dir / "metrics.json").write_text("{}")
         done = json.loads((run_dir / "status.json").read_text())
         (run_dir / "status.json").write_text(json.dumps({**done, "started": started, "finished": finished}))
 
@@ -269,3 +277,33 @@ def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path) -> None
     assert changed_files(tmp_path) == [], "a run directory written by a run is a result, not code"
     (tmp_path / "code.py").write_text("x = 2\n")
     assert changed_files(tmp_path) == ["code.py"] and git_commit(tmp_path).endswith("+dirty")
+
+
+def test_provenance_problems_name_dirty_code_mixed_commits_and_machine_paths(tmp_path: Path) -> None:
+    from qlora_utils.io import atomic_write_json
+    from qlora_utils.runs import provenance_problems, read_run
+
+    run_dir = tmp_path / "r"
+    atomic_write_json(run_dir / "env.json", {"git_commit": "a" * 40})
+    atomic_write_json(run_dir / "metrics.json", {"environment": {"git_commit": "a" * 40}, "data": "local:sst2/dev.tsv"})
+    assert provenance_problems(read_run(run_dir)) == []
+    atomic_write_json(run_dir / "metrics.json", {"environment": {"git_commit": "b" * 40},
+                                                 "data": "local:/home/someone/data/sst2/dev.tsv"})
+    atomic_write_json(run_dir / "env.json", {"git_commit": "a" * 40 + "+dirty"})
+    problems = provenance_problems(read_run(run_dir))
+    assert problems[0] == "ran with uncommitted code (no diff)"
+    assert problems[1].startswith("metrics.json records commit bbbbbbbbbbbb")
+    assert problems[2].startswith("metrics.json holds a machine path (/home/someone/data/sst2/dev.tsv")
+
+
+def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sysconfig
+
+    from qlora_utils.paths import REPO as CHECKOUT, absolute_paths, scrub
+
+    monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path))
+    site = sysconfig.get_paths()["purelib"]
+    text = f"{site}/tqdm/auto.py:21 warning; {CHECKOUT}/runs/cpu/x/.source.ipynb; {tmp_path}/sst2/dev.tsv"
+    cleaned = scrub(text)
+    assert cleaned == "<site-packages>/tqdm/auto.py:21 warning; <repo>/runs/cpu/x/.source.ipynb; <data>/sst2/dev.tsv"
+    assert absolute_paths(text) and not absolute_paths(cleaned)

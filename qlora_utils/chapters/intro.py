@@ -1,0 +1,41 @@
+"""The landing page: the build's profile and time, the headline numbers of week 2 and the protocol's verdicts (the
+same code as weeks 2 and 8, so the pages agree)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..book import MISSING_ENV
+from ..report import placeholder_chart
+from ..runs import Run, busy_seconds, summed_seconds
+from . import Page
+from .week2 import NOTEBOOK
+from .week2 import page as week2_page
+from .week8 import page as week8_page
+
+
+def page(runs: list[Run], profile: str) -> Page:
+    """Everything the landing page shows, from every finished run of the profile."""
+    out = Page("intro")
+    out.value("profile", profile, "{}")
+    out.value("runs", len(runs), "{:d}")
+    out.value("hours", busy_seconds(runs) / 3600, "{:.2f}")
+    out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
+    baseline, report = week2_page(runs), week8_page(runs)
+    for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
+                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples"):
+        out.text[key] = baseline.text[key]
+    for key in ("full", "full_sentence", "lora", "trainable", "gpu", "gpu_sentence"):
+        out.text[f"verdict_{key}"] = report.text[key]
+    out.figures["accuracy"] = baseline.figures["accuracy"] if any(Path(r.notebook).stem == NOTEBOOK for r in runs) \
+        else placeholder_chart("no SST-2 runs in this profile")
+    models = sorted({r.metrics["model"]["label"] for r in runs if r.metrics.get("model", {}).get("pretrained")
+                     and r.metrics.get("experiment") == "sst2"})
+    out.value("models", ", ".join(models) or None, "{}")
+    missing = os.environ.get(MISSING_ENV, "")
+    out.value("completeness", f"This is a partial build: these runs of the profile are not finished, and every "
+                              f"number and figure leaves them out: {missing}." if missing else
+              f"Every run of the profile finished; the numbers below are read from all {len(runs)} of them.", "{}")
+    return out
+

@@ -1,0 +1,193 @@
+"""Week 3, scaling: peak memory and throughput per model size and mode (efficiency runs), and SST-2 accuracy for two
+pretrained sizes (accuracy runs, only where they ran). Throughput is compared only between runs with the same torch
+thread count, and runs measured on a busy machine are flagged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .. import figures
+from ..analysis import MODE_NAMES, efficiency_frame, experiments_frame
+from ..report import chart_or_note
+from ..runs import Run
+from . import NA, Page
+
+BUSY_MARGIN = 0.5  # a run is "on a busy machine" when the 1-minute load average exceeded cores + this
+PEAK = "peak memory (MiB)"
+SPEED = "tokens/s"
+
+
+def _training_memory(run: Run) -> dict[str, Any]:
+    """The training phase's memory record of a run (empty when it did not train)."""
+    return (run.metrics.get("training") or {}).get("memory", {})
+
+
+def threads(run: Run) -> int | None:
+    """The torch thread count the run trained with (env.json hardware.torch_threads), None if not recorded."""
+    hardware = run.env.get("hardware") or run.metrics.get("environment", {}).get("hardware", {})
+    return hardware.get("torch_threads")
+
+
+def load_and_cores(run: Run) -> tuple[float | None, int | None]:
+    """The 1-minute load average at the end of training and the machine's cores (None where not recorded)."""
+    memory = _training_memory(run)
+    cores = memory.get("cpu_count") or run.env.get("hardware", {}).get("cpu_count")
+    return memory.get("load_average_1min"), cores
+
+
+def busy(load: float | None, cores: int | None) -> bool | None:
+    """Whether a load average means a busy machine (above cores + BUSY_MARGIN); None when either is unknown."""
+    if load is None or cores is None or pd.isna(load) or pd.isna(cores):
+        return None
+    return bool(load > cores + BUSY_MARGIN)
+
+
+def memory_measure(memory: dict[str, Any]) -> str:
+    """In words, which memory `headline_peak_mib` reads from one phase record."""
+    if "cuda_max_allocated_mib" in memory:
+        return "the CUDA allocator's peak (max allocated)"
+    if "cpu_total_rss_above_baseline_mib" in memory:
+        return ("the process's whole resident set at its peak (memory-mapped weights included) above the process "
+                "before the model was loaded")
+    if "cpu_peak_above_baseline_mib" in memory:
+        return ("anonymous resident memory (memory-mapped weights excluded) above the process before the model was "
+                "loaded (an older record)")
+    return NA
+
+
+def threads_label(n: Any) -> str:
+    """A facet label for a thread count."""
+    if n is None or pd.isna(n):
+        return "threads not recorded"
+    return f"{int(n)} thread" + ("" if int(n) == 1 else "s")
+
+
+def efficiency_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per efficiency run with human column names: size, mode, shape, threads, load, peak memory
+    (`headline_peak_mib`), tokens/s and the planner's prediction."""
+    frame = efficiency_frame(runs)
+    columns = ["run", "model", "mode", "parameters", "trainable (%)", "batch × seq", "torch threads", "cores",
+               "load average (1 min)", "busy machine", PEAK, SPEED, "predicted peak (GiB)", "fits in free memory"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns + ["mode code"])
+    by_name = {r.name: r for r in runs}
+    extra = []
+    for name in frame["run"]:
+        run = by_name[name]
+        load, cores = load_and_cores(run)
+        flag = busy(load, cores)
+        extra.append({"torch threads": threads(run), "cores": cores, "load average (1 min)": load,
+                      "busy machine": NA if flag is None else "yes" if flag else "no"})
+    frame = pd.concat([frame.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
+    frame = frame.rename(columns={"trainable %": "trainable (%)", "peak MiB": PEAK, "predicted GiB":
+                                  "predicted peak (GiB)", "fits": "fits in free memory"})
+    for column in columns:
+        if column not in frame:
+            frame[column] = None
+    for column in ("parameters", "torch threads", "cores"):
+        frame[column] = frame[column].astype("Int64")
+    return frame[columns + ["mode code"]]
+
+
+def measured(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of efficiency_table that trained (have a peak), with chart columns added: threads and machine."""
+    ran = table.dropna(subset=[PEAK]).copy() if len(table) else table.copy()
+    ran["threads"] = [threads_label(n) for n in ran["torch threads"]]
+    ran["machine"] = ran["busy machine"].map({"yes": "busy machine", "no": "quiet machine"}).fillna(
+        "load not recorded")
+    ran["parameters"] = ran["parameters"].astype(float)
+    return ran
+
+
+def memory_ratio(ran: pd.DataFrame) -> dict[str, Any]:
+    """16-bit LoRA over QLoRA (NF4) peak memory on the largest model where both ran, with both peaks."""
+    both = [m for m in ran.sort_values("parameters")["model"].unique()
+            if {"nf4", "bf16"} <= set(ran.loc[ran["model"] == m, "mode code"])] if len(ran) else []
+    if not both:
+        return {"model": None, "nf4": None, "bf16": None, "ratio": None}
+    rows = ran[ran["model"] == both[-1]].set_index("mode code")
+    nf4, bf16 = float(rows.loc["nf4", PEAK]), float(rows.loc["bf16", PEAK])
+    return {"model": both[-1], "nf4": nf4, "bf16": bf16, "ratio": bf16 / nf4 if nf4 else None,
+            "runs": [rows.loc["nf4", "run"], rows.loc["bf16", "run"]]}
+
+
+def threads_summary(ran: pd.DataFrame) -> str:
+    """Which models ran with which thread count, e.g. "2 threads: Qwen2.5-0.5B (3 runs); 1 thread: ..."."""
+    parts = []
+    for label, group in ran.groupby("threads", sort=False):
+        models = ", ".join(dict.fromkeys(group.sort_values("parameters")["model"]))
+        parts.append(f"{label} for {models} ({len(group)} run{'s' if len(group) != 1 else ''})")
+    return "; ".join(parts) or NA
+
+
+def speed_pairs(ran: pd.DataFrame) -> str:
+    """QLoRA's tokens/s against 16-bit LoRA's, per model, only where both ran with the same thread count."""
+    parts = []
+    for (model, label), group in ran.groupby(["model", "threads"], sort=False):
+        modes = group.set_index("mode code")
+        if {"nf4", "bf16"} <= set(modes.index):
+            busy_note = " (measured on a busy machine)" if (modes.loc[["nf4", "bf16"], "machine"]
+                                                            == "busy machine").any() else ""
+            parts.append(f"{model} with {label}: QLoRA {modes.loc['nf4', SPEED]:.1f} against 16-bit LoRA "
+                         f"{modes.loc['bf16', SPEED]:.1f} tokens/s{busy_note}")
+    return "; ".join(parts) or "no model ran both modes with the same thread count"
+
+
+def accuracy_table(runs: list[Run]) -> pd.DataFrame:
+    """SST-2 accuracy per pretrained size (accuracy runs), with human column names."""
+    names = {"model": "model", "mode": "mode", "placement": "adapters on", "rank": "rank r",
+             "train examples": "training sentences", "zero-shot": "zero-shot accuracy (%)",
+             "quality": "accuracy (%)", "selection": "selection accuracy (%)", "peak MiB": PEAK,
+             "tokens/s": SPEED, "threads": "torch threads"}
+    frame = experiments_frame([r for r in runs if r.metrics.get("experiment") == "sst2"])
+    if frame.empty:
+        return pd.DataFrame(columns=list(names.values()))
+    frame = frame.assign(mode=frame["mode"].map(MODE_NAMES))
+    for column in names:  # older records lack newer columns: shown as missing
+        if column not in frame:
+            frame[column] = None
+    return frame[list(names)].rename(columns=names)
+
+
+def page(runs: list[Run]) -> Page:
+    """Everything the scaling page shows: the efficiency table and figures, the memory ratio, thread and load
+    caveats on throughput, runs not started, and the accuracy table."""
+    result = Page("week3")
+    table = efficiency_table(runs)
+    ran = measured(table)
+    result.tables["efficiency"] = table.drop(columns=["mode code", "run"])
+    ratio = memory_ratio(ran)
+    result.value("largest", ratio["model"])
+    result.value("bf16_over_nf4", ratio["ratio"], "{:.1f}")
+    result.value("nf4_peak", ratio["nf4"], "{:,.0f}")
+    result.value("bf16_peak", ratio["bf16"], "{:,.0f}")
+    names = ratio.get("runs") or (list(ran["run"]) if len(ran) else [])  # the pair, else every run that trained
+    measured_runs = [r for r in runs if r.name in names]
+    measures = list(dict.fromkeys(memory_measure(_training_memory(r)) for r in measured_runs))
+    result.value("memory_measure", " and ".join(measures) if measures else NA)
+    not_fit = table[table["fits in free memory"].fillna("yes") != "yes"] if len(table) else table
+    result.value("not_fit", ", ".join(
+        f"{r['model']} {r['mode']} (predicted {r['predicted peak (GiB)']:.0f} GiB)"
+        if pd.notna(r["predicted peak (GiB)"]) else f"{r['model']} {r['mode']}"
+        for _, r in not_fit.iterrows()) or "none")
+    speed = ran.dropna(subset=[SPEED]) if len(ran) else ran
+    result.value("speed_runs", len(speed), "{:d}")
+    result.value("thread_counts", speed["threads"].nunique() if len(speed) else 0, "{:d}")
+    result.value("threads_summary", threads_summary(speed))
+    flagged = speed[speed["machine"] == "busy machine"] if len(speed) else speed
+    result.value("busy_n", len(flagged), "{:d}")
+    result.value("busy_runs", ", ".join(f"{r['model']} {r['mode']} (load {r['load average (1 min)']:.1f} on "
+                                        f"{r['cores']} cores)" for _, r in flagged.iterrows()) or "none")
+    result.value("load_missing_n", int((speed["machine"] == "load not recorded").sum()) if len(speed) else 0, "{:d}")
+    result.value("busy_limit", f"cores + {BUSY_MARGIN:g}")
+    result.value("speed_pairs", speed_pairs(speed))
+    result.figures["memory"] = chart_or_note(ran, figures.scaling_memory, "no efficiency runs in this profile")
+    result.figures["speed"] = chart_or_note(speed, figures.scaling_throughput, "no efficiency runs in this profile")
+    accuracy = accuracy_table(runs)
+    result.tables["accuracy"] = accuracy
+    result.value("accuracy_note", "Accuracy scaling ran in this profile; see the table below." if len(accuracy) else
+                 "Accuracy scaling did not run in this profile: it needs two pretrained sizes, which exist only on "
+                 "the Hugging Face Hub (Qwen3-4B and Qwen3-8B in the gpu-24gb profile). Nothing is shown for it here.")
+    return result

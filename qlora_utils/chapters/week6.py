@@ -1,0 +1,399 @@
+"""The AlpacaEval and efficiency chapter (book/week6_alpacaeval_efficiency.md): instruction tuning on Alpaca and its
+AlpacaEval win rates with the judge's trustworthiness, the three modes' memory and speed, and the memory planner's
+validation against measured runs and its 24 GB verdicts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from .. import figures, planner
+from ..adapters import LoraSettings
+from ..analysis import MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame
+from ..protocol import primary_runs
+from ..report import chart_or_note
+from ..runs import Run, busy_seconds, summed_seconds
+from ..winrate import REFERENCES
+from . import NA, Page
+
+PREFIX = "week6"
+WITHIN_PCT = 15.0  # a planner prediction within ±15 % of the measurement counts as agreeing
+SMALL_BATCH_TOKENS = 256  # "a small batch": at most this many tokens per step
+EXAMPLES = 4  # side-by-side answers shown, one per AlpacaEval source data set
+OFFICIAL_JUDGES = ("openai:gpt-4-1106-preview", "openai:gpt-4-turbo")  # the leaderboard's AlpacaEval 2.0 judge
+REFERENCE_COLUMN = "reference (text-davinci-003)"
+WINRATE_COLUMNS = {"win rate (%)": "win_rate", "± s.e. (points)": "standard_error",
+                   "length-controlled win rate (%)": "length_controlled_winrate",
+                   "position consistency (%)": "position_consistency", "sanity pair (%)": "sanity_pair_win_rate",
+                   "pairs judged": "n"}
+MODES_COLUMNS = {"system": "system", "seeds": "seeds", "mean": "SST-2 accuracy, mean (%)",
+                 "std": "SST-2 accuracy, s.d. (points)", "trainable": "trainable parameters",
+                 "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
+                 "train_s": "training time (s)"}
+EFFICIENCY_COLUMNS = {"run": "run", "model": "model", "mode": "mode", "parameters": "parameters",
+                      "trainable %": "trainable (%)", "batch × seq": "batch × sequence length",
+                      "peak MiB": "peak memory (MiB)", "tokens/s": "tokens/s",
+                      "predicted GiB": "predicted before the run (GiB)", "fits": "fits the device"}
+VALIDATION_COLUMNS = {"model": "model", "mode": "mode", "batch × seq": "batch × sequence length",
+                      "tokens": "tokens per step", "device": "device", "predicted MiB": "predicted peak (MiB)",
+                      "measured MiB": "measured peak (MiB)", "error %": "error (%)"}
+PAPER_BASE_MB, PAPER_LORA_MB = 5048, 26  # QLoRA paper, LLaMA-7B: 4-bit base and LoRA weights (MB)
+FACTORY_RULE_GB = {"nf4": 6, "bf16": 16, "full": 120}  # LLaMA-Factory's rule of thumb for 7B models (GB)
+
+
+def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Run] = ()) -> Page:
+    """Everything the page shows: `runs` are this chapter's, `baseline` week 2's SST-2 runs (the modes compared on
+    the same data and steps), `scaling` week 3's fixed-shape runs (more measurements for the planner)."""
+    p = Page(PREFIX)
+    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
+    judged = [r for r in runs if r.metrics.get("experiment") == "alpacaeval"]
+    record = judged[-1].metrics if judged else {}
+    instruction_setup(p, instruct, record)
+    win_rates(p, record)
+    p.tables["lengths"] = length_table(record)
+    p.tables["examples"] = examples_table(instruct)
+    p.value("n_examples", len(p.tables["examples"]), "{:d}")
+    p.value("examples_differ", differing_rows(p.tables["examples"]), "{:d}")
+    modes(p, baseline)
+    p.tables["efficiency"] = efficiency_table(runs)
+    planner_validation(p, [*runs, *scaling])
+    gpu_verdicts(p)
+    published(p)
+    wall_times(p, runs)
+    return p
+
+
+def system_of(run: Run) -> str:
+    """The system name of an instruction-tuning run (its fine-tuning mode)."""
+    mode = run.metrics.get("model", {}).get("mode")
+    return MODE_NAMES.get(mode, mode or run.name)
+
+
+def per_system(values: dict[str, Any], fmt: str = "{:,}") -> str:
+    """One value when every system has the same, else "value (system); ..."; "n/a" when none is known."""
+    known = {k: v for k, v in values.items() if v is not None}
+    if not known:
+        return NA
+    if len(set(map(str, known.values()))) == 1:
+        return fmt.format(next(iter(known.values())))
+    return "; ".join(f"{fmt.format(v)} ({k})" for k, v in known.items())
+
+
+def decoding_text(decoding: dict[str, Any]) -> str:
+    """The decoding settings in words: strategy, new-token limit, prompt."""
+    parts = [decoding.get("strategy"),
+             f"at most {decoding['max_new_tokens']} new tokens" if "max_new_tokens" in decoding else None,
+             decoding.get("prompt")]
+    return ", ".join(p for p in parts if p) or NA
+
+
+def instruction_setup(p: Page, instruct: Sequence[Run], record: dict[str, Any]) -> None:
+    """How the instruction-tuning runs trained and answered, and who judged them."""
+    train = {system_of(r): r.metrics.get("data", {}).get("train", {}) for r in instruct}
+    p.value("n_train", per_system({k: v.get("records_used") for k, v in train.items()}))
+    p.value("n_alpaca", per_system({k: v.get("records_read") for k, v in train.items()}))
+    steps = {system_of(r): r.metrics.get("training", {}).get("steps") for r in instruct}
+    batch = {system_of(r): r.metrics.get("training", {}).get("settings", {}).get("batch_size") for r in instruct}
+    p.value("train_steps", per_system(steps))
+    p.value("train_batch", per_system(batch))
+    first = instruct[0].metrics if instruct else {}
+    p.value("n_instructions", record.get("instructions", first.get("fine_tuned", {}).get("n")), "{:,}")
+    p.value("n_alpacaeval", first.get("data", {}).get("eval", {}).get("records_read"), "{:,}")
+    p.value("decoding", decoding_text(first.get("decoding", {})))
+    judge = record.get("judge", {})
+    p.value("judge", judge.get("spec", "no judge ran in this profile"))
+    p.value("clipped", f"{judge.get('clipped', 0)} of {judge.get('outputs', 0)} outputs were cut to "
+            f"{judge['max_output_tokens']} tokens for the judge" if judge.get("max_output_tokens") else
+            "outputs were judged whole")
+
+
+def winrate_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Every win rate of a win-rate run beside its judge, position consistency and sanity pair (in %); fields an
+    older record lacks are missing (NaN), never an error."""
+    rows = []
+    for r in record.get("win_rates", []):
+        row = {"system": r.get("system", NA), "against": REFERENCES.get(r.get("baseline"), r.get("baseline", NA))}
+        for column, key in WINRATE_COLUMNS.items():
+            value = r.get(key)
+            row[column] = float("nan") if value is None else 100 * value if key == "position_consistency" else value
+        row["judge"] = record.get("judge", {}).get("spec", NA)
+        rows.append(row)
+    columns = ["system", "against", *WINRATE_COLUMNS, "judge"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def trust_sentence(consistency: float, worst_sanity_gap: float) -> str:
+    """How far the judge can be trusted, from its position consistency (%) and its sanity pairs' distance from 50 %."""
+    if math.isnan(consistency) and math.isnan(worst_sanity_gap):
+        return "No judge ran in this profile, so there is nothing to trust yet."
+    if consistency < 50 or worst_sanity_gap > 10:
+        return ("Very little: the judge's preference is mostly a preference for a position, not for an answer, and "
+                "differences of a point or two between systems mean nothing.")
+    if consistency < 80 or worst_sanity_gap > 5:
+        return "With caution: the judge is partly swayed by the order of the answers."
+    return "Reasonably: the judge mostly keeps its verdict when the answers swap places and is unbiased on itself."
+
+
+def leaderboard_sentence(spec: str | None) -> str:
+    """Whether these win rates can be set beside the public AlpacaEval leaderboard (judged by GPT-4 Turbo)."""
+    if spec in OFFICIAL_JUDGES:
+        return "use the leaderboard's own judge (GPT-4 Turbo), so they can be set beside the public AlpacaEval numbers"
+    return "are not comparable with the public AlpacaEval leaderboard, which uses GPT-4 Turbo as the judge"
+
+
+def length_controlled_status(record: dict[str, Any]) -> str:
+    """Whether the length-controlled win rate was computed, and why not where it was not."""
+    rows = record.get("win_rates", [])
+    if not rows:
+        return NA
+    done = sum(r.get("length_controlled_winrate") is not None for r in rows)
+    if done:
+        return f"was computed for {done} of {len(rows)} comparisons"
+    note = next((r["length_controlled_note"] for r in rows if r.get("length_controlled_note")), "")
+    return "was not computed" + (f" ({note.removeprefix('not computed: ')})" if note else "")
+
+
+def win_rates(p: Page, record: dict[str, Any]) -> None:
+    """The win-rate table and chart, the judge's position consistency and sanity pairs, and what they allow."""
+    table = winrate_table(record)
+    p.tables["winrates"] = table
+    consistency = p.value("consistency", table["position consistency (%)"].mean() if len(table) else math.nan)
+    sanity = record.get("sanity_pair", {})
+    p.value("sanity", "; ".join(f"{REFERENCES.get(k, k)} {v['win_rate']:.1f} %" for k, v in sanity.items()
+                                if v.get("win_rate") is not None) or NA)
+    gaps = [abs(v["win_rate"] - 50) for v in sanity.values() if v.get("win_rate") is not None]
+    p.value("sanity_gap", max(gaps) if gaps else math.nan)
+    rates = table["win rate (%)"].dropna()
+    p.value("n_winrates", len(rates), "{:d}")
+    p.value("winrate_low", rates.min() if len(rates) else math.nan)
+    p.value("winrate_high", rates.max() if len(rates) else math.nan)
+    p.value("trust", trust_sentence(consistency, max(gaps) if gaps else math.nan))
+    p.value("leaderboard", leaderboard_sentence(record.get("judge", {}).get("spec")))
+    p.value("length_controlled", length_controlled_status(record))
+    chart = table.rename(columns={"win rate (%)": "win rate", "± s.e. (points)": "se"})
+    chart = pd.concat([chart, pd.DataFrame([{"system": "sanity pair (same answers)", "against": REFERENCES.get(k, k),
+                                             "win rate": v["win_rate"], "se": v.get("standard_error")}
+                                            for k, v in sanity.items() if v.get("win_rate") is not None])])
+    p.figures["winrate_chart"] = chart_or_note(chart.reset_index(drop=True), figures.winrates,
+                                          "no win rates in this profile")
+
+
+def length_table(record: dict[str, Any]) -> pd.DataFrame:
+    """Output lengths per system (characters and words), which AlpacaEval judges are known to reward."""
+    names = {"mean_chars": "mean length (characters)", "median_chars": "median length (characters)",
+             "mean_words": "mean length (words)"}
+    rows = [{"system": k, **{name: v.get(key) for key, name in names.items()}}
+            for k, v in record.get("output_lengths", {}).items()]
+    return pd.DataFrame(rows, columns=["system", *names.values()])
+
+
+def answers_by_system(instruct: Sequence[Run]) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
+    """Each system's answers in the seeded evaluation order (the base model first, from the run that recorded it)
+    and the instructions' metadata."""
+    answers: dict[str, list[str]] = {}
+    meta: list[dict[str, Any]] = []
+    for run in instruct:
+        gens = run.generations()
+        if not gens:
+            continue
+        meta = meta or gens
+        if "base" not in answers and gens[0].get("zero_shot") is not None:
+            answers = {"base": [g.get("zero_shot") or "" for g in gens], **answers}
+        answers[system_of(run)] = [g.get("fine_tuned") or "" for g in gens]
+    order = ["base", *MODE_NAMES.values()]
+    ranked = sorted(answers, key=lambda k: order.index(k) if k in order else len(order))
+    return {k: answers[k] for k in ranked}, meta
+
+
+def examples_table(instruct: Sequence[Run], limit: int = EXAMPLES) -> pd.DataFrame:
+    """Side-by-side answers: the first instructions, in the seeded evaluation order, where the systems' answers
+    differ, at most one per AlpacaEval source data set."""
+    answers, meta = answers_by_system(instruct)
+    rows, used = [], set()
+    for i in disagreements(answers, limit=len(meta)) if answers else []:
+        source = meta[i].get("dataset", NA)
+        if source in used:
+            continue
+        used.add(source)
+        rows.append({"instruction": meta[i].get("instruction", NA), "source data set": source,
+                     **{k: v[i] for k, v in answers.items()}, REFERENCE_COLUMN: meta[i].get("reference", NA)})
+        if len(rows) == limit:
+            break
+    return pd.DataFrame(rows)
+
+
+def differing_rows(table: pd.DataFrame) -> int:
+    """How many side-by-side rows show answers that are not all the same."""
+    systems = [c for c in table.columns if c not in ("instruction", "source data set", REFERENCE_COLUMN)]
+    return int(sum(len({str(v) for v in row}) > 1 for row in table[systems].itertuples(index=False)))
+
+
+def baseline_modes(baseline: Sequence[Run]) -> pd.DataFrame:
+    """Week 2's three modes on the same data and steps: each mode's runs at the plan's configuration, outside any
+    group such as a sweep, at the common amount of data and schedule and the mode's most common learning rate."""
+    frame = experiments_frame(baseline)
+    if frame.empty:
+        return pd.DataFrame()
+    frame = at_common_setting(frame[frame["experiment"] == "sst2"], ["train examples", "schedule"])
+    chosen = [at_common_setting(primary_runs(frame, mode), ["learning rate"]) for mode in MODE_NAMES]
+    chosen = [c for c in chosen if len(c)]
+    return by_mode(pd.concat(chosen)) if chosen else pd.DataFrame()
+
+
+def modes(p: Page, baseline: Sequence[Run]) -> None:
+    """The modes table and the memory and speed of QLoRA relative to full fine-tuning."""
+    table = baseline_modes(baseline)
+    p.tables["modes"] = table.drop(columns=["mode", "zero_shot"], errors="ignore").rename(columns=MODES_COLUMNS)
+    rows = table.set_index("mode") if len(table) else pd.DataFrame()
+    both = {"nf4", "full"} <= set(rows.index)
+    p.value("modes_seeds", per_system(dict(zip(table.get("system", []), table.get("seeds", [])))))
+    p.value("qlora_memory_share", 100 * rows.loc["nf4", "peak_mib"] / rows.loc["full", "peak_mib"] if both
+            else math.nan, "{:.0f}")
+    p.value("qlora_vs_lora", lora_comparison(rows))
+    p.value("qlora_speed_share", 100 * rows.loc["nf4", "tokens_per_s"] / rows.loc["full", "tokens_per_s"] if both
+            else math.nan, "{:.0f}")
+
+
+def lora_comparison(rows: pd.DataFrame) -> str:
+    """QLoRA's peak memory beside 16-bit LoRA's, in words ("above 16-bit LoRA's by 190 MiB (6 %)")."""
+    if not {"nf4", "bf16"} <= set(rows.index):
+        return NA
+    qlora, lora = rows.loc["nf4", "peak_mib"], rows.loc["bf16", "peak_mib"]
+    side = "above" if qlora > lora else "below"
+    return f"{side} 16-bit LoRA's by {abs(qlora - lora):,.0f} MiB ({100 * abs(qlora - lora) / lora:.0f} %)"
+
+
+def efficiency_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """This chapter's fixed-shape runs: model, mode, shape, trainable share, peak memory, tokens/s."""
+    frame = efficiency_frame(runs).drop(columns=["mode code"], errors="ignore")
+    return frame.rename(columns=EFFICIENCY_COLUMNS)
+
+
+def validation_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The planner's predicted peak training memory against the measured one, for every fixed-shape run."""
+    frame = pd.DataFrame(planner.validation_rows(list(records)), columns=list(VALIDATION_COLUMNS))
+    frame["mode"] = frame["mode"].map(lambda m: MODE_NAMES.get(m, m))
+    return frame.rename(columns=VALIDATION_COLUMNS)
+
+
+def miss_note(table: pd.DataFrame, limit: float = WITHIN_PCT) -> str:
+    """What the planner's misses have in common, when they do (a 4-bit base at a small batch on a CPU), with the
+    errors of every run of that kind and of the larger 4-bit runs."""
+    error = table["error (%)"].abs()
+    misses = table[error > limit]
+    if misses.empty:
+        return ""
+    four_bit = table["mode"].isin([MODE_NAMES["nf4"], MODE_NAMES["fp4"]]) & (table["device"] == "cpu")
+    small = four_bit & (table["tokens per step"] <= SMALL_BATCH_TOKENS)
+    if not small[misses.index].all():
+        return "The misses are not confined to one mode or shape; the planner's verdicts below carry that uncertainty."
+    errors = table.loc[small, "error (%)"]
+    if len(errors) == 1:
+        under = f"The planner's error on the one such run is {errors.iloc[0]:+.0f} %"
+    elif (errors < 0).all():
+        under = (f"The planner under-predicts all {len(errors)} such runs (by {-errors.max():.0f} % to "
+                 f"{-errors.min():.0f} %)")
+    else:
+        under = f"The {len(errors)} such runs have errors from {errors.min():+.0f} % to {errors.max():+.0f} %"
+    large = table[four_bit & ~small]
+    within = int(large["error (%)"].abs().le(limit).sum())
+    closely = (f", while {within} of {len(large)} 4-bit runs at more than {SMALL_BATCH_TOKENS} tokens per step "
+               f"{'is' if within == 1 else 'are'} predicted within ±{limit:.0f} %" if len(large) else "")
+    return (f"Every miss is a 4-bit base on a CPU at a small batch ({SMALL_BATCH_TOKENS} tokens per step or fewer). "
+            f"{under}{closely}. This looks like a property of the CPU code path (the allocator and bitsandbytes' "
+            "CPU kernels) at small batches rather than of QLoRA's memory; it is the planner's open limitation here, "
+            "and its GPU verdicts below assume GPU kernels that no run here could check.")
+
+
+def planner_validation(p: Page, runs: Sequence[Run]) -> None:
+    """Predicted against measured peak memory: the table, the figure, how many agree, and the misses."""
+    table = validation_table(r.metrics for r in runs)
+    p.tables["validation"] = table
+    p.figures["planner"] = chart_or_note(table, figures.planner_validation, "no efficiency runs in this profile")
+    error = table["error (%)"].abs()
+    p.value("within", f"{int((error <= WITHIN_PCT).sum())} of {len(table)}")
+    p.value("within_pct", WITHIN_PCT, "{:.0f}")
+    p.value("worst_error", error.max() if len(table) else math.nan)
+    misses = table[error > WITHIN_PCT]
+    p.value("misses", "; ".join(f"{r['model']} {r['mode']} at {r['batch × sequence length']} ({r['error (%)']:+.0f} %)"
+                                for _, r in misses.iterrows()) or "none")
+    p.value("miss_note", miss_note(table))
+    p.value("logit_bytes", planner.LOGIT_BYTES, "{:g}")
+    p.value("workspace_mib", planner.WORKSPACE / planner.MiB, "{:.0f}")
+
+
+def verdicts_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The planner's breakdown and verdict per model and mode on a GPU, with human column names (GiB)."""
+    frame = pd.DataFrame(rows)
+    gpu = frame["GPU GiB"].iloc[0] if len(frame) else 24.0
+    frame = frame.drop(columns=["total", "GPU GiB"], errors="ignore")
+    frame["mode"] = frame["mode"].map(lambda m: MODE_NAMES.get(m, m))
+    frame["fits"] = frame["fits"].map({True: "yes", False: "no"})
+    names = {c: f"{c} (GiB)" for c in frame.columns if c not in ("model", "mode", "fits", "predicted GiB",
+                                                                  "margin GiB")}
+    return frame.rename(columns={**names, "predicted GiB": "predicted peak (GiB)",
+                                 "margin GiB": f"margin on {gpu:g} GB (GiB)", "fits": f"fits {gpu:g} GB"})
+
+
+def mode_summary(rows: Sequence[dict[str, Any]], mode: str) -> str:
+    """How many of the planned models fit in one mode, with the tightest margin or the smallest shortfall."""
+    chosen = [r for r in rows if r["mode"] == mode]
+    fit = [r for r in chosen if r["fits"]]
+    if not chosen:
+        return NA
+    if len(fit) == len(chosen):
+        tight = min(chosen, key=lambda r: r["margin GiB"])
+        return (f"{MODE_NAMES[mode]} fits all {len(chosen)} (tightest: {tight['model']}, {tight['margin GiB']:.1f} "
+                "GiB to spare)")
+    if not fit:
+        small = min(chosen, key=lambda r: r["predicted GiB"])
+        return (f"{MODE_NAMES[mode]} fits none (even {small['model']} needs {small['predicted GiB']:.1f} GiB)")
+    return (f"{MODE_NAMES[mode]} fits {len(fit)} of {len(chosen)} "
+            f"({', '.join(r['model'] for r in fit)})")
+
+
+def gpu_verdicts(p: Page, gpu_gib: float = 24.0) -> None:
+    """Does each model fit a 24 GB GPU at the plan's settings: the table and the Qwen3-8B QLoRA answer."""
+    rows = planner.gpu_verdicts(gpu_gib=gpu_gib)
+    p.tables["verdicts"] = verdicts_table(rows)
+    q8 = next((r for r in rows if r["model"] == "qwen3-8b" and r["mode"] == "nf4"), None)
+    p.value("q8_need", q8["predicted GiB"] if q8 else math.nan)
+    p.value("q8_margin", q8["margin GiB"] if q8 else math.nan)
+    p.value("q8_verdict", NA if q8 is None else f"fits, with {q8['margin GiB']:.1f} GiB to spare" if q8["fits"]
+            else f"does not fit: it is {-q8['margin GiB']:.1f} GiB short")
+    p.value("other_modes", "; ".join(mode_summary(rows, m) for m in ("bf16", "full")))
+    p.value("n_verdict_models", len(planner.VERDICT_PRESETS), "{:d}")
+    settings = planner.PLAN_GPU_SETTINGS
+    p.value("plan_settings", f"batch {settings['batch_size']} × {settings['seq_len']} tokens, r = "
+            f"{planner.PLAN_LORA.rank} on {planner.PLAN_LORA.placement}, gradient checkpointing, paged AdamW 32-bit")
+
+
+def published(p: Page) -> None:
+    """The planner against published figures for LLaMA-7B: the QLoRA paper's breakdown and LLaMA-Factory's rule."""
+    llama = planner.llama_7b_config()
+    lora = LoraSettings(16, 16, 0.1, "attention_all")
+    p7 = planner.plan_memory(llama, "nf4", lora, batch_size=1, seq_len=512)
+    mb = 1e6
+    p.tables["paper"] = pd.DataFrame([
+        {"quantity": "4-bit base model (weights, constants, bf16 embeddings)", "QLoRA paper (MB)": PAPER_BASE_MB,
+         "planner (MB)": (p7.quantized_weights + p7.quantization_constants + p7.unquantized_weights) / mb},
+        {"quantity": "LoRA weights (about 0.2 % of parameters)", "QLoRA paper (MB)": PAPER_LORA_MB,
+         "planner (MB)": p7.adapters / mb},
+    ])
+    factory = []
+    for mode, rule in FACTORY_RULE_GB.items():
+        plan = planner.plan_memory(llama, mode, None if mode == "full" else lora, batch_size=1, seq_len=512)
+        factory.append({"mode": MODE_NAMES[mode], "LLaMA-Factory rule of thumb (GB)": rule,
+                        "planner, batch 1 × 512 (GB)": plan.total / 1e9})
+    p.tables["factory"] = pd.DataFrame(factory)
+
+
+def wall_times(p: Page, runs: Sequence[Run]) -> None:
+    """Minutes of runs per kind (summed wall times) and the chapter's elapsed minutes."""
+    for kind in ("instruct", "winrates", "efficiency"):
+        chosen = [r for r in runs if r.parameters.get("kind", "instruct") == kind]
+        p.value(f"minutes_{kind}", summed_seconds(chosen) / 60, "{:.0f}")
+    p.value("minutes", summed_seconds(list(runs)) / 60, "{:.0f}")
+    p.value("elapsed", busy_seconds(list(runs)) / 60, "{:.0f}")

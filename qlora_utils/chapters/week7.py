@@ -1,0 +1,137 @@
+"""Week 7, the cross-experiment analysis: rank and placement, quality against memory (per task: SST-2 accuracy and
+SQuAD F1 never share an axis), how the modes learn, throughput, and the systems' outputs side by side."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import figures, protocol
+from ..analysis import (MODE_NAMES, at_common_setting, disagreements, efficiency_frame, experiments_frame,
+                        mode_comparison, seed_summary)
+from ..report import history_frame, placeholder_chart
+from ..runs import Run
+from ..winrate import systems_from_runs
+from . import Page
+from .week2 import headline_frame
+
+RANK_COLUMNS = {"placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
+                "std": "std (points)", "low": "lowest seed (%)", "high": "highest seed (%)",
+                "trainable_pct": "trainable (%)", "tokens_per_s": "tokens/s"}
+COMPARISON_COLUMNS = {"experiment": "task", "model": "model", "mode name": "mode", "placement": "adapters on",
+                      "rank": "rank r", "seeds": "seeds", "quality": "quality (accuracy % or F1)",
+                      "quality_std": "std", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
+                      "trainable_pct": "trainable (%)"}
+LABELS = {0: "negative", 1: "positive"}
+
+
+def page(runs: list[Run]) -> Page:
+    """Everything the week 7 page shows, from every finished run of the profile."""
+    out = Page("week7")
+    frame = experiments_frame(runs)
+    _ranks(out, frame)
+    _quality_memory(out, frame)
+    seed0 = _seed0(runs, frame)
+    curves = pd.concat([history_frame(r.history(), run=r.name, system=MODE_NAMES[r.metrics["model"]["mode"]])
+                        for r in seed0]) if seed0 else pd.DataFrame()
+    out.figures["loss"] = figures.loss_curves(curves) if len(curves) else placeholder_chart("no week 2 runs")
+    _speed(out, frame, runs)
+    _side_by_side(out, runs, seed0)
+    return out
+
+
+def _ranks(out: Page, frame: pd.DataFrame) -> None:
+    """QLoRA SST-2 accuracy per rank and placement, seeds grouped by the full configuration (never pooled across
+    learning rates, data sizes, schedules or groups)."""
+    sst2 = frame[(frame["experiment"] == "sst2") & (frame["mode"] == "nf4") & frame["group"].isna()] \
+        if len(frame) else frame
+    sst2 = at_common_setting(sst2, ["train examples", "learning rate", "schedule"])
+    keys = [k for k in protocol.CONFIG_KEYS if k in sst2]
+    ranks = seed_summary(sst2, keys) if len(sst2) else sst2
+    out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no QLoRA SST-2 runs")
+    out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
+        if len(ranks) else ranks
+    best = protocol.best_configuration(sst2) if len(sst2) else None
+    out.value("best", f"r = {best['rank']:.0f} on {best['placement']} ({best['selection']:.1f} % on the selection "
+                      f"split; {best['dev']:.1f} % on the dev set, mean of {best['seeds']:.0f} seeds)" if best else
+              "not available: no run of this profile scored the selection split", "{}")
+    by_place = ranks.groupby("placement")["mean"].mean() if len(ranks) else pd.Series(dtype=float)
+    out.value("placement_gain", by_place.get("attention_mlp", float("nan")) - by_place.get("attention", float("nan")),
+              "{:+.1f}")
+    spread = ranks.groupby("placement")["mean"].agg(lambda s: s.max() - s.min()) if len(ranks) else pd.Series()
+    out.value("rank_spread", spread.max() if len(spread) else None)
+    out.value("seed_sd", ranks["std"].mean() if len(ranks) else None)
+
+
+def _quality_memory(out: Page, frame: pd.DataFrame) -> None:
+    """Per task, quality against peak memory by mode (one figure per metric), and the comparison table."""
+    scored = frame.dropna(subset=["quality"]) if len(frame) else frame
+    scored = scored[scored["group"].isna()] if len(scored) else scored
+    comparison = mode_comparison(scored) if len(scored) else scored
+    out.tables["comparison"] = comparison[[c for c in COMPARISON_COLUMNS if c in comparison]].rename(
+        columns=COMPARISON_COLUMNS) if len(comparison) else comparison
+    for task, key, title in (("sst2", "quality_memory", "SST-2 dev accuracy (%)"),
+                             ("squad", "quality_memory_squad", "SQuAD v1.1 F1")):
+        rows = comparison[comparison["experiment"] == task] if len(comparison) else comparison
+        out.figures[key] = figures.quality_memory(rows, title) if len(rows) else \
+            placeholder_chart(f"no {task} training runs in this profile")
+
+
+def _seed0(runs: list[Run], frame: pd.DataFrame) -> list[Run]:
+    """Seed 0 of each mode of the week 2 headline (same data, steps and prompts)."""
+    main = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
+    names = set(main.loc[main["seed"] == 0, "run"]) if len(main) else set()
+    return [r for r in runs if r.name in names]
+
+
+def _speed(out: Page, frame: pd.DataFrame, runs: list[Run]) -> None:
+    """Throughput by mode (week 2 headline runs) and the fixed-shape efficiency runs, with threads and load."""
+    week2 = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
+    speed = week2.assign(system=week2["mode"].map(MODE_NAMES)) if len(week2) else week2
+    out.figures["speed"] = figures.throughput(speed) if len(speed) else placeholder_chart("no week 2 runs")
+    tps = speed.groupby("mode")["tokens/s"].mean() if len(speed) else pd.Series(dtype=float)
+    out.value("tps", ", ".join(f"{MODE_NAMES[m]} {tps[m]:.0f}" for m in MODE_NAMES if m in tps) or None, "{}")
+    threads = speed["threads"].dropna().unique() if len(speed) else []
+    out.value("tps_threads", ", ".join(f"{t:.0f}" for t in sorted(threads)) or None, "{}")
+    efficiency = efficiency_frame(runs)
+    out.tables["efficiency"] = efficiency.drop(columns=["mode code"], errors="ignore")
+    loads = [(r.metrics["training"]["memory"].get("load_average_1min"), r.metrics["training"]["memory"].get("cpu_count"))
+             for r in runs if "training" in r.metrics]
+    known = [(load, cpus) for load, cpus in loads if load is not None]
+    busy = sum(load > cpus + 0.5 for load, cpus in known)
+    out.value("busy", f"{busy} of the {len(known)} training runs that recorded it finished training with the 1-minute "
+                      "load average above the cores plus one half" if known else None, "{}")
+
+
+def _side_by_side(out: Page, runs: list[Run], seed0: list[Run]) -> None:
+    """Examples chosen by a rule (the first, in the seeded evaluation order, where the systems' outputs differ)."""
+    rows = []
+    generations = {MODE_NAMES[r.metrics["model"]["mode"]]: r.generations() for r in seed0}
+    if generations:
+        first = next(iter(generations.values()))
+        outputs = {"base model": [LABELS.get(g["zero_shot"], g["zero_shot"]) for g in first],
+                   **{k: [LABELS.get(g["fine_tuned"]) for g in v] for k, v in generations.items()}}
+        for i in disagreements(outputs, limit=5):
+            rows.append({"sentence": first[i]["sentence"], "gold": LABELS[first[i]["label"]],
+                         **{k: v[i] for k, v in outputs.items()}})
+    out.tables["sst2_examples"] = pd.DataFrame(rows)
+    squad = [r for r in runs if r.metrics.get("experiment") == "squad"]
+    rows = []
+    if squad:
+        gens = squad[0].generations()
+        outputs = {"base model": [g["zero_shot"] for g in gens],
+                   MODE_NAMES[squad[0].metrics["model"]["mode"]]: [g["fine_tuned"] for g in gens]}
+        for i in disagreements(outputs, limit=5):
+            rows.append({"question": gens[i]["question"], "gold": " | ".join(dict.fromkeys(gens[i]["answers"])),
+                         **{k: v[i] for k, v in outputs.items()}})
+    out.tables["squad_examples"] = pd.DataFrame(rows)
+    out.value("squad_modes", ", ".join(sorted({MODE_NAMES[r.metrics["model"]["mode"]] for r in squad})) or "none", "{}")
+    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
+    rows = []
+    if instruct:
+        answers = {name: [o["output"] for o in outputs]
+                   for name, outputs in systems_from_runs([r.path for r in instruct]).items()}
+        meta = instruct[0].generations()
+        for i in disagreements(answers, limit=len(meta))[4:7]:  # the week 6 chapter shows the first four
+            rows.append({"instruction": meta[i]["instruction"], **{k: v[i] for k, v in answers.items()},
+                         "reference": meta[i]["reference"]})
+    out.tables["alpaca_examples"] = pd.DataFrame(rows)

@@ -1,0 +1,71 @@
+"""Week 8, the report: every expectation of the plan judged by the protocol (`protocol.verdict_table`), with links
+to its evidence, and the planner's 24 GB predictions."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import figures, protocol
+from ..analysis import MODE_NAMES, experiments_frame
+from ..planner import gpu_verdicts, validation_rows
+from ..runs import Run
+from . import Page
+
+EVIDENCE = {
+    "QLoRA within 3 %": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
+    "QLoRA within 1.5": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
+    "under": '<a href="week1_setup.html">week 1 parameter tables</a>, '
+             '<a href="week5_ablations.html#tbl-week5-grid">week 5 grid</a>',
+    "an 8B": '<a href="week6_alpacaeval_efficiency.html">planner vs measured (week 6)</a>',
+}
+COLUMNS = {"expectation": "expectation", "model": "model", "rule": "rule", "comparison": "primary comparison",
+           "effect with interval": "effect (95 % CI)", "margin text": "margin", "verdict": "verdict",
+           "seeds to settle": "seeds to settle", "evidence": "evidence"}
+
+
+def _effect(row: pd.Series) -> str:
+    if pd.isna(row.get("effect")):
+        return "—"
+    unit = " GiB" if row["expectation"].startswith("an 8B") else " %" if row["expectation"].startswith("under") \
+        else " points"
+    if unit == " GiB":
+        measured = not row["verdict"] == protocol.NOT_TESTABLE
+        band = "" if pd.isna(row.get("low")) else f" (band {row['low']:.1f} to {row['high']:.1f})"
+        return f"{row['effect']:.1f} GiB {'measured' if measured else 'predicted'}{band}"
+    if pd.isna(row.get("low")):
+        return f"{row['effect']:.2f}{unit}" if unit == " %" else f"{row['effect']:+.1f}{unit}"
+    return f"{row['effect']:+.1f}{unit} ({row['low']:+.1f} to {row['high']:+.1f}; {row['seeds']:.0f} seeds)"
+
+
+def verdicts_frame(runs: list[Run]) -> pd.DataFrame:
+    """The protocol's verdict table over every run, with readable effect, margin and evidence columns."""
+    validation = validation_rows([r.metrics for r in runs])
+    table = protocol.verdict_table(experiments_frame(runs), validation)
+    table["effect with interval"] = table.apply(_effect, axis=1)
+    table["margin text"] = table.apply(lambda r: "—" if pd.isna(r.get("margin")) else
+                                       f"{r['margin']:.1f} GiB" if r["expectation"].startswith("an 8B") else
+                                       f"{r['margin']:g} %" if r["expectation"].startswith("under") else
+                                       f"{r['margin']:.1f} points", axis=1)
+    table["evidence"] = table["expectation"].map(lambda e: next(v for k, v in EVIDENCE.items() if e.startswith(k)))
+    return table
+
+
+def page(runs: list[Run]) -> Page:
+    """Everything the week 8 page shows, from every finished run of the profile."""
+    out = Page("week8")
+    table = verdicts_frame(runs)
+    out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
+    for key, words in (("full", "QLoRA within 3 %"), ("lora", "QLoRA within 1.5"), ("trainable", "under"),
+                       ("gpu", "an 8B")):
+        row = protocol.verdict_for(table, words)
+        out.value(key, row["verdict"] if row else None, "{}")
+        out.value(f"{key}_sentence", protocol.sentence(row) if row else None, "{}")
+    for key, task, part in (("squad_train", "squad", "train"), ("alpaca_train", "alpaca", "train"),
+                            ("alpaca_eval", "alpaca", "eval")):
+        used = sorted({r.metrics["data"][part]["records_used"] for r in runs if r.metrics.get("experiment") == task
+                       and "records_used" in r.metrics.get("data", {}).get(part, {})})
+        out.value(key, " or ".join(f"{n:,}" for n in used) or None, "{}")
+    fit = pd.DataFrame(gpu_verdicts())
+    fit["mode"] = fit["mode"].map(MODE_NAMES)
+    out.figures["fit"] = figures.gpu_fit(fit)
+    return out

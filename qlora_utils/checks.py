@@ -1,0 +1,90 @@
+"""Value checks of a profile's parameters, made before any run starts: known presets, modes, placements, kinds and
+schedules; positive sizes, ranks and rates; no parameter that means nothing for its mode. Each problem names the
+run, the parameter, the bad value and what would be accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import SchedulerType
+
+from .adapters import PLACEMENTS
+from .models import MODES, PRESETS
+
+KINDS = {"week3_scaling": ("efficiency", "accuracy"), "week6_alpacaeval_efficiency": ("instruct", "efficiency",
+                                                                                       "winrates")}
+REFERENCES = ("text_davinci_003", "gpt4_turbo")
+POSITIVE = ("rank", "alpha", "train_examples", "batch_size", "seq_len", "steps", "max_new_tokens", "max_length",
+            "judge_max_output_tokens", "length_sample")
+NON_NEGATIVE = ("eval_examples", "sanity_examples", "seed")
+ADAPTER_ONLY = ("rank", "alpha", "dropout", "placement")  # mean nothing for full fine-tuning
+
+
+def _choice(options: Any) -> Callable[[Any], str | None]:
+    names = sorted(options)
+    return lambda v: None if v in options else f"is not one of: {', '.join(map(str, names))}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else "must be positive"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "must be 0 or more"
+
+
+def _judge(v: Any) -> str | None:
+    kind, _, name = str(v).partition(":")
+    if kind == "openai" and name:
+        return None
+    if kind == "local" and name in PRESETS:
+        return None
+    return f"must be local:PRESET (a preset of qlora_utils.models) or openai:MODEL"
+
+
+def _presets(v: Any) -> str | None:
+    bad = [p for p in v if p not in PRESETS] if isinstance(v, list) else [v]
+    return f"names unknown preset(s) {bad}" if bad else None
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "preset": _choice(PRESETS), "model": _choice(PRESETS), "mode": _choice(MODES), "placement": _choice(PLACEMENTS),
+    "scheduler": _choice({t.value for t in SchedulerType}), "learning_rate": _positive, "epochs": _positive,
+    "dropout": lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",
+    "judge": _judge, "table_presets": _presets, "peft_check_presets": _presets,
+    "references": lambda v: None if isinstance(v, list) and v and set(v) <= set(REFERENCES)
+    else f"must be a non-empty list of {list(REFERENCES)}",
+    "ranks": lambda v: None if isinstance(v, list) and v and all(_positive(r) is None for r in v)
+    else "must be a non-empty list of positive ranks",
+    **{name: _positive for name in POSITIVE}, **{name: _non_negative for name in NON_NEGATIVE},
+}
+
+
+def value_problems(name: str, notebook: str, parameters: dict[str, Any], explicit: tuple[str, ...],
+                   earlier: list[str]) -> list[str]:
+    """Every problem with the values of one run's parameters (empty when they are all acceptable)."""
+    stem = Path(notebook).stem
+    problems = []
+    for key, value in parameters.items():
+        check = CHECKS.get(key)
+        if key == "kind" and stem in KINDS:
+            check = _choice(KINDS[stem])
+        if key == "instruct_runs":
+            unknown = [r for r in value if r not in earlier] if isinstance(value, list) else [value]
+            if unknown:
+                problems.append(f"run {name!r}: instruct_runs names {unknown}, which are no earlier run of the "
+                                "profile")
+            continue
+        try:
+            problem = check(value) if check is not None else None
+        except TypeError:
+            problem = "has the wrong type"
+        if problem is not None:
+            problems.append(f"run {name!r}: {key}={value!r} {problem}")
+    if parameters.get("mode") == "full":
+        meaningless = [k for k in ADAPTER_ONLY if k in explicit]
+        if meaningless:
+            problems.append(f"run {name!r}: {', '.join(meaningless)} mean(s) nothing for mode 'full' (no adapters); "
+                            "remove them")
+    return problems

@@ -1,0 +1,263 @@
+"""The study's protocol, fixed before the data: for each expectation of the plan, the primary comparison, the metric,
+the margin and the rule that turns seed-paired differences into a verdict. Every chapter that states a verdict
+calls `verdict_table`; none decides a target itself.
+
+The rule for a quality comparison: per seed, the difference reference − QLoRA on the same sentences, steps and seed
+(points of the metric; positive = QLoRA worse); the mean difference with a two-sided 95 % t interval over the seeds.
+*Supported* when the whole interval lies below the margin (QLoRA loses less than the margin; it may also be better),
+*not supported* when the whole interval lies above it, *inconclusive* otherwise, with the number of seeds that would
+settle it at the observed spread. A claim that only a prediction supports is *not testable here*."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "not supported", "inconclusive", \
+    "not testable here"
+CONFIDENCE = 0.95
+PLAN = {"rank": 8, "alpha": 16, "placement": "attention"}  # the plan's adapters: r=8, α=16 on q, k, v
+TRAINABLE_LIMIT_PCT = 1.0
+GPU_GIB = 24.0
+MIN_SEEDS = 5  # seeds per mode the headline comparison is planned with
+# The columns that define a configuration: runs that differ in any of them are never pooled as seeds of one another.
+CONFIG_KEYS = ["experiment", "model", "mode", "rank", "alpha", "placement", "train examples", "learning rate",
+               "schedule", "group"]
+
+
+@dataclass(frozen=True)
+class PairedRule:
+    """A quality expectation: the treatment mode within `margin` of the reference mode, in points of the metric or,
+    when relative, in percent of the reference's mean."""
+
+    expectation: str
+    treatment: str
+    reference: str
+    margin: float
+    relative: bool
+
+    def margin_points(self, reference_mean: float) -> float:
+        """The margin in points of the metric."""
+        return self.margin * reference_mean / 100 if self.relative else self.margin
+
+    def describe(self) -> str:
+        """The rule in words."""
+        unit = "% of the reference's mean" if self.relative else "points"
+        return (f"seed-paired difference {self.reference} − {self.treatment}, {CONFIDENCE:.0%} t interval; "
+                f"supported if it lies wholly below {self.margin:g} {unit}, not supported if wholly above, "
+                "inconclusive otherwise")
+
+
+RULES = (
+    PairedRule("QLoRA within 3 % of full fine-tuning", "nf4", "full", 3.0, relative=True),
+    PairedRule("QLoRA within 1.5 points of 16-bit LoRA", "nf4", "bf16", 1.5, relative=False),
+)
+
+
+def interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of paired differences with its two-sided t interval (NaN bounds for one pair)."""
+    values = np.asarray(differences, dtype=float)
+    mean = float(values.mean()) if len(values) else float("nan")
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def decide(low: float, high: float, margin: float) -> str:
+    """The verdict of an interval against an upper margin."""
+    if math.isnan(low) or math.isnan(high):
+        return INCONCLUSIVE
+    if high < margin:
+        return SUPPORTED
+    if low > margin:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def seeds_to_settle(mean: float, sd: float, margin: float, confidence: float = CONFIDENCE,
+                    limit: int = 10_000) -> int | None:
+    """The fewest seeds whose interval, at this mean and spread, would lie wholly on one side of the margin (None
+    when the mean sits on the margin or no spread is known)."""
+    distance = abs(margin - mean)
+    if not distance or math.isnan(sd) or math.isnan(distance):
+        return None
+    for n in range(2, limit):
+        if stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n) < distance:
+            return n
+    return None
+
+
+def primary_runs(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """A mode's runs at the plan's configuration (adapters r=8, α=16 on q, k, v; full fine-tuning: every weight),
+    outside any named group such as a sweep."""
+    rows = frame[(frame["mode"] == mode) & frame["group"].isna()]
+    if mode != "full":
+        rows = rows[(rows["rank"] == PLAN["rank"]) & (rows["placement"] == PLAN["placement"])
+                    & (rows["alpha"].isna() | (rows["alpha"] == PLAN["alpha"]))]
+    return rows
+
+
+def paired(frame: pd.DataFrame, treatment: str, reference: str, column: str = "quality") -> pd.DataFrame:
+    """Seed-paired rows (seed, treatment, reference) of two modes on the same task, model and training data."""
+    a, b = primary_runs(frame, treatment), primary_runs(frame, reference)
+    keys = ["experiment", "model", "train examples", "seed"]
+    merged = a[keys + [column, "run"]].merge(b[keys + [column, "run"]], on=keys, suffixes=(" treatment",
+                                                                                             " reference"))
+    return merged.dropna(subset=[f"{column} treatment", f"{column} reference"]).sort_values("seed")
+
+
+def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any]]:
+    """One row per task, model and amount of data on which both modes ran: the paired effect, its interval, the
+    margin and the verdict."""
+    rows = []
+    pairs = paired(frame, rule.treatment, rule.reference) if len(frame) else pd.DataFrame()
+    if pairs.empty:
+        return [{"expectation": rule.expectation, "rule": rule.describe(), "verdict": NOT_TESTABLE,
+                 "comparison": "no seeds with both modes at the plan's configuration in this profile"}]
+    for (task, model, n), group in pairs.groupby(["experiment", "model", "train examples"]):
+        differences = (group["quality reference"] - group["quality treatment"]).to_numpy()
+        mean, low, high = interval(differences)
+        reference_mean = float(group["quality reference"].mean())
+        margin = rule.margin_points(reference_mean)
+        sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")
+        verdict = decide(low, high, margin)
+        rows.append({
+            "expectation": rule.expectation, "rule": rule.describe(), "task": task, "model": model,
+            "comparison": f"{rule.reference} vs {rule.treatment} at the plan's configuration (r={PLAN['rank']}, "
+                          f"α={PLAN['alpha']}, q,k,v), {n:,.0f} training examples",
+            "seeds": len(group), "treatment mean": float(group["quality treatment"].mean()),
+            "reference mean": reference_mean, "effect": mean, "low": low, "high": high,
+            "effect %": 100 * mean / reference_mean, "margin": margin,
+            "margin %": 100 * margin / reference_mean, "interval width": high - low, "sd": sd,
+            "verdict": verdict,
+            "seeds to settle": seeds_to_settle(mean, sd, margin) if verdict == INCONCLUSIVE else None,
+            "runs": list(group["run treatment"]) + list(group["run reference"]),
+        })
+    return rows
+
+
+def trainable_verdict(frame: pd.DataFrame, limit_pct: float = TRAINABLE_LIMIT_PCT) -> list[dict[str, Any]]:
+    """The trainable share of QLoRA at the plan's configuration, per model: a count, so no interval."""
+    expectation = f"under {limit_pct:g} % of parameters trainable"
+    rule = f"trainable parameters / all parameters of QLoRA at r={PLAN['rank']} on q,k,v, below {limit_pct:g} %"
+    plan = primary_runs(frame, "nf4").dropna(subset=["trainable %"]) if len(frame) else frame
+    if plan.empty:
+        return [{"expectation": expectation, "rule": rule, "verdict": NOT_TESTABLE,
+                 "comparison": "no QLoRA run at the plan's configuration in this profile"}]
+    rows = []
+    for model, group in plan.groupby("model"):
+        share = float(group["trainable %"].max())
+        rows.append({"expectation": expectation, "rule": rule, "model": model, "task": "any",
+                     "comparison": f"{int(group['trainable'].iloc[0]):,} trainable parameters",
+                     "effect": share, "margin": limit_pct, "verdict": SUPPORTED if share < limit_pct else NOT_SUPPORTED,
+                     "runs": list(group["run"])[:1]})
+    return rows
+
+
+def memory_verdict(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (),
+                   gpu_gib: float = GPU_GIB) -> dict[str, Any]:
+    """An 8B model trained with QLoRA within a 24 GB GPU: measured when a GPU run of an 8B model exists; otherwise
+    not testable here, shown with the planner's prediction and the band its measured 4-bit errors allow."""
+    from .planner import gpu_verdicts
+
+    expectation = f"an 8B model trains with QLoRA within a {gpu_gib:g} GB GPU"
+    rule = f"measured CUDA peak of QLoRA on an 8B model below {gpu_gib:g} GiB"
+    gpu = frame[frame["model"].fillna("").str.contains("8B") & (frame["mode"] == "nf4")
+                & (frame["device"] == "cuda")] if len(frame) and "device" in frame else pd.DataFrame()
+    if len(gpu):
+        peak = float(gpu["peak MiB"].max()) / 1024
+        return {"expectation": expectation, "rule": rule, "comparison": "measured on a GPU", "effect": peak,
+                "margin": gpu_gib, "verdict": SUPPORTED if peak < gpu_gib else NOT_SUPPORTED, "runs": list(gpu["run"])}
+    predicted = gpu_verdicts(presets=("qwen3-8b",), modes=("nf4",), gpu_gib=gpu_gib)[0]["predicted GiB"]
+    errors = [v["error %"] for v in validation if v.get("mode") in ("nf4", "fp4") and not math.isnan(v["error %"])]
+    row = {"expectation": expectation, "rule": rule, "verdict": NOT_TESTABLE, "effect": predicted, "margin": gpu_gib,
+           "comparison": f"predicted, not measured (no GPU here): Qwen3-8B QLoRA {predicted:.1f} GiB"}
+    if errors:
+        # error % = (predicted − measured) / measured, so measured = predicted / (1 + error)
+        low, high = (predicted / (1 + max(errors) / 100), predicted / (1 + min(errors) / 100))
+        row.update(low=low, high=high, comparison=row["comparison"] + f"; the planner's errors on {len(errors)} "
+                   f"measured 4-bit runs ({min(errors):+.0f} % to {max(errors):+.0f} %) put the real peak between "
+                   f"{low:.1f} and {high:.1f} GiB")
+    return row
+
+
+def verdict_table(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
+    """Every expectation of the plan judged by its rule: one row per expectation (and per task and model)."""
+    rows = [row for rule in RULES for row in quality_verdict(frame, rule)]
+    rows += trainable_verdict(frame)
+    rows.append(memory_verdict(frame, validation))
+    return pd.DataFrame(rows)
+
+
+def best_configuration(frame: pd.DataFrame, mode: str = "nf4") -> dict[str, Any] | None:
+    """The secondary "best configuration": the mode's configuration with the highest mean accuracy on the selection
+    split (carved from the training set), ties broken by fewer trainable parameters, then by name. Its dev-set score
+    is reported, never used to choose. None when no run scored the selection split."""
+    rows = frame[(frame["mode"] == mode)].dropna(subset=["selection"]) if len(frame) else frame
+    if rows.empty:
+        return None
+    keys = [k for k in CONFIG_KEYS if k in rows]
+    summary = rows.groupby(keys, dropna=False).agg(
+        selection=("selection", "mean"), dev=("quality", "mean"), seeds=("quality", "count"),
+        trainable=("trainable", "first"), first_run=("run", "min"), runs=("run", list)).reset_index()
+    summary = summary.sort_values(["selection", "trainable", "first_run"], ascending=[False, True, True])
+    best = summary.iloc[0].to_dict()
+    best["tied"] = int((summary["selection"] == best["selection"]).sum())
+    return best
+
+
+MODE_WORDS = {"nf4": "QLoRA", "bf16": "16-bit LoRA", "full": "full fine-tuning"}
+
+
+def sentence(row: dict[str, Any]) -> str:
+    """A verdict row in one sentence: effect, interval, seeds, margin, verdict (and the seeds that would settle it)."""
+    if row.get("verdict") == NOT_TESTABLE or pd.isna(row.get("seeds")) or pd.isna(row.get("effect")):
+        return f"{row.get('verdict', NOT_TESTABLE)}: {row.get('comparison', '')}"
+    rule = next((r for r in RULES if r.expectation == row["expectation"]), None)
+    names = (MODE_WORDS[rule.reference], MODE_WORDS[rule.treatment]) if rule else ("reference", "treatment")
+    interval_text = "no interval from one seed" if pd.isna(row.get("low")) else \
+        f"95 % CI {row['low']:+.1f} to {row['high']:+.1f}"
+    text = (f"{names[0]} − {names[1]} = {row['effect']:+.1f} points ({interval_text}, {int(row['seeds'])} paired seeds) "
+            f"against a margin of {row['margin']:.1f} points: {row['verdict']}")
+    if not pd.isna(row.get("seeds to settle")) and row.get("seeds to settle"):
+        text += f" (about {int(row['seeds to settle'])} seeds would settle it at this spread)"
+    return text
+
+
+def verdict_for(table: pd.DataFrame, expectation_start: str, model: str | None = None) -> dict[str, Any] | None:
+    """The first verdict row whose expectation starts with the given words (optionally for one model)."""
+    if table.empty:
+        return None
+    rows = table[table["expectation"].str.startswith(expectation_start)]
+    if model is not None and "model" in rows:
+        rows = rows[rows["model"] == model]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def secondary_vs_full(frame: pd.DataFrame, best: dict[str, Any] | None,
+                      rule: PairedRule = RULES[0]) -> dict[str, Any] | None:
+    """The secondary comparison: the configuration chosen on the selection split against full fine-tuning on the
+    seeds both ran (same task, model and data), by the same rule as the primary one."""
+    if best is None:
+        return None
+    chosen = frame[frame["run"].isin(best["runs"])]
+    reference = primary_runs(frame, rule.reference)
+    keys = ["experiment", "model", "train examples", "seed"]
+    pairs = chosen[keys + ["quality"]].merge(reference[keys + ["quality"]], on=keys, suffixes=(" treatment",
+                                                                                            " reference"))
+    if pairs.empty:
+        return None
+    differences = (pairs["quality reference"] - pairs["quality treatment"]).to_numpy()
+    mean, low, high = interval(differences)
+    margin = rule.margin_points(float(pairs["quality reference"].mean()))
+    sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")
+    verdict = decide(low, high, margin)
+    return {"expectation": rule.expectation + " (secondary: configuration chosen on the selection split)",
+            "seeds": len(pairs), "effect": mean, "low": low, "high": high, "margin": margin, "verdict": verdict,
+            "seeds to settle": seeds_to_settle(mean, sd, margin) if verdict == INCONCLUSIVE else None}

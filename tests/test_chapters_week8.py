@@ -1,0 +1,27 @@
+"""The week 8 chapter on synthetic runs: one verdict row per expectation, the same verdicts as week 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chapter_fixtures import sst2_run
+from qlora_utils.chapters import week2, week8
+
+
+def test_week8_and_week2_agree(tmp_path: Path) -> None:
+    runs = []
+    for seed, (full, qlora) in enumerate(zip([0.86, 0.87, 0.88, 0.86, 0.87], [0.85, 0.86, 0.87, 0.85, 0.86])):
+        runs.append(sst2_run(tmp_path, f"week2-full-seed{seed}", "full", seed, full))
+        runs.append(sst2_run(tmp_path, f"week2-qlora-seed{seed}", "nf4", seed, qlora + 0.001 * seed))
+    report, baseline = week8.page(runs), week2.page(runs)
+    table = report.tables["verdicts"]
+    assert list(table["expectation"]) == ["QLoRA within 3 % of full fine-tuning",
+                                          "QLoRA within 1.5 points of 16-bit LoRA", "under 1 % of parameters trainable",
+                                          "an 8B model trains with QLoRA within a 24 GB GPU"]
+    assert list(table["verdict"]) == ["supported", "not testable here", "supported", "not testable here"]
+    assert report.text["full"] == baseline.text["full_verdict"] == "supported"
+    assert report.text["full_sentence"] == baseline.text["full_sentence"]
+    # differences 1.0, 0.9, 0.8, 0.7, 0.6: mean 0.8, sd 0.158, t(4) 2.776 → ±0.196
+    assert table["effect (95 % CI)"].iloc[0] == "+0.8 points (+0.6 to +1.0; 5 seeds)"
+    assert "predicted" in table["effect (95 % CI)"].iloc[3]
+    assert report.text["squad_train"] == "n/a"
