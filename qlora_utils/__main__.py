@@ -26,6 +26,28 @@ from .runs import STATES
 from .training import TrainSettings
 
 
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argument that must be a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__,
@@ -36,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run runs that are done and current")
     run.add_argument("--only", nargs="+", metavar="PATTERN", help="run names to execute (shell patterns)")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
-    run.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads (default 1)")
+    run.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each with cores/jobs threads (default 1)")
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
@@ -56,37 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="predict peak training memory and whether it fits a GPU")
     plan.add_argument("--model", required=True, help="preset name, e.g. qwen3-8b or random-qwen2.5-7b")
     plan.add_argument("--mode", default="nf4", choices=MODES)
-    plan.add_argument("--batch", type=int, default=1)
-    plan.add_argument("--seq", type=int, default=512)
-    plan.add_argument("--rank", type=int, default=64)
+    plan.add_argument("--batch", type=positive_int, default=1)
+    plan.add_argument("--seq", type=positive_int, default=512)
+    plan.add_argument("--rank", type=positive_int, default=64)
     plan.add_argument("--placement", default="attention_mlp", choices=sorted(PLACEMENTS))
     plan.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     plan.add_argument("--optimizer", default="paged_adamw_32bit")
-    plan.add_argument("--gpu-gib", type=float, default=24.0)
+    plan.add_argument("--gpu-gib", type=positive_float, default=24.0)
     for task in TASKS:
         _add_experiment_parser(sub, task)
     return parser
 
 
 def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
-    what = "accuracy" if task == "sst2" else "exact match and F1"
-    p = sub.add_parser(task, help=f"fine-tune on {task} and report {what} before/after, memory and throughput")
+    what = {"sst2": "accuracy before/after", "squad": "exact match and F1 before/after",
+            "alpaca": "AlpacaEval answers before/after (judge them with a winrates run)"}[task]
+    p = sub.add_parser(task, help=f"fine-tune on {task} and report {what}, memory and throughput")
     exp, lora = Experiment(), LoraSettings()  # the defaults are the dataclasses': set once, there
     p.add_argument("--model", default=exp.preset, help="model preset name")
     p.add_argument("--mode", default=exp.mode, choices=MODES)
-    p.add_argument("--rank", type=int, default=lora.rank)
-    p.add_argument("--alpha", type=int, default=lora.alpha)
+    p.add_argument("--rank", type=positive_int, default=lora.rank)
+    p.add_argument("--alpha", type=positive_int, default=lora.alpha)
     p.add_argument("--dropout", type=float, default=lora.dropout)
     p.add_argument("--placement", default=lora.placement, choices=sorted(PLACEMENTS))
-    p.add_argument("--train-examples", type=int, default=exp.train_examples)
+    p.add_argument("--train-examples", type=positive_int, default=exp.train_examples)
     p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
     p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
-    p.add_argument("--lr", type=float, default=exp.train.learning_rate)
+    p.add_argument("--lr", type=positive_float, default=exp.train.learning_rate)
     p.add_argument("--scheduler", default=exp.train.scheduler,
                    help="learning-rate schedule after warmup (the QLoRA paper's constant; the cpu profile uses cosine)")
     p.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
-    p.add_argument("--batch-size", type=int, default=exp.train.batch_size)
-    p.add_argument("--epochs", type=float, default=exp.train.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=exp.train.batch_size)
+    p.add_argument("--epochs", type=positive_float, default=exp.train.epochs)
     p.add_argument("--seed", type=int, default=exp.train.seed)
     p.add_argument("--data-dir", default=None, help="local data directory (default: $QLORA_DATA_DIR, else the Hub)")
     p.add_argument("--output", default=f"runs/adhoc/{task}", help="folder for metrics.json, history.json, adapter")
@@ -156,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except QLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the runs in progress are recorded as interrupted; finished runs are kept. Run the same "
+              "command again to resume.", file=sys.stderr)
+        return 130
     return 0
 
 

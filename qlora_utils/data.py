@@ -20,25 +20,57 @@ PathLike = str | os.PathLike[str]
 
 
 def _read_sst2(path: Path) -> list[dict[str, Any]]:
+    """SST-2 as TSV with a `sentence` and a `label` (0 or 1) column; a bad row is named by file and line."""
     with path.open(encoding="utf-8", newline="") as handle:
         rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return [{"sentence": r["sentence"].strip(), "label": int(r["label"])} for r in rows]
+        if rows.fieldnames is None or not {"sentence", "label"} <= set(rows.fieldnames):
+            raise QLoraError(f"{path}: line 1 must be the header `sentence<TAB>label`, found {rows.fieldnames!r}")
+        records = []
+        for line, row in enumerate(rows, start=2):
+            sentence, label = row.get("sentence"), (row.get("label") or "").strip()
+            if sentence is None or not sentence.strip() or label not in ("0", "1"):
+                raise QLoraError(f"{path}, line {line}: a row needs a sentence and a label 0 or 1, found "
+                                 f"sentence={sentence!r}, label={row.get('label')!r}; fix or remove the row")
+            records.append({"sentence": sentence.strip(), "label": int(label)})
+    if not records:
+        raise QLoraError(f"{path} holds no records (only a header, or nothing)")
+    return records
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise QLoraError(f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})") from None
 
 
 def _read_squad(path: Path) -> list[dict[str, Any]]:
+    """SQuAD v1.1 JSON (data → paragraphs → qas with answers); a bad question is named by its place."""
     records = []
-    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                records.append({"id": qa["id"], "title": article["title"], "context": paragraph["context"],
-                                "question": qa["question"],
-                                "answers": {"text": [a["text"] for a in qa["answers"]],
-                                            "answer_start": [a["answer_start"] for a in qa["answers"]]}})
+    content = _load_json(path)
+    if not isinstance(content, dict) or not isinstance(content.get("data"), list):
+        raise QLoraError(f"{path}: not SQuAD v1.1 JSON (expected an object with a `data` list of articles)")
+    for a, article in enumerate(content["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                try:
+                    records.append({"id": qa["id"], "title": article["title"], "context": paragraph["context"],
+                                    "question": qa["question"],
+                                    "answers": {"text": [x["text"] for x in qa["answers"]],
+                                                "answer_start": [x["answer_start"] for x in qa["answers"]]}})
+                except (KeyError, TypeError) as exc:
+                    raise QLoraError(f"{path}: article {a}, paragraph {p}, question {q} lacks {exc}") from None
+    if not records:
+        raise QLoraError(f"{path} holds no questions")
     return records
 
 
 def _read_json_list(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A JSON list of records (Alpaca, AlpacaEval)."""
+    content = _load_json(path)
+    if not isinstance(content, list) or not content or not all(isinstance(r, dict) for r in content):
+        raise QLoraError(f"{path}: expected a non-empty JSON list of records")
+    return content
 
 
 def _hub_dataset(repo: str, split: str, config: str | None = None) -> Callable[[], datasets.Dataset]:
@@ -135,6 +167,8 @@ def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, str
                 "copy") from exc
         ds = ds.map(lambda r: {"sentence": r["sentence"].strip()}) if task == "sst2" else ds
         source = f"hub:{spec.hub}"
+    if missing := [c for c in COLUMNS[task] if c not in ds.column_names]:
+        raise QLoraError(f"{source}: the records lack the column(s) {missing} that {task} needs")
     ds = ds.select_columns(COLUMNS[task])
     data = TaskData(task, split, ds, source, len(ds))
     print(data)

@@ -28,6 +28,13 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path | None:
     return path
 
 
+def offline() -> bool:
+    """Whether this process must not reach the network: a local data directory is configured ($QLORA_DATA_DIR), or
+    the Hugging Face libraries are told to stay offline (HF_HUB_OFFLINE)."""
+    hub_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(os.environ.get(DATA_DIR_ENV)) or hub_offline
+
+
 def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """The cache directory for converted models (argument, else $QLORA_CACHE_DIR, else ~/.cache/qlora_utils)."""
     value = override if override is not None else os.environ.get(CACHE_DIR_ENV)

@@ -10,7 +10,7 @@ from transformers import PretrainedConfig
 
 from .adapters import LoraSettings, analytic_parameter_count
 from .errors import QLoraError
-from .models import check_mode
+from .models import MODES, check_mode
 
 GiB = 1024 ** 3
 BLOCK, BLOCK2 = 64, 256  # NF4 block size and the block size of the double-quantized constants
@@ -65,6 +65,10 @@ def plan_memory(config: PretrainedConfig, mode: str, lora: LoraSettings | None =
     Logits: bf16 logits, their fp32 copy for the loss, the log-softmax and the gradient (14 bytes per logit).
     Plus a fixed workspace for the framework's buffers (WORKSPACE). Full fine-tuning under bf16 autocast also holds
     bf16 copies of the fp32 projection weights (autocast's weight cache) for the forward pass."""
+    if not (isinstance(batch_size, int) and batch_size >= 1 and isinstance(seq_len, int) and seq_len >= 1):
+        raise QLoraError(f"batch_size and seq_len must be whole numbers of at least 1, got {batch_size!r}, {seq_len!r}")
+    if mode not in MODES:
+        raise QLoraError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     check_mode(mode)
     if optimizer not in OPTIMIZER_BYTES:
         raise QLoraError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZER_BYTES)}")

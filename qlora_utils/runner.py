@@ -110,9 +110,9 @@ def load_profile(name_or_path: str | Path) -> Profile:
             raise QLoraError(f"{path.name}: run {item['name']!r}: `needs` must be a list of run-name patterns")
         if unmatched := [n for n in needs if not any(pattern_match(e.name, n) for e in entries)]:
             raise QLoraError(f"{path.name}: run {item['name']!r} needs {unmatched}, which match no earlier run")
-        parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
         if not isinstance(item.get("parameters") or {}, dict):
             raise QLoraError(f"{path.name}: run {item['name']!r}: `parameters` must be a mapping")
+        parameters = {**defaults.get(Path(item["notebook"]).stem, {}), **(item.get("parameters") or {})}
         group = item.get("group")
         if group is not None and not isinstance(group, str):
             raise QLoraError(f"{path.name}: run {item['name']!r}: `group` must be a name, got {group!r}")
@@ -330,6 +330,34 @@ def _title_with_run_name(path: Path, name: str) -> None:
     nbformat.write(notebook, path)
 
 
+NOTEBOOK_DATA = {  # the data each notebook reads (task, split), checked before a run starts
+    "week1_setup": (("sst2", "train"), ("sst2", "validation"), ("squad", "train"), ("squad", "validation"),
+                    ("alpaca", "train"), ("alpaca_eval", "text_davinci_003")),
+    "week2_sst2_baseline": (("sst2", "train"), ("sst2", "validation")),
+    "week3_scaling": (("sst2", "train"), ("sst2", "validation")),
+    "week4_squad": (("squad", "train"), ("squad", "validation")),
+    "week5_ablations": (("sst2", "train"), ("sst2", "validation")),
+    "week6_alpacaeval_efficiency": (("alpaca", "train"), ("alpaca_eval", "text_davinci_003"),
+                                    ("alpaca_eval", "gpt4_turbo")),
+}
+
+
+def check_inputs(entries: list[Entry]) -> None:
+    """Before anything runs: the configured data directory exists and holds every file the entries' notebooks read
+    (with no data directory the Hub is used, and its errors name QLORA_DATA_DIR)."""
+    from .data import SOURCES
+    from .io import data_dir
+
+    root = data_dir()  # raises, naming the variable and the fix, when the directory does not exist
+    if root is None:
+        return
+    needed = {split for e in entries for split in NOTEBOOK_DATA.get(Path(e.notebook).stem, ())}
+    missing = sorted({SOURCES[s].local for s in needed if not (root / SOURCES[s].local).is_file()})
+    if missing:
+        raise QLoraError(f"the data directory {root} ({DATA_DIR_ENV}) lacks {', '.join(missing)}, which these runs "
+                         "read; point it at a copy laid out like shared/data, or unset it to use the Hub")
+
+
 def check_committed(allow_dirty: bool = False) -> None:
     """Refuse to run from a working tree whose tracked code has uncommitted changes (runs/ excepted): the code of
     every run must be in a commit. With allow_dirty, such runs are marked dirty and keep their diff."""
@@ -365,6 +393,7 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
     if only and not entries:
         raise QLoraError(f"no run of profile {profile.name!r} matches {only}")
+    check_inputs(entries)
     for variable in (DATA_DIR_ENV, CACHE_DIR_ENV):  # kernels run inside run directories: make paths absolute
         if os.environ.get(variable):
             os.environ[variable] = str(Path(os.environ[variable]).expanduser().resolve())

@@ -133,9 +133,10 @@ class RunLock:
         return info
 
     def held(self) -> bool:
-        """Whether another live process holds the lock."""
+        """Whether another live process holds the lock (not this one)."""
         holder = self.holder()
-        return holder is not None and not (self.owned and holder.get("pid") == os.getpid())
+        return holder is not None and not (holder.get("pid") == os.getpid()
+                                           and holder.get("host") == socket.gethostname())
 
     def acquire(self) -> bool:
         """Take the lock atomically; False when a live process holds it. Stale locks are taken over."""

@@ -195,6 +195,11 @@ def length_control_unavailable() -> str | None:
     """Why alpaca-eval cannot compute length-controlled win rates here (its GLM needs precomputed instruction
     difficulties, df_gamed.csv, from the tatsu-lab/alpaca_eval data set on the Hub), or None when it can."""
     global _LC_REASON
+    from .io import offline
+
+    if offline():
+        return ("not computed: offline (a local data directory is configured), and alpaca-eval's length control "
+                "needs df_gamed.csv from the Hub")
     if _LC_REASON is None:
         try:
             from huggingface_hub import hf_hub_download

@@ -1,0 +1,320 @@
+"""Fault injection: bad inputs end in one clear error (the file, run or parameter and the fix, no traceback), and
+faults (concurrent runners, --force over a bad input, corrupt records, kill, SIGTERM, Ctrl-C, a full disk, a failing
+notebook) are survived with nothing lost and no run executed twice."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qlora_utils.errors import QLoraError
+from qlora_utils.runner import REPO, load_profile, run_profile, status
+from qlora_utils.runs import profile_runs_dir, read_json, run_state
+
+SMOKE_RUN = "notebooks/week2_sst2_baseline.md"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, **popen: object) -> subprocess.CompletedProcess[str]:
+    """The command line, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "qlora_utils", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900, **popen)
+
+
+def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line's main() in this process (the same code path, without a new interpreter per case)."""
+    from qlora_utils.__main__ import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def one_clear_error(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit status 2, one `error:` message containing the words, and no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stdout[-1000:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(errors) == 1, done.stderr[-2000:]
+    for word in words:  # a profile's problems are listed one per line under the one error
+        assert word in done.stderr, (word, done.stderr[-2000:])
+
+
+def profile(tmp_path: Path, runs: str, name: str = "faults", extra: str = "") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"profile: {name}\n{extra}runs:\n{runs}")
+    return path
+
+
+WEEK2 = "notebooks/week2_sst2_baseline.md"
+WEEK6 = "notebooks/week6_alpacaeval_efficiency.md"
+BAD_PROFILES = [
+    # (the run's parameters or a whole bad file, the words the error must contain)
+    ("{preset: nope}", ["preset='nope' is not one of"]),
+    ("{rank: 0}", ["rank=0 must be positive"]),
+    ("{rank: -1}", ["rank=-1 must be positive"]),
+    ("{placement: bogus}", ["placement='bogus' is not one of", "attention_mlp"]),
+    ("{mode: int3}", ["mode='int3' is not one of", "nf4"]),
+    ("{mode: full, rank: 0, placement: bogus}", ["rank=0 must be positive", "mean(s) nothing for mode 'full'"]),
+    ("{learning_rate: 0.0}", ["learning_rate=0.0 must be positive"]),
+    ("{dropout: 1.5}", ["dropout=1.5 must be in [0, 1)"]),
+    ("{scheduler: sometimes}", ["scheduler='sometimes' is not one of"]),
+    ("{batch_size: 0}", ["batch_size=0 must be positive"]),
+    ("{train_examples: -5}", ["train_examples=-5 must be positive"]),
+    ("{eval_examples: -1}", ["eval_examples=-1 must be 0 or more"]),
+    ("{epochs: 0.0}", ["epochs=0.0 must be positive"]),
+    ("{rank: eight}", ["parameter 'rank'='eight' is not of type int"]),
+    ("{ranks: 8}", ["unknown parameter 'ranks'"]),
+    ("{run_dir: /tmp}", ["parameter 'run_dir' is set by the runner"]),
+]
+BAD_WEEK6 = [
+    ("{kind: bogus}", ["kind='bogus' is not one of", "winrates"]),
+    ("{kind: winrates, judge: gpt4}", ["judge='gpt4' must be local:PRESET"]),
+    ("{kind: winrates, references: [nope]}", ["references=['nope'] must be a non-empty list"]),
+    ("{kind: winrates, instruct_runs: [ghost]}", ["instruct_runs names ['ghost']"]),
+    ("{max_new_tokens: 0}", ["max_new_tokens=0 must be positive"]),
+]
+BAD_FILES = [
+    ("profile: x\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),
+    ("- a\n- b\n", ["a profile is a mapping", "holds a list"]),
+    ("profile: x\nruns: {a: 1}\n", ["`runs` must be a list"]),
+    ("profile: x\nruns:\n  - {name: a}\n", ["run #1 needs a `name` and a `notebook`"]),
+    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n  - {{name: a, notebook: {WEEK2}}}\n",
+     ["run name 'a' is used twice"]),
+    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, needs: [b]}}\n", ["needs ['b'], which match no earlier"]),
+    (f"profile: x\ndefaults:\n  week9: {{rank: 4}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+     ["defaults for ['week9'] match no notebook"]),
+    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n", ["`parameters` must be a mapping"]),
+    ("profile: x\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n", ["notebook notebooks/week9.md does not exist"]),
+    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
+]
+
+
+@pytest.mark.parametrize("parameters,words", BAD_PROFILES)
+def test_bad_week2_parameters_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  parameters: str, words: list[str]) -> None:
+    path = profile(tmp_path, f"  - {{name: bad, notebook: {WEEK2}, parameters: {parameters}}}\n")
+    one_clear_error(main_in_process(capsys, "validate", str(path)), "run 'bad'", *words)
+
+
+@pytest.mark.parametrize("parameters,words", BAD_WEEK6)
+def test_bad_week6_parameters_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  parameters: str, words: list[str]) -> None:
+    path = profile(tmp_path, f"  - {{name: bad, notebook: {WEEK6}, parameters: {parameters}}}\n")
+    one_clear_error(main_in_process(capsys, "validate", str(path)), *words)
+
+
+@pytest.mark.parametrize("text,words", BAD_FILES)
+def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                              words: list[str]) -> None:
+    path = tmp_path / "faults.yaml"
+    path.write_text(text)
+    one_clear_error(main_in_process(capsys, "validate", str(path)), *words)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["plan", "--model", "qwen3-8b", "--batch", "0"], ["--batch: must be at least 1"]),
+    (["plan", "--model", "qwen3-8b", "--batch", "-3"], ["--batch: must be at least 1"]),
+    (["plan", "--model", "qwen3-8b", "--seq", "-5"], ["--seq: must be at least 1"]),
+    (["plan", "--model", "qwen3-8b", "--gpu-gib", "-1"], ["--gpu-gib: must be above 0"]),
+    (["plan", "--model", "nope"], ["unknown model preset 'nope'"]),
+    (["run", "smoke", "--jobs", "0"], ["--jobs: must be at least 1"]),
+    (["run", "nope"], ["no profile 'nope'"]),
+    (["run", "smoke", "--only", "week99-*", "--allow-dirty"], ["no run of profile 'smoke' matches"]),
+    (["status", "nope"], ["no profile 'nope'"]),
+    (["book", "--profile", "nope"], ["no profile 'nope'"]),
+    (["sst2", "--lr", "-1"], ["--lr: must be above 0"]),
+    (["sst2", "--train-examples", "0"], ["--train-examples: must be at least 1"]),
+])
+def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str], args: list[str],
+                                              words: list[str]) -> None:
+    one_clear_error(main_in_process(capsys, *args), *words)
+
+
+SST2_HEADER = "sentence\tlabel\n"
+
+
+@pytest.mark.parametrize("content,words", [
+    (SST2_HEADER + "a fine film\t1\nhalf a li", ["line 3", "a label 0 or 1"]),
+    (SST2_HEADER + "a fine film\t1\nno label here\n", ["line 3"]),
+    (SST2_HEADER + "a fine film\t2\n", ["line 2", "label='2'"]),
+    (SST2_HEADER, ["holds no records"]),
+    ("", ["line 1 must be the header"]),
+    ("text\tscore\nx\t1\n", ["line 1 must be the header"]),
+])
+def test_bad_sst2_files_name_the_file_and_line(tmp_path: Path, data_dir: Path, content: str,
+                                               words: list[str]) -> None:
+    from qlora_utils.data import load_task
+
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "dev.tsv").write_text(content)
+    with pytest.raises(QLoraError) as caught:
+        load_task("sst2", "validation", data_dir=tmp_path)
+    assert "dev.tsv" in str(caught.value) and all(w in str(caught.value) for w in words), str(caught.value)
+
+
+@pytest.mark.parametrize("relative,content,words", [
+    ("squad_v1.1/dev-v1.1.json", '{"data": [', ["line 1", "not valid JSON"]),
+    ("squad_v1.1/dev-v1.1.json", '{"data": [{"title": "t", "paragraphs": [{"context": "c", "qas": [{"id": "1"}]}]}]}',
+     ["article 0, paragraph 0, question 0 lacks 'question'"]),
+    ("alpaca_train/alpaca_data.json", '{"instruction": "x"}', ["expected a non-empty JSON list"]),
+    ("alpaca_train/alpaca_data.json", '[{"instruction": "x"}]', ["lack the column(s) ['input', 'output']"]),
+])
+def test_bad_json_files_name_the_file(tmp_path: Path, relative: str, content: str, words: list[str]) -> None:
+    from qlora_utils.data import load_task
+
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    task, split = ("squad", "validation") if "squad" in relative else ("alpaca", "train")
+    with pytest.raises(QLoraError) as caught:
+        load_task(task, split, data_dir=tmp_path)
+    assert all(w in str(caught.value) for w in words), str(caught.value)
+
+
+# ---------------------------------------------------------------- faults, on real runs of tiny notebooks
+
+FAST = "notebooks/week7_analysis.md"  # reads runs, trains nothing: a run of seconds
+SLOW = "notebooks/week1_setup.md"  # loads tokenizers and data: long enough to be interrupted
+
+
+def _runs_env(tmp_path: Path) -> dict[str, str]:
+    return {"QLORA_RUNS_DIR": str(tmp_path / "runs")}
+
+
+def _wait_for(path: Path, seconds: float = 240) -> None:
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_two_runners_never_execute_one_run_twice(tmp_path: Path, data_dir: Path) -> None:
+    path = profile(tmp_path, f"  - {{name: slow, notebook: {SLOW}, parameters: {{model: tiny-qwen2, "
+                             "table_presets: [tiny-qwen2], peft_check_presets: [tiny-qwen2], length_sample: 400}}\n")
+    command = [sys.executable, "-m", "qlora_utils", "run", str(path), "--force", "--allow-dirty"]
+    env = {**os.environ, **_runs_env(tmp_path)}
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "runs" / "faults" / ".slow.lock")
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0 and "slow" in out and "done" in out
+    assert second.returncode == 0 and "skipped (running in another process)" in second.stdout
+    run = tmp_path / "runs" / "faults" / "slow"
+    assert run_state(run) == "done" and not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
+
+
+def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) -> None:
+    path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
+    assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
+    metrics = tmp_path / "runs" / "faults" / "fast" / "metrics.json"
+    before = metrics.read_text()
+    done = cli("run", str(path), "--only", "fast", "--force", "--allow-dirty",
+               env={**_runs_env(tmp_path), "QLORA_DATA_DIR": "/nonexistent"})
+    one_clear_error(done, "data directory '/nonexistent' does not exist", "QLORA_DATA_DIR")
+    assert metrics.read_text() == before and run_state(metrics.parent) == "done"
+
+
+def test_a_failing_attempt_keeps_the_finished_run_and_shows_its_cause(tmp_path: Path, data_dir: Path) -> None:
+    path = profile(tmp_path, "  - {name: squad, notebook: notebooks/week4_squad.md, parameters: {train_examples: 4, "
+                             "eval_examples: 2, max_new_tokens: 4, batch_size: 2, zero_shot: false}}\n")
+    assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
+    run = tmp_path / "runs" / "faults" / "squad"
+    before = (run / "metrics.json").read_text()
+    path.write_text(path.read_text().replace("batch_size: 2", "batch_size: 2, max_length: 1"))
+    done = cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path))
+    one_clear_error(done, "run 'squad' failed: QLoraError: every squad example is longer than max_length=1",
+                    "The previous finished run is kept", ".squad.staging")
+    assert (run / "metrics.json").read_text() == before, "the finished run is untouched"
+    assert read_json(tmp_path / "runs" / "faults" / ".squad.staging" / "status.json")["state"] == "failed"
+    assert read_json(tmp_path / "runs" / "faults" / ".squad.staging" / "notebook.failed.ipynb") is not None
+
+
+def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n  - {{name: b, notebook: {FAST}}}\n")
+    assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
+    runs = tmp_path / "runs" / "faults"
+    metrics = (runs / "a" / "metrics.json").read_text()
+    (runs / "a" / "metrics.json").write_text(metrics[: len(metrics) // 2])  # cut in half
+    (runs / "b" / "status.json").unlink()
+    shown = cli("status", str(path), env=_runs_env(tmp_path))
+    assert "corrupt" in shown.stdout.split("a ", 1)[1].splitlines()[0] and shown.stdout.count("corrupt") >= 2
+    import qlora_utils.book as book
+
+    monkeypatch.setattr(book, "status", lambda prof: [("a", "corrupt"), ("b", "corrupt"), ("c", "done")])
+    monkeypatch.setattr(book, "profile_runs_dir", lambda name: tmp_path)
+    with pytest.raises(QLoraError, match=r"needs every run finished; 2 are not: a \(corrupt\), b \(corrupt\).*--partial"):
+        book.build_book("smoke")
+    again = cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path))
+    assert again.returncode == 0 and again.stdout.count("done") == 2, again.stdout
+    assert json.loads((runs / "a" / "metrics.json").read_text()) and (runs / "b" / "status.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_path: Path, data_dir: Path,
+                                                                           sig: signal.Signals) -> None:
+    path = profile(tmp_path, f"  - {{name: slow, notebook: {SLOW}, parameters: {{model: tiny-qwen2, "
+                             "table_presets: [tiny-qwen2], peft_check_presets: [tiny-qwen2], length_sample: 400}}\n")
+    assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
+    run = tmp_path / "runs" / "faults" / "slow"
+    before = (run / "metrics.json").read_text()
+    process = subprocess.Popen([sys.executable, "-m", "qlora_utils", "run", str(path), "--force", "--allow-dirty"],
+                               cwd=REPO, env={**os.environ, **_runs_env(tmp_path)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(tmp_path / "runs" / "faults" / ".slow.staging" / "notebook.partial.ipynb")
+    time.sleep(2)
+    os.killpg(process.pid, sig)  # Ctrl-C reaches the whole process group; `kill` only the runner
+    _, err = process.communicate(timeout=300)
+    # the runner ends with its one message and no traceback of its own (a kernel hit by Ctrl-C may log its own
+    # shutdown noise: it is a separate process of the same terminal)
+    assert process.returncode == 130 and err.rstrip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
+    assert "qlora_utils/runner.py" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    attempt = read_json(tmp_path / "runs" / "faults" / ".slow.staging" / "status.json")
+    assert attempt["state"] == "interrupted"
+    assert (run / "metrics.json").read_text() == before and run_state(run) == "done"
+    assert not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
+
+
+def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import papermill
+
+    path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
+    root = tmp_path / "runs"
+    assert run_profile(load_profile(path), root=root, allow_dirty=True) == {"fast": "done"}
+    before = (root / "faults" / "fast" / "metrics.json").read_text()
+
+    def disk_full(source: str, output: str, **_: object) -> None:
+        Path(output).write_text('{"cells": [')  # the disk filled while papermill saved the notebook
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(papermill, "execute_notebook", disk_full)
+    with pytest.raises(QLoraError, match=r"no space left on the disk that holds .*free some space.*previous finished"):
+        run_profile(load_profile(path), root=root, force=True, allow_dirty=True)
+    staging = root / "faults" / ".fast.staging"
+    assert not (staging / "notebook.failed.ipynb").exists() and not (staging / "notebook.partial.ipynb").exists()
+    assert read_json(staging / "status.json")["state"] == "failed"
+    assert (root / "faults" / "fast" / "metrics.json").read_text() == before
+    assert dict(status(load_profile(path), root=root)) == {"fast": "done"}
+
+
+def test_failure_cause_names_the_exception_and_where() -> None:
+    from qlora_utils.paths import placeholders
+    from qlora_utils.runner import failure_cause
+
+    site = next(p for p, name in placeholders() if name == "<site-packages>")
+
+    class Fake(Exception):
+        ename, evalue, exec_count = "ValueError", "boom", 3
+        traceback = ["\x1b[0;31mValueError\x1b[0m Traceback", f"File {site}/lib/x.py:12, in f()", "ValueError: boom"]
+
+    assert failure_cause(Fake()) == "ValueError: boom (File <site-packages>/lib/x.py:12, in f)"
