@@ -307,3 +307,35 @@ def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch
     cleaned = scrub(text)
     assert cleaned == "<site-packages>/tqdm/auto.py:21 warning; <repo>/runs/cpu/x/.source.ipynb; <data>/sst2/dev.tsv"
     assert absolute_paths(text) and not absolute_paths(cleaned)
+
+
+def test_kernels_import_this_checkout_even_when_another_is_installed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from qlora_utils.runner import REPO, kernel_environment
+
+    other = tmp_path / "other-clone" / "qlora_utils"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise ImportError('the other clone was imported')\n")
+    monkeypatch.setenv("PYTHONPATH", str(other.parent))  # as if the environment pointed at another checkout
+    kernel_environment()
+    done = subprocess.run([sys.executable, "-c", "import qlora_utils; print(qlora_utils.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).resolve().parent.parent == REPO
+
+
+def test_result_files_are_readable_by_others(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from qlora_utils.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

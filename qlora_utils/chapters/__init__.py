@@ -23,6 +23,7 @@ class Page:
     text: dict[str, str] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, alt.TopLevelMixin] = field(default_factory=dict)
+    markdown: dict[str, pd.DataFrame] = field(default_factory=dict)  # tables with links, rendered as Markdown
 
     def value(self, key: str, value: Any, fmt: str = "{:.1f}") -> Any:
         """Keep a value for the prose, formatted; None and NaN read "n/a". Returns the value."""
@@ -43,8 +44,14 @@ class Page:
 
         if key in self.figures:
             glue_chart(f"{self.prefix}_{key}", self.figures[key])
+        elif key in self.markdown:
+            from myst_nb import glue
+
+            from ..report import markdown_table
+
+            glue(f"{self.prefix}_{key}", markdown_table(self.markdown[key]), display=False)
         elif key in self.tables:
             glue_table(f"{self.prefix}_{key}", self.tables[key], digits)
         else:
             raise KeyError(f"page {self.prefix!r} has no table or figure {key!r}; it has "
-                           f"{sorted(self.figures) + sorted(self.tables)}")
+                           f"{sorted(self.figures) + sorted(self.tables) + sorted(self.markdown)}")
