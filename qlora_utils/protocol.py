@@ -95,12 +95,19 @@ def seeds_to_settle(mean: float, sd: float, margin: float, confidence: float = C
 
 def primary_runs(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
     """A mode's runs at the plan's configuration (adapters r=8, α=16 on q, k, v; full fine-tuning: every weight),
-    outside any named group such as a sweep."""
+    outside any named group such as a sweep, at the mode's most common training setting per task and model (data
+    size, learning rate, schedule), so that a one-off run never joins the seeds."""
+    from .analysis import at_common_setting
+
     rows = frame[(frame["mode"] == mode) & frame["group"].isna()]
     if mode != "full":
         rows = rows[(rows["rank"] == PLAN["rank"]) & (rows["placement"] == PLAN["placement"])
                     & (rows["alpha"].isna() | (rows["alpha"] == PLAN["alpha"]))]
-    return rows
+    if rows.empty:
+        return rows
+    parts = [at_common_setting(group, ["train examples", "learning rate", "schedule"])
+             for _, group in rows.groupby(["experiment", "model"], dropna=False)]
+    return pd.concat(parts)
 
 
 def paired(frame: pd.DataFrame, treatment: str, reference: str, column: str = "quality") -> pd.DataFrame:

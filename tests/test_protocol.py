@@ -98,3 +98,9 @@ def test_verdict_table_and_its_sentences() -> None:
     assert text.startswith("full fine-tuning − QLoRA = +2.4 points (95 % CI") and "5 paired seeds" in text
     assert text.endswith("seeds would settle it at this spread)") and "inconclusive" in text
     assert protocol.sentence(protocol.verdict_for(table, "QLoRA within 1.5")).startswith("not testable here")
+
+
+def test_one_off_runs_without_a_group_never_join_the_seeds() -> None:
+    extra = [_row("nf4", 0, 99.0, **{"learning rate": 3e-3}), _row("nf4", 0, 50.0, schedule="constant")]
+    row = protocol.quality_verdict(_frame([86.0, 87.0, 88.0], [85.0, 86.0, 87.0], extra), protocol.RULES[0])[0]
+    assert row["seeds"] == 3 and row["effect"] == pytest.approx(1.0)
