@@ -21,7 +21,7 @@ from .book import build_book
 from .inventory import config_of
 from .planner import plan_memory, verdict
 from .models import MODES
-from .runner import available_profiles, load_profile, run_profile, status, validate_profile
+from .runner import available_profiles, load_profile, run_profile, state_detail, status, validate_profile
 from .runs import STATES
 from .training import TrainSettings
 
@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             profile = load_profile(args.profile)
             states = status(profile)
-            for name, state in states:
-                print(f"{name:45s} {state}")
+            for entry, (name, state) in zip(profile.entries, states):
+                detail = state_detail(profile, entry, state)
+                print(f"{name:45s} {state}" + (f"  {detail}" if detail else ""))
             counts = {s: sum(1 for _, x in states if x == s) for s in STATES}
             print(f"{profile.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         elif args.command == "validate":

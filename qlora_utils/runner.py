@@ -195,6 +195,27 @@ def status(profile: Profile, root: Path | None = None) -> list[tuple[str, str]]:
     return [(e.name, entry_state(profile, e, root)) for e in profile.entries]
 
 
+def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None = None) -> str:
+    """Why a run is in its state, in a few words, with where to look (empty for a done run)."""
+    run_dir = profile.runs_dir(root) / entry.name
+    if state == "corrupt":
+        return "; ".join(corruption(run_dir)) or "status.json is missing or unreadable"
+    if state in ("failed", "interrupted", "partial"):
+        attempt = read_json(staging_dir(run_dir) / "status.json") or read_json(run_dir / "status.json") or {}
+        first = (attempt.get("error") or "killed before it could record why").strip().splitlines()[0]
+        return f"{first} (attempt: {staging_dir(run_dir) if staging_dir(run_dir).is_dir() else run_dir})"
+    if state == "running":
+        holder = RunLock(run_dir).holder()
+        if holder is None:  # a runner from before run locks: its status names its process
+            legacy = read_json(run_dir / "status.json") or {}
+            return f"its runner, pid {legacy.get('pid')}, is alive (started {legacy.get('started')})"
+        return f"held by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+    if state == "stale":
+        current = run_state(run_dir, entry.config_hash) == "done"
+        return "a run it needs finished after it" if current else "its parameters changed since it ran"
+    return ""
+
+
 def _needed(profile: Profile, entry: Entry) -> list[Entry]:
     """The earlier entries that an entry's `needs` patterns name."""
     earlier = profile.entries[:profile.entries.index(entry)]

@@ -318,3 +318,15 @@ def test_failure_cause_names_the_exception_and_where() -> None:
         traceback = ["\x1b[0;31mValueError\x1b[0m Traceback", f"File {site}/lib/x.py:12, in f()", "ValueError: boom"]
 
     assert failure_cause(Fake()) == "ValueError: boom (File <site-packages>/lib/x.py:12, in f)"
+
+
+def test_status_says_why(tmp_path: Path) -> None:
+    from qlora_utils.runner import state_detail
+
+    path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n")
+    prof = load_profile(path)
+    assert run_profile(prof, root=tmp_path / "runs", allow_dirty=True) == {"a": "done"}
+    (tmp_path / "runs" / "faults" / "a" / "notebook.ipynb").unlink()
+    (state,) = [s for _, s in status(prof, root=tmp_path / "runs")]
+    assert state == "corrupt"
+    assert state_detail(prof, prof.entries[0], state, root=tmp_path / "runs") == "notebook.ipynb is missing"
