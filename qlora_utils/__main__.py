@@ -3,6 +3,7 @@
   run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N)
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
   reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
+  bench            time training and scoring side by side with a reference recipe on identical work
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
   plan             predict peak training memory of a model/mode/shape and whether it fits a GPU
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
+    bench = sub.add_parser("bench", help="time this project's training and scoring against a reference recipe")
+    bench.add_argument("--model", default="smollm2-135m-instruct")
+    bench.add_argument("--train-examples", type=positive_int, default=1000)
+    bench.add_argument("--repeats", type=positive_int, default=2)
+    bench.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
+    bench.add_argument("--eval-examples", type=int, default=0, help="dev sentences to score (0: all 872)")
+    bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
     again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
@@ -127,6 +135,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:45s} {outcome}")
             if any(o.startswith("failed") for o in results.values()):
                 return 1
+        elif args.command == "bench":
+            from .bench import BenchSettings, run_bench
+
+            result = run_bench(BenchSettings(preset=args.model, train_examples=args.train_examples,
+                                             repeats=args.repeats, max_steps=args.max_steps,
+                                             eval_examples=args.eval_examples), args.output)
+            print(f"{'work':28s} {'project s':>10s} {'reference s':>12s} {'speed-up':>9s}  agreement")
+            for row in result["summary"]:
+                work = row["what"] + ("" if row["what"] == "scoring" else
+                                      f" (checkpointing {'on' if row['checkpointing'] else 'off'})")
+                agreement = (f"losses within {row['loss difference']:.1e}" if row["what"] == "training" else
+                             f"{row['predictions that differ']} predictions differ; accuracy "
+                             f"{100 * row['project accuracy']:.1f} vs {100 * row['reference accuracy']:.1f} %")
+                print(f"{work:28s} {row['project s']:10.1f} {row['reference s']:12.1f} {row['speed-up']:9.2f}x  "
+                      f"{agreement}")
+            loads = [r["load_before"] for r in result["rows"]]
+            print(f"{result['threads']} thread(s); 1-minute load average {min(loads):.2f} to {max(loads):.2f} "
+                  "before the timed trainings")
         elif args.command == "reproduce":
             import tempfile
             from pathlib import Path

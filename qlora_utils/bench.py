@@ -1,0 +1,180 @@
+"""Speed measured side by side: this project's QLoRA training and SST-2 scoring against an independent reference
+recipe on identical work (the same model files, tokenized examples, batches, LoRA, steps and seed), alternated and
+repeated, with the per-step losses of both (which must agree, or the work was not identical) and the machine's load.
+
+The reference is written plainly, as the QLoRA paper's code does it: transformers' `Trainer`, peft's
+`prepare_model_for_kbit_training` and `LoraConfig`, bitsandbytes NF4 with double quantization, paged AdamW 32-bit,
+padding to the longest sequence of each batch, `group_by_length`; its scorer runs every prompt with each candidate
+through the whole model in dataset order."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .adapters import LoraSettings, prepare_for_training
+from .data import TaskData, load_task, split_for_selection, subsample
+from .metrics import sst2_accuracy
+from .models import get_preset, load_model, materialize, quantization_config
+from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids, tokenize_for_training
+from .training import TrainSettings, train
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The identical work both sides do."""
+
+    preset: str = "smollm2-135m-instruct"
+    train_examples: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    rank: int = 8
+    seed: int = 0
+    repeats: int = 2
+    max_steps: int = -1  # -1: one epoch
+    eval_examples: int = 0  # SST-2 dev sentences scored by both scorers (0: all 872)
+    loss_tolerance: float = 1e-3  # largest relative difference of a step's loss for the work to count as identical
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (the benchmark records it beside every timing)."""
+    return os.getloadavg()[0]
+
+
+def _examples(settings: BenchSettings, tokenizer: Any) -> Any:
+    pool, _ = split_for_selection(load_task("sst2", "train"))
+    data = subsample(pool, settings.train_examples, settings.seed)
+    return tokenize_for_training(data, tokenizer, add_eos=False)
+
+
+def _train_settings(settings: BenchSettings) -> TrainSettings:
+    return TrainSettings(learning_rate=settings.learning_rate, batch_size=settings.batch_size, seed=settings.seed,
+                         max_steps=settings.max_steps, scheduler="constant_with_warmup")
+
+
+def project_training(settings: BenchSettings, checkpointing: bool, output_dir: str) -> tuple[float, list[float]]:
+    """This project's path: load_model, prepare_for_training, training.train (seconds, per-step losses)."""
+    from transformers import set_seed
+
+    set_seed(settings.seed)
+    loaded = load_model(settings.preset, "nf4")
+    examples = _examples(settings, loaded.tokenizer)
+    set_seed(settings.seed)
+    model = prepare_for_training(loaded, LoraSettings(rank=settings.rank), gradient_checkpointing=checkpointing)
+    result = train(model, loaded.tokenizer, examples, _train_settings(settings), output_dir, show_progress=False)
+    return result.seconds, result.train_losses()
+
+
+def reference_training(settings: BenchSettings, checkpointing: bool, output_dir: str) -> tuple[float, list[float]]:
+    """The textbook recipe on the same files and examples (seconds, per-step losses)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments, set_seed)
+
+    path = str(materialize(get_preset(settings.preset)))
+    set_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization_config("nf4"),
+                                                 dtype=torch.bfloat16, use_safetensors=True)
+    examples = _examples(settings, tokenizer)
+    set_seed(settings.seed)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                            gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraSettings(rank=settings.rank)
+    model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
+                           autocast_adapter_dtype=False)
+    for name, module in model.named_modules():  # as the paper's qlora.py: adapters bf16, norms fp32
+        if "lora_" in name:
+            module.to(torch.bfloat16)
+        elif "norm" in name.rsplit(".", 1)[-1]:
+            module.to(torch.float32)
+    train_settings = _train_settings(settings)
+    args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
+                             learning_rate=settings.learning_rate, num_train_epochs=1, max_steps=settings.max_steps,
+                             lr_scheduler_type="constant_with_warmup", warmup_steps=train_settings.warmup_ratio,
+                             max_grad_norm=0.3, optim="paged_adamw_32bit", bf16=True, logging_steps=1,
+                             save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
+                             use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
+                             train_sampling_strategy="group_by_length", disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    return seconds, [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def reference_scoring(model: Any, tokenizer: Any, data: TaskData, batch_size: int = 16) -> dict[str, Any]:
+    """The textbook scorer: every prompt with each label word, right-padded in dataset order, the whole model and an
+    fp32 log-softmax over every position; the label with the higher log-likelihood wins."""
+    prompts = [prompt_ids(tokenizer, messages_for("sst2", r)) for r in data.dataset]
+    labels = [answer_ids(tokenizer, word, add_eos=False) for word in SST2_LABELS]
+    predictions = []
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
+                                                dtype=torch.bfloat16):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            sequences = [p + c for p in chunk for c in labels]
+            batch = tokenizer.pad({"input_ids": sequences}, return_tensors="pt", padding_side="right")
+            logprobs = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+            scores = [sum(logprobs[i, len(p) - 1 + k, t].item() for k, t in enumerate(c))
+                      for i, (p, c) in enumerate((p, c) for p in chunk for c in labels)]
+            predictions += [max(range(len(labels)), key=lambda j: scores[i * len(labels) + j])
+                            for i in range(len(chunk))]
+    gold = list(data.dataset["label"])
+    return {"accuracy": sum(p == y for p, y in zip(predictions, gold)) / len(gold), "predictions": predictions}
+
+
+def _timed(function: Callable[[], Any]) -> tuple[float, Any, float]:
+    load = load_average()
+    started = time.perf_counter()
+    result = function()
+    return time.perf_counter() - started, result, load
+
+
+def compare_losses(a: Sequence[float], b: Sequence[float]) -> float:
+    """The largest relative difference between two per-step loss curves (inf when their lengths differ)."""
+    if len(a) != len(b) or not a:
+        return float("inf")
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def run_bench(settings: BenchSettings, output_dir: str, checkpointing: Sequence[bool] = (False, True)
+              ) -> dict[str, Any]:
+    """Both trainings, alternated `repeats` times per checkpointing setting, then both scorers on the same dev
+    sentences; returns the rows (wall time, loss agreement, load) and the ratio reference / project."""
+    rows: list[dict[str, Any]] = []
+    for ckpt in checkpointing:
+        for repeat in range(settings.repeats):
+            order = (("project", project_training), ("reference", reference_training))
+            for side, function in order if repeat % 2 == 0 else order[::-1]:
+                load = load_average()
+                seconds, losses = function(settings, ckpt, os.path.join(output_dir, f"{side}-{int(ckpt)}"))
+                rows.append({"what": "training", "side": side, "checkpointing": ckpt, "repeat": repeat,
+                             "seconds": seconds, "losses": losses, "load_before": load, "load_after": load_average()})
+    summary = []
+    for ckpt in checkpointing:
+        mine = [r for r in rows if r["checkpointing"] == ckpt and r["side"] == "project"]
+        theirs = [r for r in rows if r["checkpointing"] == ckpt and r["side"] == "reference"]
+        worst = max(compare_losses(m["losses"], t["losses"]) for m, t in zip(mine, theirs))
+        summary.append({"what": "training", "checkpointing": ckpt,
+                        "project s": min(r["seconds"] for r in mine), "reference s": min(r["seconds"] for r in theirs),
+                        "loss difference": worst, "identical work": worst <= settings.loss_tolerance})
+    loaded = load_model(settings.preset, "nf4")
+    dev = load_task("sst2", "validation", n=settings.eval_examples or None, seed=0)
+    seconds_p, mine, load_p = _timed(lambda: sst2_accuracy(loaded.model, loaded.tokenizer, dev))
+    seconds_r, theirs, load_r = _timed(lambda: reference_scoring(loaded.model, loaded.tokenizer, dev))
+    differ = sum(a != b for a, b in zip(mine["predictions"], theirs["predictions"]))
+    summary.append({"what": "scoring", "project s": seconds_p, "reference s": seconds_r,
+                    "project accuracy": mine["accuracy"], "reference accuracy": theirs["accuracy"],
+                    "predictions that differ": differ, "load": (load_p + load_r) / 2})
+    for row in summary:
+        row["speed-up"] = row["reference s"] / row["project s"]
+    return {"settings": asdict(settings), "rows": rows, "summary": summary, "threads": torch.get_num_threads()}
