@@ -44,6 +44,8 @@ class TrainSettings:
     seed: int = 0
     bf16: bool = True
     group_by_length: bool = True  # batches of similar length: less padding, same data
+    head_on_labels_only: bool = False  # the LM head only where a label is set: the same loss up to rounding (off
+    # until the grid is re-run with it, so that the committed runs reproduce exactly)
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -64,6 +66,30 @@ def effective_optimizer(optim: str) -> str:
     if optim.startswith("paged_") and not torch.cuda.is_available():
         return f"{optim} (no GPU: bitsandbytes falls back to non-paged {optim.removeprefix('paged_')})"
     return optim
+
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal language model inside a peft wrapper (its layers carry the adapters), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class AnswerLossTrainer(Trainer):
+    """transformers' Trainer whose loss runs the LM head only at the positions that have a label (for SST-2, the
+    answer token; the prompt's logits are never used): the same cross-entropy as the model's own loss, up to
+    floating-point summation order, without a logit row per prompt token."""
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        lm = causal_lm(model)
+        labels = inputs["labels"][:, 1:]
+        keep = labels != -100
+        with self.accelerator.autocast():  # as the model's own forward runs under the Trainer (bf16 autocast)
+            hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                      use_cache=False).last_hidden_state[:, :-1]
+            logits = lm.get_output_embeddings()(hidden[keep]).float()
+        loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
+        return (loss, {"logits": logits}) if return_outputs else loss
 
 
 class HistoryCallback(TrainerCallback):
@@ -137,7 +163,8 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     )
     history = HistoryCallback()
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data if evaluate else None,
+    trainer_class = AnswerLossTrainer if settings.head_on_labels_only else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data if evaluate else None,
                       data_collator=collator, processing_class=tokenizer, callbacks=[history])
     with PeakMemory("train", baseline_rss=baseline_rss, baseline_total=baseline_total) as memory:
         output = trainer.train()
