@@ -66,8 +66,9 @@ def at_common_setting(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFra
     """The rows at the most common value of each column (say, the grid's amount of data and schedule), which leaves
     out one-off sweep runs."""
     for column in columns:
-        if len(frame):
-            frame = frame[frame[column] == frame[column].mode().iloc[0]]
+        common = frame[column].mode() if len(frame) else frame[column]
+        if len(common):  # a column with no value at all (efficiency runs have no data size) selects nothing
+            frame = frame[frame[column] == common.iloc[0]]
     return frame
 
 

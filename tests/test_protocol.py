@@ -104,3 +104,10 @@ def test_one_off_runs_without_a_group_never_join_the_seeds() -> None:
     extra = [_row("nf4", 0, 99.0, **{"learning rate": 3e-3}), _row("nf4", 0, 50.0, schedule="constant")]
     row = protocol.quality_verdict(_frame([86.0, 87.0, 88.0], [85.0, 86.0, 87.0], extra), protocol.RULES[0])[0]
     assert row["seeds"] == 3 and row["effect"] == pytest.approx(1.0)
+
+
+def test_runs_without_a_training_setting_do_not_break_the_primary_comparison() -> None:
+    efficiency = [_row("full", 0, None, experiment="efficiency", **{"train examples": None, "learning rate": None,
+                                                                     "schedule": None})]
+    rows = protocol.primary_runs(_frame([86.0], [85.0], efficiency), "full")
+    assert len(rows) == 2 and set(rows["experiment"]) == {"sst2", "efficiency"}
