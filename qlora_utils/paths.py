@@ -10,8 +10,8 @@ import sysconfig
 from pathlib import Path
 
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV
+from .runs import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # An absolute path of a POSIX machine in text: a slash starting a path under one of the usual top folders.
 ABSOLUTE_PATH = re.compile(r"(?<![\w./~<>-])/(?:home|root|work|tmp|usr|opt|var|mnt|srv|Users|private)/[\w.@+-]")
 

@@ -26,10 +26,9 @@ from .environment import COMMIT_ENV, RESULTS_DIR, changed_files
 from .errors import QLoraError
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
 from .paths import scrub, scrub_file
-from .runs import (RUNS_ENV, UNCOMMITTED, RunLock, config_hash, corruption, mark_finished, mark_started,
+from .runs import (REPO, RUNS_ENV, UNCOMMITTED, RunLock, config_hash, corruption, mark_finished, mark_started,
                    profile_runs_dir, read_json, recover, replace_run, run_state, staging_dir)
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "profiles"
 INJECTED = ("run_dir", "runs_dir", "profile")  # parameters the runner sets itself
 
