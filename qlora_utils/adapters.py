@@ -3,7 +3,9 @@ through peft and analytic from a model configuration)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -95,6 +97,18 @@ def prepare_for_training(loaded: LoadedModel, lora: LoraSettings | None, *, grad
             if module.weight.dtype == torch.float32:
                 module.to(torch.bfloat16)
     return peft_model
+
+
+def save_adapter(model: PeftModel, folder: str | os.PathLike[str], base: str) -> Path:
+    """Save the adapters (safetensors) naming their base model by `base` (a preset name or Hub id) instead of the
+    local cache folder it was loaded from; the model card is path-scrubbed, so the folder holds no machine path."""
+    from .paths import scrub_file
+
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base
+    model.save_pretrained(folder, safe_serialization=True)
+    scrub_file(Path(folder) / "README.md")  # peft's model card tags the base by its local folder
+    return Path(folder)
 
 
 def adapted_modules(model: torch.nn.Module) -> list[str]:

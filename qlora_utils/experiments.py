@@ -13,7 +13,7 @@ import psutil
 from peft import PeftModel
 from transformers import set_seed
 
-from .adapters import LoraSettings, parameter_report, prepare_for_training
+from .adapters import LoraSettings, parameter_report, prepare_for_training, save_adapter
 from .data import SELECTION_SIZE, TaskData, load_task, split_for_selection, subsample
 from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
@@ -149,7 +149,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
         chosen_on = evaluate(exp, loaded, model, selection_data)
         record["selection"] = {k: v for k, v in chosen_on.items() if k != "predictions"}
     if isinstance(model, PeftModel):
-        model.save_pretrained(Path(output_dir) / "adapter", safe_serialization=True)
+        save_adapter(model, Path(output_dir) / "adapter", base=exp.preset)
     record.update({"fine_tuned": _summary(tuned, mem.result), "parameters": parameter_report(model).to_dict(),
                    "training": {**result.summary(), "gradient_checkpointing": exp.gradient_checkpointing},
                    "load_memory": load_mem.result, "environment": environment(),

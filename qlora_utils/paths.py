@@ -52,4 +52,4 @@ def scrub_file(path: str | os.PathLike[str]) -> None:
 
 def absolute_paths(text: str) -> list[str]:
     """The absolute machine paths left in a text (a few characters after each, for the message)."""
-    return [text[m.start():m.start() + 60].split('"')[0] for m in ABSOLUTE_PATH.finditer(text)]
+    return [re.split(r'["\s]', text[m.start():m.start() + 60])[0] for m in ABSOLUTE_PATH.finditer(text)]

@@ -326,6 +326,9 @@ def busy_seconds(runs: list[Run]) -> float:
     return total + ((current[1] - current[0]).total_seconds() if current else 0.0)
 
 
+TEXT_SUFFIXES = (".json", ".ipynb", ".diff", ".yaml", ".yml", ".csv", ".txt", ".md")  # what is searched for paths
+
+
 def provenance_problems(run: Run) -> list[str]:
     """What keeps a finished run from being reproducible from a commit: code outside a commit, a commit that differs
     between its files, a machine path in any of its files."""
@@ -341,8 +344,7 @@ def provenance_problems(run: Run) -> list[str]:
     recorded = (run.metrics.get("environment") or {}).get("git_commit")
     if recorded and commit and recorded != commit:
         problems.append(f"metrics.json records commit {recorded[:12]}, env.json {commit[:12]}")
-    for path in sorted(p for p in run.path.iterdir() if p.is_file()) if run.path.is_dir() else []:
-        if path.suffix in (".json", ".ipynb", ".diff", ".yaml", ".csv", ".txt") and (
-                found := absolute_paths(path.read_text(encoding="utf-8", errors="replace"))):
-            problems.append(f"{path.name} holds a machine path ({found[0]})")
+    for path in sorted(p for p in run.path.rglob("*") if p.is_file()) if run.path.is_dir() else []:
+        if path.suffix in TEXT_SUFFIXES and (found := absolute_paths(path.read_text(encoding="utf-8", errors="replace"))):
+            problems.append(f"{path.relative_to(run.path)} holds a machine path ({found[0]})")
     return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,14 +136,13 @@ class Judge:
             return text, False
         return self.local.clip(text, max_tokens)
 
-    def annotator(self, workdir: Path) -> Any:
+    def annotator(self) -> Any:
         """alpaca-eval's PairwiseAnnotator with AlpacaEval 2.0's judge prompt and log-probability parser, with
-        output order fixed (both orders are judged explicitly)."""
+        output order fixed (both orders are judged explicitly). Its configuration file (which names the prompt's
+        path in site-packages) lives in a temporary folder, never in a run directory."""
         import alpaca_eval.constants as constants
         from alpaca_eval.annotators import PairwiseAnnotator
 
-        config_dir = (workdir / f"judge-{self.kind}").resolve()
-        config_dir.mkdir(parents=True, exist_ok=True)
         entry: dict[str, Any] = {"prompt_template": str(constants.EVALUATORS_CONFIG_DIR / JUDGE_PROMPT_DIR
                                                         / "alpaca_eval_clf.txt"), **PARSER}
         kwargs: dict[str, Any] = {}
@@ -156,9 +156,11 @@ class Judge:
                          completions_kwargs={**official[OFFICIAL_JUDGE]["completions_kwargs"], "model_name": self.model})
         else:
             self.local = kwargs["fn_completions"] = LocalJudge(self.model)
-        (config_dir / "configs.yaml").write_text(yaml.safe_dump({self.name: entry}))
-        return PairwiseAnnotator(annotators_config=str(config_dir / "configs.yaml"), caching_path=None,
-                                 is_avoid_reannotations=False, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="qlora-judge-") as config_dir:
+            config = Path(config_dir) / "configs.yaml"
+            config.write_text(yaml.safe_dump({self.name: entry}))
+            return PairwiseAnnotator(annotators_config=str(config), caching_path=None, is_avoid_reannotations=False,
+                                     **kwargs)
 
     @property
     def name(self) -> str:
@@ -282,7 +284,7 @@ def run_winrates(systems: dict[str, list[dict[str, Any]]], judge: Judge, output_
                              f"answer the same AlpacaEval subset in the same order")
     if base is not None and base not in systems:
         raise QLoraError(f"base system {base!r} not among the systems: {', '.join(names)}")
-    annotator = judge.annotator(Path(output_dir))
+    annotator = judge.annotator()
     clipped = {"outputs": 0, "clipped": 0}
 
     def seen(outputs: Sequence[str]) -> list[str]:

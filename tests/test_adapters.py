@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -105,3 +107,20 @@ def test_evaluating_first_does_not_break_training() -> None:
     loss.backward()
     lora_b = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"]
     assert lora_b.weight.grad is not None and lora_b.weight.grad.abs().sum() > 0  # reached through the 4-bit o_proj
+
+
+def test_saved_adapters_name_their_base_by_preset_and_hold_no_machine_path(tmp_path) -> None:
+    from peft import PeftModel
+
+    from qlora_utils.adapters import save_adapter
+    from qlora_utils.paths import absolute_paths
+
+    loaded = load_model("tiny-qwen2", "bf16")
+    model = prepare_for_training(loaded, LoraSettings(rank=4), gradient_checkpointing=False)
+    folder = save_adapter(model, tmp_path / "adapter", base="tiny-qwen2")
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-qwen2"
+    for file in folder.iterdir():
+        if file.suffix in (".json", ".md"):
+            assert not absolute_paths(file.read_text()), file.name
+    reloaded = PeftModel.from_pretrained(load_model("tiny-qwen2", "bf16").model, folder)
+    assert parameter_report(reloaded).trainable == 0 < parameter_report(model).trainable  # loaded for inference

@@ -1,29 +1,33 @@
-"""The committed runs of the default profile: every run made by the seeded code (commit 5620627 and later) records a
-clean commit, the same one in every file, and no machine path. Runs older than that commit are listed by the book's
-appendix with their problems until the grid has re-run them."""
+"""The committed runs of the default profile: every run records a clean commit, the same one in every file, and no
+machine path in any text file of its directory (subfolders included)."""
 
 from __future__ import annotations
 
-import subprocess
-
-import pytest
+import json
+from pathlib import Path
 
 from qlora_utils.runs import profile_runs_dir, provenance_problems, read_runs
-from qlora_utils.runner import REPO
-
-SEEDED = "5620627"  # the first commit whose runs seed Python, NumPy and torch and scrub machine paths
+from qlora_utils.runner import REPO, load_profile
 
 
-def _descends(commit: str) -> bool:
-    done = subprocess.run(["git", "merge-base", "--is-ancestor", SEEDED, commit.removesuffix("+dirty")], cwd=REPO,
-                          capture_output=True)
-    return done.returncode == 0
-
-
-def test_runs_of_the_seeded_code_have_clean_provenance() -> None:
+def test_every_committed_run_has_clean_provenance() -> None:
     runs = read_runs(profile_runs_dir("cpu", REPO / "runs"), done_only=False)
-    if subprocess.run(["git", "cat-file", "-e", SEEDED], cwd=REPO).returncode != 0:
-        pytest.skip("a shallow clone without the seeding commit")
-    checked = [r for r in runs if r.commit and _descends(r.commit)]
-    problems = {r.name: provenance_problems(r) for r in checked}
+    assert {r.name for r in runs} >= {e.name for e in load_profile("cpu").entries}, "the default profile is complete"
+    problems = {r.name: provenance_problems(r) for r in runs}
     assert not {name: p for name, p in problems.items() if p}
+
+
+def test_a_machine_path_in_a_subfolder_or_a_dirty_commit_is_found(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    (run / "judge").mkdir(parents=True)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (run / "env.json").write_text(json.dumps({"git_commit": commit}))
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    (run / "config.json").write_text(json.dumps({"run": "r"}))
+    (run / "metrics.json").write_text(json.dumps({"environment": {"git_commit": commit}}))
+    (run / "judge" / "configs.yaml").write_text("prompt_template: /home/someone/venv/lib/judge.txt\n")
+    (found,) = read_runs(tmp_path, done_only=False)
+    assert provenance_problems(found) == ["judge/configs.yaml holds a machine path (/home/someone/venv/lib/judge.txt)"]
+    (run / "judge" / "configs.yaml").unlink()
+    (run / "env.json").write_text(json.dumps({"git_commit": commit + "+dirty"}))
+    assert provenance_problems(read_runs(tmp_path, done_only=False)[0])[0].startswith("ran with uncommitted code")

@@ -63,7 +63,7 @@ def test_judge_specs_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
     with pytest.raises(QLoraError, match="OPENAI_API_KEY"):
-        Judge("openai:gpt-4-1106-preview").annotator(tmp_path)
+        Judge("openai:gpt-4-1106-preview").annotator()
 
 
 def test_local_judge_through_alpaca_eval_matches_its_own_log_probabilities(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_local_judge_through_alpaca_eval_matches_its_own_log_probabilities(tmp_p
     import torch
 
     judge = Judge("local:tiny-qwen2")
-    annotator = judge.annotator(tmp_path)
+    annotator = judge.annotator()
     instruction, first, second = "Name a colour.", "Blue.", "I like turtles."
     (preference,) = winrate.judge_pairs(annotator, [instruction], [first], [second])
     single = next(iter(annotator.annotators.values()))
@@ -88,7 +88,7 @@ def test_local_judge_through_alpaca_eval_matches_its_own_log_probabilities(tmp_p
     assert preference == pytest.approx(2 - p, abs=0.02)  # bf16 autocast in the judge, fp32 here
     sanity = winrate.sanity_pair(annotator, [instruction, "Say hi."], [first, "Hi!"])
     assert 0 < sanity["win_rate"] < 100 and sanity["n"] == 2 and not math.isnan(sanity["standard_error"])
-    assert (tmp_path / "judge-local" / "configs.yaml").is_file()
+    assert not list(tmp_path.iterdir()), "the judge's configuration file stays out of the working folder"
 
 
 def test_local_judge_reuses_the_shared_prompt_opening_without_changing_the_scores() -> None:
