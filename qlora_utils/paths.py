@@ -1,5 +1,5 @@
 """Machine paths out of committed files: the places a run's outputs may mention (this checkout, the virtual
-environment, the data and cache directories, the home folder) replaced by stable placeholders."""
+environment, the data and cache directories, the home folder, the temporary folder) replaced by stable placeholders."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV
@@ -28,6 +29,7 @@ def placeholders() -> list[tuple[str, str]]:
         if os.environ.get(variable):
             pairs[str(Path(os.environ[variable]).expanduser().resolve())] = name
     pairs[str(Path.home())] = "~"
+    pairs[tempfile.gettempdir()] = "<tmp>"  # scratch folders (the judge's configuration) named in logs
     for path in list(pairs):
         real = os.path.realpath(path)
         pairs.setdefault(real, pairs[path])

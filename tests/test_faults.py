@@ -268,9 +268,12 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
     run = tmp_path / "runs" / "faults" / "slow"
     before = (run / "metrics.json").read_text()
+    # as typed in a terminal: SIGINT handled, even when this test itself runs in a background job (which inherits
+    # SIGINT ignored, and Python keeps an inherited "ignore")
     process = subprocess.Popen([sys.executable, "-m", "qlora_utils", "run", str(path), "--force", "--allow-dirty"],
                                cwd=REPO, env={**os.environ, **_runs_env(tmp_path)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(tmp_path / "runs" / "faults" / ".slow.staging" / "notebook.partial.ipynb")
     time.sleep(2)
     os.killpg(process.pid, sig)  # Ctrl-C reaches the whole process group; `kill` only the runner

@@ -303,9 +303,14 @@ def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path))
     site = sysconfig.get_paths()["purelib"]
-    text = f"{site}/tqdm/auto.py:21 warning; {CHECKOUT}/runs/cpu/x/.source.ipynb; {tmp_path}/sst2/dev.tsv"
+    import tempfile
+
+    scratch = f"{tempfile.gettempdir()}/qlora-judge-x1/configs.yaml"
+    text = (f"{site}/tqdm/auto.py:21 warning; {CHECKOUT}/runs/cpu/x/.source.ipynb; {tmp_path}/sst2/dev.tsv; "
+            f"{scratch}")
     cleaned = scrub(text)
-    assert cleaned == "<site-packages>/tqdm/auto.py:21 warning; <repo>/runs/cpu/x/.source.ipynb; <data>/sst2/dev.tsv"
+    assert cleaned == ("<site-packages>/tqdm/auto.py:21 warning; <repo>/runs/cpu/x/.source.ipynb; "
+                       "<data>/sst2/dev.tsv; <tmp>/qlora-judge-x1/configs.yaml")
     assert absolute_paths(text) and not absolute_paths(cleaned)
 
 
