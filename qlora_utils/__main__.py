@@ -16,6 +16,7 @@ import json
 import sys
 
 from .adapters import PLACEMENTS, LoraSettings
+from .bench import VARIANTS
 from .errors import QLoraError
 from .experiments import TASKS, Experiment, run_experiment
 from .book import build_book
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
     bench.add_argument("--eval-examples", type=int, default=0, help="dev sentences to score (0: all 872)")
     bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
+    bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
+                       help="the project's training with its speed-ups on one at a time (default: all on)")
     again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
@@ -136,23 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             if any(o.startswith("failed") for o in results.values()):
                 return 1
         elif args.command == "bench":
-            from .bench import BenchSettings, run_bench
+            from .bench import BenchSettings, run_bench, table
 
             result = run_bench(BenchSettings(preset=args.model, train_examples=args.train_examples,
                                              repeats=args.repeats, max_steps=args.max_steps,
-                                             eval_examples=args.eval_examples), args.output)
-            print(f"{'work':28s} {'project s':>10s} {'reference s':>12s} {'speed-up':>9s}  agreement")
-            for row in result["summary"]:
-                work = row["what"] + ("" if row["what"] == "scoring" else
-                                      f" (checkpointing {'on' if row['checkpointing'] else 'off'})")
-                agreement = (f"losses within {row['loss difference']:.1e}" if row["what"] == "training" else
-                             f"{row['predictions that differ']} predictions differ; accuracy "
-                             f"{100 * row['project accuracy']:.1f} vs {100 * row['reference accuracy']:.1f} %")
-                print(f"{work:28s} {row['project s']:10.1f} {row['reference s']:12.1f} {row['speed-up']:9.2f}x  "
-                      f"{agreement}")
-            loads = [r["load_before"] for r in result["rows"]]
-            print(f"{result['threads']} thread(s); 1-minute load average {min(loads):.2f} to {max(loads):.2f} "
-                  "before the timed trainings")
+                                             eval_examples=args.eval_examples, variants=tuple(args.variants)),
+                               args.output)
+            print(table(result).to_string(index=False, float_format="{:.2f}".format))
+            print(f"{result['threads']} torch thread(s); the load is the highest 1-minute load average before a timed "
+                  "training of that row")
         elif args.command == "reproduce":
             import tempfile
             from pathlib import Path

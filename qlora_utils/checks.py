@@ -10,13 +10,14 @@ from typing import Any, Callable
 from transformers import SchedulerType
 
 from .adapters import PLACEMENTS
+from .bench import VARIANTS
 from .models import MODES, PRESETS
 
-KINDS = {"week3_scaling": ("efficiency", "accuracy"), "week6_alpacaeval_efficiency": ("instruct", "efficiency",
+KINDS = {"week3_scaling": ("efficiency", "accuracy", "bench"), "week6_alpacaeval_efficiency": ("instruct", "efficiency",
                                                                                        "winrates")}
 REFERENCES = ("text_davinci_003", "gpt4_turbo")
 POSITIVE = ("rank", "alpha", "train_examples", "batch_size", "seq_len", "steps", "max_new_tokens", "max_length",
-            "judge_max_output_tokens", "length_sample")
+            "judge_max_output_tokens", "length_sample", "repeats")
 NON_NEGATIVE = ("eval_examples", "sanity_examples", "seed")
 ADAPTER_ONLY = ("rank", "alpha", "dropout", "placement")  # mean nothing for full fine-tuning
 
@@ -55,6 +56,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "judge": _judge, "table_presets": _presets, "peft_check_presets": _presets,
     "references": lambda v: None if isinstance(v, list) and v and set(v) <= set(REFERENCES)
     else f"must be a non-empty list of {list(REFERENCES)}",
+    "variants": lambda v: None if isinstance(v, list) and v and set(v) <= set(VARIANTS)
+    else f"must be a non-empty list of {list(VARIANTS)}",
     "ranks": lambda v: None if isinstance(v, list) and v and all(_positive(r) is None for r in v)
     else "must be a non-empty list of positive ranks",
     **{name: _positive for name in POSITIVE}, **{name: _non_negative for name in NON_NEGATIVE},

@@ -18,7 +18,7 @@ from .data import SELECTION_SIZE, TaskData, load_task, split_for_selection, subs
 from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
 from .errors import QLoraError
-from .metrics import generate, squad_evaluate, sst2_accuracy
+from .metrics import SCORE_BATCH, generate, squad_evaluate, sst2_accuracy
 from .models import LoadedModel, get_preset, load_model
 from .prompts import messages_for, prompt_ids, tokenize_for_training
 from .runs import RunRecorder
@@ -45,7 +45,7 @@ class Experiment:
     max_length: int | None = None  # training examples longer than this are dropped (and counted)
     max_new_tokens: int = 32
     zero_shot: bool = True
-    eval_batch_size: int = 32
+    eval_batch_size: int = SCORE_BATCH  # scoring; generation uses a quarter of it (metrics.GENERATE_BATCH)
     data_dir: str | None = None
     gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
     selection_examples: int = SELECTION_SIZE  # SST-2: training sentences set aside to choose configurations on

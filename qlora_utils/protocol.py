@@ -110,13 +110,34 @@ def primary_runs(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
     return pd.concat(parts)
 
 
+PAIR_KEYS = ["experiment", "model", "train examples", "seed"]  # what a seed pair shares
+
+
+def _pairs(treatment: pd.DataFrame, reference: pd.DataFrame, column: str = "quality") -> pd.DataFrame:
+    """Rows of two sets of runs matched on task, model, training data and seed (treatment and reference columns)."""
+    extra = [c for c in ("run",) if c in treatment and c in reference]
+    merged = treatment[PAIR_KEYS + [column] + extra].merge(reference[PAIR_KEYS + [column] + extra], on=PAIR_KEYS,
+                                                           suffixes=(" treatment", " reference"))
+    return merged.dropna(subset=[f"{column} treatment", f"{column} reference"]).sort_values("seed")
+
+
+def _judged(pairs: pd.DataFrame, rule: PairedRule) -> dict[str, Any]:
+    """The paired effect (reference − treatment), its interval, the margin, the verdict and, when inconclusive,
+    the seeds that would settle it."""
+    differences = (pairs["quality reference"] - pairs["quality treatment"]).to_numpy()
+    mean, low, high = interval(differences)
+    reference_mean = float(pairs["quality reference"].mean())
+    margin = rule.margin_points(reference_mean)
+    sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")
+    verdict = decide(low, high, margin)
+    return {"seeds": len(pairs), "reference mean": reference_mean, "effect": mean, "low": low, "high": high,
+            "margin": margin, "sd": sd, "verdict": verdict,
+            "seeds to settle": seeds_to_settle(mean, sd, margin) if verdict == INCONCLUSIVE else None}
+
+
 def paired(frame: pd.DataFrame, treatment: str, reference: str, column: str = "quality") -> pd.DataFrame:
     """Seed-paired rows (seed, treatment, reference) of two modes on the same task, model and training data."""
-    a, b = primary_runs(frame, treatment), primary_runs(frame, reference)
-    keys = ["experiment", "model", "train examples", "seed"]
-    merged = a[keys + [column, "run"]].merge(b[keys + [column, "run"]], on=keys, suffixes=(" treatment",
-                                                                                             " reference"))
-    return merged.dropna(subset=[f"{column} treatment", f"{column} reference"]).sort_values("seed")
+    return _pairs(primary_runs(frame, treatment), primary_runs(frame, reference), column)
 
 
 def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any]]:
@@ -128,22 +149,15 @@ def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any
         return [{"expectation": rule.expectation, "rule": rule.describe(), "verdict": NOT_TESTABLE,
                  "comparison": "no seeds with both modes at the plan's configuration in this profile"}]
     for (task, model, n), group in pairs.groupby(["experiment", "model", "train examples"]):
-        differences = (group["quality reference"] - group["quality treatment"]).to_numpy()
-        mean, low, high = interval(differences)
-        reference_mean = float(group["quality reference"].mean())
-        margin = rule.margin_points(reference_mean)
-        sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")
-        verdict = decide(low, high, margin)
+        judged = _judged(group, rule)
         rows.append({
             "expectation": rule.expectation, "rule": rule.describe(), "task": task, "model": model,
             "comparison": f"{rule.reference} vs {rule.treatment} at the plan's configuration (r={PLAN['rank']}, "
                           f"α={PLAN['alpha']}, q,k,v), {n:,.0f} training examples",
-            "seeds": len(group), "treatment mean": float(group["quality treatment"].mean()),
-            "reference mean": reference_mean, "effect": mean, "low": low, "high": high,
-            "effect %": 100 * mean / reference_mean, "margin": margin,
-            "margin %": 100 * margin / reference_mean, "interval width": high - low, "sd": sd,
-            "verdict": verdict,
-            "seeds to settle": seeds_to_settle(mean, sd, margin) if verdict == INCONCLUSIVE else None,
+            "treatment mean": float(group["quality treatment"].mean()), **judged,
+            "effect %": 100 * judged["effect"] / judged["reference mean"],
+            "margin %": 100 * judged["margin"] / judged["reference mean"],
+            "interval width": judged["high"] - judged["low"],
             "runs": list(group["run treatment"]) + list(group["run reference"]),
         })
     return rows
@@ -253,18 +267,9 @@ def secondary_vs_full(frame: pd.DataFrame, best: dict[str, Any] | None,
     seeds both ran (same task, model and data), by the same rule as the primary one."""
     if best is None:
         return None
-    chosen = frame[frame["run"].isin(best["runs"])]
-    reference = primary_runs(frame, rule.reference)
-    keys = ["experiment", "model", "train examples", "seed"]
-    pairs = chosen[keys + ["quality"]].merge(reference[keys + ["quality"]], on=keys, suffixes=(" treatment",
-                                                                                            " reference"))
+    pairs = _pairs(frame[frame["run"].isin(best["runs"])], primary_runs(frame, rule.reference))
     if pairs.empty:
         return None
-    differences = (pairs["quality reference"] - pairs["quality treatment"]).to_numpy()
-    mean, low, high = interval(differences)
-    margin = rule.margin_points(float(pairs["quality reference"].mean()))
-    sd = float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan")
-    verdict = decide(low, high, margin)
+    judged = _judged(pairs, rule)
     return {"expectation": rule.expectation + " (secondary: configuration chosen on the selection split)",
-            "seeds": len(pairs), "effect": mean, "low": low, "high": high, "margin": margin, "verdict": verdict,
-            "seeds to settle": seeds_to_settle(mean, sd, margin) if verdict == INCONCLUSIVE else None}
+            **{k: judged[k] for k in ("seeds", "effect", "low", "high", "margin", "verdict", "seeds to settle")}}

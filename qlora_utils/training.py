@@ -23,6 +23,7 @@ from transformers import (
 
 from .efficiency import PeakMemory, tokens_per_second
 from .errors import QLoraError
+from .prefix import decoder_hidden, shared_length
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ class TrainSettings:
     seed: int = 0
     bf16: bool = True
     group_by_length: bool = True  # batches of similar length: less padding, same data
-    head_on_labels_only: bool = False  # the LM head only where a label is set: the same loss up to rounding (off
-    # until the grid is re-run with it, so that the committed runs reproduce exactly)
+    head_on_labels_only: bool = True  # the LM head only where a label is set: the same loss up to rounding
+    share_prefix: bool = True  # the opening all rows of a batch share runs once (prefix.py): the same loss up to
+    # rounding without dropout; with LoRA dropout the shared rows share one mask
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -74,19 +76,27 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class AnswerLossTrainer(Trainer):
-    """transformers' Trainer whose loss runs the LM head only at the positions that have a label (for SST-2, the
-    answer token; the prompt's logits are never used): the same cross-entropy as the model's own loss, up to
-    floating-point summation order, without a logit row per prompt token."""
+    """transformers' Trainer with a leaner loss: the LM head runs only at the positions that have a label (for SST-2,
+    the answer token; the prompt's logits are never used), and the opening every row of a batch shares runs once
+    (`prefix.decoder_hidden`). The same cross-entropy as the model's own loss, up to floating-point summation order."""
+
+    def __init__(self, *args: Any, head_on_labels_only: bool = True, share_prefix: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_on_labels_only, self.share_prefix = head_on_labels_only, share_prefix
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         lm = causal_lm(model)
-        labels = inputs["labels"][:, 1:]
+        ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+        prefix = shared_length(ids, mask, labels) if self.share_prefix else 0
+        labels = labels[:, prefix + 1:]  # hidden state i predicts token i + 1
         keep = labels != -100
         with self.accelerator.autocast():  # as the model's own forward runs under the Trainer (bf16 autocast)
-            hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                      use_cache=False).last_hidden_state[:, :-1]
-            logits = lm.get_output_embeddings()(hidden[keep]).float()
+            hidden = decoder_hidden(lm.get_decoder(), ids, mask, prefix)[:, :-1]
+            if self.head_on_labels_only:
+                logits = lm.get_output_embeddings()(hidden[keep]).float()
+            else:
+                logits = lm.get_output_embeddings()(hidden).float()[keep]
         loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1))
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -163,9 +173,13 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     )
     history = HistoryCallback()
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
-    trainer_class = AnswerLossTrainer if settings.head_on_labels_only else Trainer
-    trainer = trainer_class(model=model, args=args, train_dataset=train_data, eval_dataset=eval_data if evaluate else None,
-                      data_collator=collator, processing_class=tokenizer, callbacks=[history])
+    common = {"model": model, "args": args, "train_dataset": train_data, "data_collator": collator,
+              "eval_dataset": eval_data if evaluate else None, "processing_class": tokenizer, "callbacks": [history]}
+    if settings.head_on_labels_only or settings.share_prefix:
+        trainer: Trainer = AnswerLossTrainer(**common, head_on_labels_only=settings.head_on_labels_only,
+                                             share_prefix=settings.share_prefix)
+    else:  # transformers' own loss, as the reference recipe computes it
+        trainer = Trainer(**common)
     with PeakMemory("train", baseline_rss=baseline_rss, baseline_total=baseline_total) as memory:
         output = trainer.train()
     steps = int(output.global_step)

@@ -73,32 +73,13 @@ class LocalJudge:
         return list(ids)
 
     def next_token_logprobs(self, ids: Sequence[list[int]]) -> list[list[float]]:
-        """Log-probabilities of "m" and "M" after each prompt. The judge prompt's long shared opening is run once
-        and its key/value cache reused for every prompt (prompts are scored one at a time after it)."""
-        import copy
-
-        import torch
-
-        from .metrics import evaluating, score_candidates
+        """Log-probabilities of "m" and "M" after each prompt (`metrics.score_candidates`: the judge prompt's long
+        shared opening runs once for all prompts)."""
+        from .metrics import score_candidates
 
         candidates = [[self.token_ids[t]] for t in ("m", "M")]
-        shared = len(ids[0]) if ids else 0
-        for seq in ids[1:]:
-            shared = next((i for i, (a, b) in enumerate(zip(ids[0][:shared], seq)) if a != b), min(shared, len(seq)))
-        shared = min(shared, min((len(seq) for seq in ids), default=0) - 1)
-        if len(ids) < 2 or shared < 32:
-            return score_candidates(self.loaded.model, self.loaded.tokenizer, ids, candidates, self.batch_size,
-                                    desc=f"judge {self.name}").tolist()
-        model, rows = self.loaded.model, []
-        with evaluating(model, self.loaded.tokenizer, "left"):
-            prefix = model(input_ids=torch.tensor([ids[0][:shared]]), use_cache=True).past_key_values
-            for seq in tqdm(ids, desc=f"judge {self.name}", leave=False):
-                cache = copy.deepcopy(prefix)
-                logits = model(input_ids=torch.tensor([seq[shared:]]), past_key_values=cache, use_cache=True,
-                               logits_to_keep=1).logits[0, -1]
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                rows.append([logprobs[c[0]].item() for c in candidates])
-        return rows
+        return score_candidates(self.loaded.model, self.loaded.tokenizer, ids, candidates, self.batch_size,
+                                desc=f"judge {self.name}").tolist()
 
     def __call__(self, prompts: Sequence[str], **_: Any) -> dict[str, list]:
         started = time.perf_counter()

@@ -1,26 +1,42 @@
-"""The side-by-side benchmark on a tiny model: both recipes do identical work (the same per-step losses) and both
-scorers give the same predictions."""
+"""The side-by-side benchmark on a tiny model: both recipes do identical work (the same per-step losses: exactly for
+the project's code with its speed-ups off, within the stated tolerance with them on) and both scorers agree."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qlora_utils.bench import BenchSettings, compare_losses, run_bench
+import pytest
+
+from qlora_utils.bench import VARIANTS, BenchSettings, compare_losses, run_bench, table
+from qlora_utils.errors import QLoraError
 
 
 def test_project_and_reference_do_identical_work(tmp_path: Path, data_dir: Path) -> None:
     settings = BenchSettings(preset="tiny-qwen2", train_examples=32, batch_size=8, repeats=1, max_steps=3,
-                             eval_examples=24)
+                             eval_examples=24, variants=("plain", "project"))
     result = run_bench(settings, str(tmp_path), checkpointing=(False,))
-    training, scoring = result["summary"]
-    assert training["identical work"] and training["loss difference"] <= settings.loss_tolerance, training
-    losses = [r["losses"] for r in result["rows"]]
-    assert len(losses) == 2 and len(losses[0]) == len(losses[1]) == 3  # the same steps, losses within tolerance
-    assert scoring["predictions that differ"] == 0 and scoring["project accuracy"] == scoring["reference accuracy"]
-    assert training["speed-up"] > 0 and scoring["speed-up"] > 0
+    plain, project, scoring = result["summary"]
+    assert plain["loss difference"] == 0.0, "the project's code without speed-ups computes exactly the reference's"
+    assert project["identical work"] and project["mean loss difference"] <= settings.loss_tolerance, project
+    assert project["first-step loss difference"] <= settings.first_step_tolerance
+    losses = {r["side"]: r["losses"] for r in result["rows"]}
+    assert sorted(losses) == ["plain", "project", "reference"] and {len(v) for v in losses.values()} == {3}
+    assert scoring["predictions that differ"] <= 1 and scoring["project accuracy"] > 0
+    shown = table(result)
+    assert list(shown["work"]) == ["training, plain, checkpointing off", "training, project, checkpointing off",
+                                   "SST-2 dev scoring"]
+    assert (shown["speed-up"] > 0).all() and shown["agreement"].str.contains("%").all()
 
 
-def test_compare_losses() -> None:
+def test_compare_losses_and_variants() -> None:
     assert compare_losses([1.0, 2.0], [1.0, 2.0]) == 0.0
     assert compare_losses([1.1, 2.0], [1.0, 2.0]) == 0.10000000000000009
     assert compare_losses([1.0], [1.0, 2.0]) == float("inf")
+    import statistics
+
+    assert compare_losses([1.1, 2.0], [1.0, 2.0], statistics.fmean) == pytest.approx(0.05)
+    assert VARIANTS["project"] == {}, "the project variant is TrainSettings' defaults"
+    from qlora_utils.bench import _train_settings
+
+    with pytest.raises(QLoraError, match="unknown bench variant 'fast'"):
+        _train_settings(BenchSettings(), "fast")

@@ -232,3 +232,36 @@ def test_glue_keys_are_unique_per_page(tmp_path: Path, scaling_runs: list[Run]) 
                  week4.page([_run(tmp_path / "s", _squad(50.0, 30.0))])):
         keys = list(page.text) + list(page.tables) + list(page.figures)
         assert len(keys) == len(set(keys)), page.prefix
+
+
+def _bench_result() -> dict[str, Any]:
+    rows = [{"what": "training", "side": side, "checkpointing": ckpt, "repeat": 0, "seconds": s, "losses": [1.0],
+             "load_before": load, "load_after": load}
+            for ckpt, pairs in ((False, (("reference", 140.0), ("project", 70.0))),
+                                (True, (("reference", 200.0), ("project", 110.0))))
+            for (side, s), load in zip(pairs, (0.3, 0.6))]
+    summary = [{"what": "training", "variant": "project", "checkpointing": ckpt, "project s": p, "reference s": r,
+                "first-step loss difference": 0.001, "mean loss difference": 0.01, "loss difference": 0.02,
+                "identical work": True, "load": 0.6,
+                "speed-up": r / p} for ckpt, p, r in ((False, 70.0, 140.0), (True, 110.0, 200.0))]
+    summary.append({"what": "scoring", "project s": 12.0, "reference s": 60.0, "project accuracy": 0.655,
+                    "reference accuracy": 0.66, "predictions that differ": 7, "load": 0.5, "speed-up": 5.0})
+    return {"settings": {"train_examples": 500, "repeats": 2}, "rows": rows, "summary": summary, "threads": 2}
+
+
+def test_bench_section_reads_the_benchmark_run(tmp_path: Path) -> None:
+    run = _run(tmp_path / "week3-bench", {"experiment": "bench", "bench": _bench_result()}, threads=2)
+    page = week3.page([run])
+    table = page.tables["bench"]
+    assert list(table["work"]) == ["training, project, checkpointing off", "training, project, checkpointing on",
+                                   "SST-2 dev scoring"]
+    assert list(table["speed-up"]) == [2.0, 200 / 110, 5.0]
+    assert table["agreement"][0] == ("first-step loss within 0.10 %, per-step losses 1.0 % apart on average (at most "
+                                     "2.0 %)")
+    assert table["agreement"][2] == "7 predictions differ; accuracy 65.5 vs 66.0 %"
+    assert page.text["bench_speedup_off"] == "2.00" and page.text["bench_speedup_on"] == "1.82"
+    assert page.text["bench_score_s"] == "12.0" and page.text["bench_score_reference_s"] == "60.0"
+    assert page.text["bench_load"] == "0.30 to 0.60" and page.text["bench_run"] == "week3-bench"
+    assert page.text["bench_examples"] == "500" and page.text["bench_threads"] == "2"
+    empty = week3.page([])
+    assert empty.tables["bench"].empty and empty.text["bench_speedup_off"] == NA

@@ -81,30 +81,33 @@ def test_bad_train_settings_are_refused() -> None:
 
 
 @pytest.mark.parametrize("mode", ["nf4", "full"])
-def test_head_on_labels_only_gives_the_models_own_loss(tmp_path: Path, data_dir: Path, mode: str) -> None:
-    """The LM head at the labelled positions only: the same loss as the model's, and the same training."""
+def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, data_dir: Path, mode: str) -> None:
+    """The LM head at the labelled positions only, and the shared opening run once: the same loss as the model's own,
+    and the same training (LoRA dropout 0, so that the random masks are the same too)."""
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from qlora_utils.training import AnswerLossTrainer
 
     losses = {}
-    for only in (False, True):
+    for flags in ((False, False), (True, False), (True, True)):
         set_seed(0)
         loaded = load_model("tiny-qwen2", mode)
         examples = tokenize_for_training(load_task("sst2", "train", n=32, seed=0, data_dir=data_dir),
                                          loaded.tokenizer, add_eos=False)
         set_seed(0)
-        model = prepare_for_training(loaded, None if mode == "full" else LoraSettings(rank=8))
-        if only:
+        model = prepare_for_training(loaded, None if mode == "full" else LoraSettings(rank=8, dropout=0.0))
+        settings = TrainSettings(learning_rate=1e-2, max_steps=4, batch_size=8, head_on_labels_only=flags[0],
+                                 share_prefix=flags[1])
+        if any(flags):
             batch = DataCollatorForSeq2Seq(loaded.tokenizer, padding=True)(list(examples.select(range(8))))
             trainer = AnswerLossTrainer(model=model, args=TrainingArguments(str(tmp_path / "t"), bf16=True,
-                                                                            use_cpu=True, report_to="none"))
+                                                                            use_cpu=True, report_to="none"),
+                                        head_on_labels_only=flags[0], share_prefix=flags[1])
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 own = model(**batch).loss.item()
                 mine = trainer.compute_loss(model, batch).item()
-            assert mine == pytest.approx(own, rel=1e-4)
-        result = train(model, loaded.tokenizer, examples,
-                       TrainSettings(learning_rate=1e-2, max_steps=4, batch_size=8, head_on_labels_only=only),
-                       tmp_path / str(only), show_progress=False)
-        losses[only] = result.train_losses()
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3), losses
+            assert mine == pytest.approx(own, rel=1e-3)
+        result = train(model, loaded.tokenizer, examples, settings, tmp_path / str(flags), show_progress=False)
+        losses[flags] = result.train_losses()
+    for flags, curve in losses.items():
+        assert curve == pytest.approx(losses[False, False], rel=1e-2), (flags, losses)

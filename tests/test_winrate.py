@@ -92,15 +92,16 @@ def test_local_judge_through_alpaca_eval_matches_its_own_log_probabilities(tmp_p
 
 
 def test_local_judge_reuses_the_shared_prompt_opening_without_changing_the_scores() -> None:
-    """Scoring after a cached shared prefix gives the same log-probabilities as scoring each prompt whole."""
-    from qlora_utils.metrics import score_candidates
+    """Scoring after the shared opening run once gives the log-probabilities of each prompt run whole."""
+    import torch
 
     judge = winrate.LocalJudge("tiny-qwen2")
     opening = judge.loaded.tokenizer.encode("You are a careful judge of answers. " * 8, add_special_tokens=False)
     ids = [opening + judge.loaded.tokenizer.encode(t, add_special_tokens=False) for t in ("first", "a second one")]
     cached = judge.next_token_logprobs(ids)
-    whole = score_candidates(judge.loaded.model, judge.loaded.tokenizer, ids,
-                             [[judge.token_ids["m"]], [judge.token_ids["M"]]], 1).tolist()
-    assert len(opening) >= 32
+    marks = [judge.token_ids["m"], judge.token_ids["M"]]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        whole = [torch.log_softmax(judge.loaded.model(torch.tensor([seq])).logits[0, -1].float(), -1)[marks].tolist()
+                 for seq in ids]
     for got, want in zip(cached, whole):
         assert got == pytest.approx(want, abs=0.05)

@@ -151,6 +151,33 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
     return frame[list(names)].rename(columns=names)
 
 
+def bench_values(result: Page, runs: list[Run]) -> None:
+    """The side-by-side benchmark (a `kind: bench` run): its table, and the speed-ups and scoring times for the
+    prose; "n/a" and an empty table where no benchmark ran."""
+    from ..bench import table
+
+    run = next((r for r in runs if r.metrics.get("experiment") == "bench"), None)
+    bench = run.metrics["bench"] if run else None
+    shown = table(bench) if bench else pd.DataFrame(columns=["work", "project s", "reference s", "speed-up",
+                                                             "agreement", "load average (1 min)"])
+    result.tables["bench"] = shown
+    summary = bench["summary"] if bench else []
+    project = {row["checkpointing"]: row for row in summary
+               if row["what"] == "training" and row["variant"] == "project"}
+    scoring = next((row for row in summary if row["what"] == "scoring"), {})
+    result.value("bench_run", run.name if run else NA)
+    result.value("bench_threads", bench["threads"] if bench else None, "{:d}")
+    result.value("bench_examples", bench["settings"]["train_examples"] if bench else None, "{:,d}")
+    result.value("bench_repeats", bench["settings"]["repeats"] if bench else None, "{:d}")
+    for ckpt, key in ((False, "off"), (True, "on")):
+        result.value(f"bench_speedup_{key}", project.get(ckpt, {}).get("speed-up"), "{:.2f}")
+    result.value("bench_score_s", scoring.get("project s"), "{:.1f}")
+    result.value("bench_score_reference_s", scoring.get("reference s"), "{:.1f}")
+    result.value("bench_score_differ", scoring.get("predictions that differ"), "{:d}")
+    loads = [row["load_before"] for row in bench["rows"]] if bench else []
+    result.value("bench_load", f"{min(loads):.2f} to {max(loads):.2f}" if loads else NA)
+
+
 def page(runs: list[Run]) -> Page:
     """Everything the scaling page shows: the efficiency table and figures, the memory ratio, thread and load
     caveats on throughput, runs not started, and the accuracy table."""
@@ -185,6 +212,7 @@ def page(runs: list[Run]) -> Page:
     result.value("speed_pairs", speed_pairs(speed))
     result.figures["memory"] = chart_or_note(ran, figures.scaling_memory, "no efficiency runs in this profile")
     result.figures["speed"] = chart_or_note(speed, figures.scaling_throughput, "no efficiency runs in this profile")
+    bench_values(result, runs)
     accuracy = accuracy_table(runs)
     result.tables["accuracy"] = accuracy
     result.value("accuracy_note", "Accuracy scaling ran in this profile; see the table below." if len(accuracy) else
