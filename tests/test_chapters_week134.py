@@ -263,5 +263,8 @@ def test_bench_section_reads_the_benchmark_run(tmp_path: Path) -> None:
     assert page.text["bench_score_s"] == "12.0" and page.text["bench_score_reference_s"] == "60.0"
     assert page.text["bench_load"] == "0.30 to 0.60" and page.text["bench_run"] == "week3-bench"
     assert page.text["bench_examples"] == "500" and page.text["bench_threads"] == "2"
+    assert page.text["bench_agreement"] == "met by every training row"
+    run.metrics["bench"]["summary"][1]["identical work"] = False
+    assert week3.page([run]).text["bench_agreement"] == "not met by project with checkpointing on"
     empty = week3.page([])
-    assert empty.tables["bench"].empty and empty.text["bench_speedup_off"] == NA
+    assert empty.tables["bench"].empty and empty.text["bench_speedup_off"] == NA == empty.text["bench_agreement"]

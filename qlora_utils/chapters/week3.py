@@ -174,6 +174,10 @@ def bench_values(result: Page, runs: list[Run]) -> None:
     result.value("bench_score_s", scoring.get("project s"), "{:.1f}")
     result.value("bench_score_reference_s", scoring.get("reference s"), "{:.1f}")
     result.value("bench_score_differ", scoring.get("predictions that differ"), "{:d}")
+    failed = [row for row in summary if row["what"] == "training" and not row["identical work"]]
+    result.value("bench_agreement", NA if not bench else "met by every training row" if not failed else
+                 "not met by " + ", ".join(f"{r['variant']} with checkpointing {'on' if r['checkpointing'] else 'off'}"
+                                           for r in failed))
     loads = [row["load_before"] for row in bench["rows"]] if bench else []
     result.value("bench_load", f"{min(loads):.2f} to {max(loads):.2f}" if loads else NA)
 
