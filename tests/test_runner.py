@@ -344,3 +344,21 @@ def test_result_files_are_readable_by_others(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_checkout_at_gives_a_temporary_worktree_of_a_commit_and_removes_it() -> None:
+    import subprocess
+
+    from qlora_utils.runner import REPO, checkout_at, head_commit
+
+    commit = head_commit()
+    with checkout_at(commit) as tree:
+        assert (tree / "qlora_utils" / "runner.py").is_file()
+        assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True,
+                              text=True).stdout.strip() == commit
+    assert not tree.exists()
+    listed = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert str(tree) not in listed
+    with pytest.raises(QLoraError, match="cannot check out commit 0000000000"):
+        with checkout_at("0" * 40):
+            pass
