@@ -202,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import gc
+        import logging
+
+        # an interrupted notebook client leaves a task whose kernel died: finalize it now, silently, so that this
+        # message stays the last line
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        gc.collect()
         print("interrupted: the runs in progress are recorded as interrupted; finished runs are kept. Run the same "
               "command again to resume.", file=sys.stderr)
         return 130
