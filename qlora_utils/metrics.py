@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import TaskData
-from .prefix import MIN_PREFIX, decoder_hidden, prefix_cache
+from .prefix import common_prefix, decoder_hidden, prefix_cache
 from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids
 from .training import causal_lm
 
@@ -57,15 +57,6 @@ def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, token_ids: Seque
         chosen = hidden.float() @ weight[list(token_ids)].float().T
         normaliser = torch.logsumexp((hidden.to(weight.dtype) @ weight.T).float(), dim=-1, keepdim=True)
     return chosen - normaliser
-
-
-def common_prefix(prompts: Sequence[list[int]]) -> int:
-    """How many leading tokens all prompts share, leaving at least one token of each to run (0 when fewer than
-    prefix.MIN_PREFIX)."""
-    shortest = min(len(p) for p in prompts)
-    length = next((i for i in range(shortest) if any(p[i] != prompts[0][i] for p in prompts)), shortest)
-    length = min(length, shortest - 1)
-    return length if length >= MIN_PREFIX else 0
 
 
 def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],

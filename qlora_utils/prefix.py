@@ -8,7 +8,7 @@ dropout mask instead of drawing one each, so training with it is not bit-identic
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -74,6 +74,15 @@ def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         labelled = (labels != -100).any(dim=0).nonzero()
         if len(labelled):
             length = min(length, int(labelled[0]) - 1)
+    return length if length >= MIN_PREFIX else 0
+
+
+def common_prefix(prompts: Sequence[list[int]]) -> int:
+    """How many leading tokens all prompts share, leaving at least one token of each to run (0 when fewer than
+    MIN_PREFIX)."""
+    shortest = min(len(p) for p in prompts)
+    length = next((i for i in range(shortest) if any(p[i] != prompts[0][i] for p in prompts)), shortest)
+    length = min(length, shortest - 1)
     return length if length >= MIN_PREFIX else 0
 
 

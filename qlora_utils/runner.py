@@ -22,7 +22,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checks import value_problems
-from .environment import COMMIT_ENV, RESULTS_DIR, changed_files
+from .environment import COMMIT_ENV, RESULTS_DIR, changed_files, git_commit
 from .errors import QLoraError
 from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
 from .paths import scrub, scrub_file
@@ -571,12 +571,6 @@ def outcome(run_dir: Path) -> dict[str, Any]:
     return {"headline": numbers, "losses": [h.get("loss") for h in run.history()], "generations": run.generations()}
 
 
-def head_commit() -> str:
-    """The commit this checkout has checked out."""
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip()
-
-
 @contextlib.contextmanager
 def checkout_at(commit: str) -> Any:
     """A temporary git worktree of this repository at a commit, removed afterwards."""
@@ -620,7 +614,7 @@ def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = No
     if run_state(recorded, entry.config_hash) != "done":
         raise QLoraError(f"{recorded} is not a finished, current run; run it first")
     commit = (read_json(recorded / "env.json") or {}).get("git_commit") or ""
-    if commit and not commit.endswith("+dirty") and commit != head_commit():
+    if commit and not commit.endswith("+dirty") and commit != (git_commit(REPO) or "").removesuffix("+dirty"):
         rerun_at(commit, profile, name, scratch)  # the code that made the run, not today's
     else:
         check_committed(allow_dirty)

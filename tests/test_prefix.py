@@ -9,9 +9,9 @@ import torch
 
 from qlora_utils.adapters import prepare_for_training
 from qlora_utils.data import load_task
-from qlora_utils.metrics import common_prefix, score_candidates, token_logprobs
+from qlora_utils.metrics import score_candidates, token_logprobs
 from qlora_utils.models import load_model
-from qlora_utils.prefix import MIN_PREFIX, decoder_hidden, shared_length
+from qlora_utils.prefix import MIN_PREFIX, common_prefix, decoder_hidden, shared_length
 from qlora_utils.prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids, tokenize_for_training
 
 

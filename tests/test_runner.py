@@ -349,9 +349,10 @@ def test_result_files_are_readable_by_others(tmp_path: Path) -> None:
 def test_checkout_at_gives_a_temporary_worktree_of_a_commit_and_removes_it() -> None:
     import subprocess
 
-    from qlora_utils.runner import REPO, checkout_at, head_commit
+    from qlora_utils.environment import git_commit
+    from qlora_utils.runner import REPO, checkout_at
 
-    commit = head_commit()
+    commit = git_commit(REPO).removesuffix("+dirty")
     with checkout_at(commit) as tree:
         assert (tree / "qlora_utils" / "runner.py").is_file()
         assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True,
