@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
     bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
                        help="the project's training with its speed-ups on one at a time (default: all on)")
+    bench.add_argument("--no-noise-floor", action="store_true",
+                       help="skip the second reference (eager attention) that measures how far rounding alone moves "
+                            "the per-step losses")
     again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_bench(BenchSettings(preset=args.model, train_examples=args.train_examples,
                                              repeats=args.repeats, max_steps=args.max_steps,
-                                             eval_examples=args.eval_examples, variants=tuple(args.variants)),
+                                             eval_examples=args.eval_examples, variants=tuple(args.variants),
+                                             noise_floor=not args.no_noise_floor),
                                args.output)
             print(table(result).to_string(index=False, float_format="{:.2f}".format))
             print(f"{result['threads']} torch thread(s); the load is the highest 1-minute load average before a timed "
