@@ -12,7 +12,7 @@ PROFILE ?= cpu
 # two-core run. Entries marked `exclusive` in the profile (memory and throughput measurements) still run alone.
 JOBS ?= 2
 
-.PHONY: setup test book runs status clean-venv
+.PHONY: setup test book runs status clean-venv cluster-test
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# A real one-node SLURM cluster (Debian packages, installed when missing), the whole smoke profile submitted through
+# it with one job killed mid-run and requeued by SLURM, then the cluster torn down. `make test` runs a 3-run version.
+cluster-test: $(STAMP)
+	bash tests/install-slurm.sh
+	QLORA_REQUIRE_SLURM=1 QLORA_CLUSTER_PROFILE=smoke $(PY) -m pytest -q -s tests/test_cluster.py -k slurm
 
 # The README's main command: run the profile's grid (finished runs are skipped), then build the book into _build/html.
 book: runs

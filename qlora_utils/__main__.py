@@ -1,6 +1,7 @@
 """Command line of the study.
 
-  run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N)
+  run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N,
+                   --executor slurm|local: one scheduler job per run)
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
   reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
   bench            time training and scoring side by side with a reference recipe on identical work
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
+    run.add_argument("--executor", choices=("local", "slurm"), default=None,
+                     help="submit one job per run through submitit (slurm: sbatch with dependencies; local: local "
+                          "processes) instead of running them here")
+    run.add_argument("--partition", default=None, help="with --executor slurm: the partition to submit to")
+    run.add_argument("--no-wait", action="store_true", help="with --executor: return once the jobs are submitted")
     bench = sub.add_parser("bench", help="time this project's training and scoring against a reference recipe")
     bench.add_argument("--model", default="smollm2-135m-instruct")
     bench.add_argument("--train-examples", type=positive_int, default=1000)
@@ -133,7 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; bad inputs end with one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command == "run" and args.executor:
+            from .cluster import JobSettings, submit_profile
+
+            if args.force or args.jobs != 1 or args.keep_going:
+                raise QLoraError("--executor submits every run that is not done as its own job: --force, --jobs and "
+                                 "--keep-going do not apply (resources come from the profile's `cluster:` block)")
+            profile = load_profile(args.profile)
+            submitted = submit_profile(profile, args.executor, JobSettings.from_profile(profile,
+                                                                                        partition=args.partition),
+                                       only=args.only, allow_dirty=args.allow_dirty, wait=not args.no_wait)
+            for name, job in submitted.items():
+                print(f"{name:45s} {job if not job.isdigit() and '_' not in job else 'job ' + job}")
+            if not args.no_wait:
+                states = dict(status(profile))
+                bad = {n: states[n] for n in submitted if states[n] != "done"}
+                for name, state in bad.items():
+                    print(f"{name:45s} ended {state}: see `python -m qlora_utils status {args.profile}`")
+                return 1 if bad else 0
+        elif args.command == "run":
             results = run_profile(load_profile(args.profile), force=args.force, only=args.only,
                                   keep_going=args.keep_going, jobs=args.jobs,
                                   validate=not args.no_validate, allow_dirty=args.allow_dirty)
@@ -169,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             profile = load_profile(args.profile)
             states = status(profile)
+            from .cluster import describe, job_records
+
+            jobs = job_records(profile)
             for entry, (name, state) in zip(profile.entries, states):
-                detail = state_detail(profile, entry, state)
+                detail = "; ".join(filter(None, [state_detail(profile, entry, state),
+                                                 describe(jobs[name]) if name in jobs else ""]))
                 print(f"{name:45s} {state}" + (f"  {detail}" if detail else ""))
             counts = {s: sum(1 for _, x in states if x == s) for s in STATES}
             print(f"{profile.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))

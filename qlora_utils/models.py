@@ -226,7 +226,13 @@ def quantization_config(mode: str) -> BitsAndBytesConfig | None:
     if mode not in ("nf4", "fp4"):
         return None
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=mode, bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.uint8)
+                              bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=quant_storage())
+
+
+def quant_storage() -> torch.dtype:
+    """The dtype the packed 4-bit weights are stored in: bf16 under an FSDP launch (accelerate sets
+    ACCELERATE_USE_FSDP), so that FSDP can flatten and shard them with the bf16 weights; else uint8."""
+    return torch.bfloat16 if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8
 
 
 def check_mode(mode: str) -> str:
@@ -271,8 +277,8 @@ def load_model(preset: str | ModelPreset, mode: str = "nf4", *, cache: str | os.
                               "dtype": torch.float32 if mode == "full" else torch.bfloat16}
     if (qc := quantization_config(mode)) is not None:
         kwargs["quantization_config"] = qc
-    if torch.cuda.is_available():
-        kwargs["device_map"] = {"": 0}
+    if torch.cuda.is_available():  # each process of a multi-GPU launch on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor loading bar would fill every executed notebook
     try:

@@ -58,6 +58,7 @@ class Profile:
     description: str
     entries: tuple[Entry, ...]
     path: Path
+    cluster: dict[str, Any] = field(default_factory=dict)  # what each job asks a scheduler for (cluster.JobSettings)
 
     def runs_dir(self, root: Path | None = None) -> Path:
         """Where this profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/."""
@@ -122,7 +123,10 @@ def load_profile(name_or_path: str | Path) -> Profile:
     stems = {Path(e.notebook).stem for e in entries}
     if unused := sorted(set(defaults) - stems):
         raise QLoraError(f"{path.name}: defaults for {unused} match no notebook of the profile ({sorted(stems)})")
-    return Profile(raw.get("profile", path.stem), raw.get("description", ""), tuple(entries), path)
+    if not isinstance(raw.get("cluster") or {}, dict):
+        raise QLoraError(f"{path.name}: `cluster` must be a mapping of job settings (see qlora_utils.cluster)")
+    return Profile(raw.get("profile", path.stem), raw.get("description", ""), tuple(entries), path,
+                   dict(raw.get("cluster") or {}))
 
 
 def notebook_node(notebook: str | Path) -> Any:
@@ -185,6 +189,12 @@ def validate_profile(profile: Profile) -> None:
                                 f"{declared[name]['inferred_type_name']} as declared in {entry.notebook}")
         earlier = [e.name for e in profile.entries[:profile.entries.index(entry)]]
         problems += value_problems(entry.name, entry.notebook, entry.parameters, entry.explicit, earlier)
+    from .cluster import JobSettings
+
+    try:
+        JobSettings.from_profile(profile)
+    except (QLoraError, TypeError) as exc:
+        problems.append(str(exc))
     if problems:
         raise QLoraError(f"profile {profile.name!r} ({profile.path.name}) is invalid:\n  " + "\n  ".join(problems))
 

@@ -109,9 +109,13 @@ def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
     return state if state in ("failed", "interrupted") else "partial"
 
 
+SCHEDULER_JOB_ENV = "SLURM_JOB_ID"  # set by the scheduler in every process of a job, kept when it is requeued
+
+
 class RunLock:
     """The right to execute one run: a lock file created with O_EXCL beside the run directory, holding the pid and
-    host of its owner. A lock whose owner died on this host is stale and taken over."""
+    host of its owner (and its scheduler job). A lock whose owner died on this host is stale and taken over, and so
+    is one held by an earlier start of the scheduler job now running (requeued, perhaps onto another node)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir).parent / f".{Path(run_dir).name}.lock"
@@ -130,13 +134,19 @@ class RunLock:
             return {"pid": None, "host": None, "since": "just now"} if young else None
         if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
             return None  # stale: its owner died
+        job = os.environ.get(SCHEDULER_JOB_ENV)
+        if job and info.get("job") == job and not self._mine(info):
+            return None  # stale: this job was requeued, and the start that took the lock is gone with the old node
         return info
+
+    @staticmethod
+    def _mine(info: dict[str, Any]) -> bool:
+        return info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()
 
     def held(self) -> bool:
         """Whether another live process holds the lock (not this one)."""
         holder = self.holder()
-        return holder is not None and not (holder.get("pid") == os.getpid()
-                                           and holder.get("host") == socket.gethostname())
+        return holder is not None and not self._mine(holder)
 
     def acquire(self) -> bool:
         """Take the lock atomically; False when a live process holds it. Stale locks are taken over."""
@@ -150,7 +160,8 @@ class RunLock:
                 self.path.unlink(missing_ok=True)  # stale: remove and try again
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}, handle)
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
+                           "job": os.environ.get(SCHEDULER_JOB_ENV)}, handle)
             self.owned = True
             return True
         return False

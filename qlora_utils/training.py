@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import datasets
 import torch
@@ -86,6 +86,8 @@ class AnswerLossTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        if self.accelerator.num_processes > 1:  # the rewrites call the decoder directly, around DDP's and FSDP's
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # forward: plain loss
         lm = causal_lm(model)
         ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
         prefix = shared_length(ids, mask, labels) if self.share_prefix else 0
@@ -155,8 +157,9 @@ class TrainResult:
 def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data: datasets.Dataset,
           settings: TrainSettings, output_dir: str | Path, eval_data: datasets.Dataset | None = None,
           baseline_rss: int | None = None, show_progress: bool = True,
-          baseline_total: int | None = None) -> TrainResult:
-    """Train with transformers' Trainer on tokenized examples (input_ids, attention_mask, labels)."""
+          baseline_total: int | None = None, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Train with transformers' Trainer on tokenized examples (input_ids, attention_mask, labels). Under a
+    multi-process launch (accelerate launch, torchrun) the Trainer runs DDP or FSDP by itself."""
     output_dir = Path(output_dir)
     evaluate = eval_data is not None and settings.eval_steps is not None
     args = TrainingArguments(
@@ -174,7 +177,7 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     history = HistoryCallback()
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, pad_to_multiple_of=None)
     common = {"model": model, "args": args, "train_dataset": train_data, "data_collator": collator,
-              "eval_dataset": eval_data if evaluate else None, "processing_class": tokenizer, "callbacks": [history]}
+              "eval_dataset": eval_data if evaluate else None, "processing_class": tokenizer, "callbacks": [history, *callbacks]}
     if settings.head_on_labels_only or settings.share_prefix:
         trainer: Trainer = AnswerLossTrainer(**common, head_on_labels_only=settings.head_on_labels_only,
                                              share_prefix=settings.share_prefix)

@@ -97,6 +97,11 @@ BAD_FILES = [
     (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n", ["`parameters` must be a mapping"]),
     ("profile: x\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n", ["notebook notebooks/week9.md does not exist"]),
     (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
+    (f"profile: x\ncluster: [1]\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n", ["`cluster` must be a mapping"]),
+    (f"profile: x\ncluster: {{gpus: 1}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+     ["unknown cluster settings ['gpus']", "gpus_per_run"]),
+    (f"profile: x\ncluster: {{cpus_per_run: 0, time_min: two}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+     ["cluster settings ['cpus_per_run', 'time_min'] must be positive numbers"]),
 ]
 
 
@@ -129,6 +134,8 @@ def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
     (["plan", "--model", "qwen3-8b", "--gpu-gib", "-1"], ["--gpu-gib: must be above 0"]),
     (["plan", "--model", "nope"], ["unknown model preset 'nope'"]),
     (["run", "smoke", "--jobs", "0"], ["--jobs: must be at least 1"]),
+    (["run", "smoke", "--executor", "pbs"], ["--executor: invalid choice: 'pbs'"]),
+    (["run", "smoke", "--executor", "local", "--jobs", "2", "--allow-dirty"], ["--force, --jobs and --keep-going do not apply"]),
     (["run", "nope"], ["no profile 'nope'"]),
     (["run", "smoke", "--only", "week99-*", "--allow-dirty"], ["no run of profile 'smoke' matches"]),
     (["status", "nope"], ["no profile 'nope'"]),
