@@ -3,7 +3,8 @@ recipe on identical work (the same model files, tokenized examples, batches, LoR
 repeated, with the per-step losses of both (which must agree, or the work was not identical) and the machine's load.
 
 The reference is written plainly, as the QLoRA paper's code does it: transformers' `Trainer`, peft's
-`prepare_model_for_kbit_training` and `LoraConfig`, bitsandbytes NF4 with double quantization, paged AdamW 32-bit,
+`prepare_model_for_kbit_training` and `LoraConfig`, bitsandbytes NF4 with double quantization, paged AdamW 32-bit
+(on CPU, where nothing pages, the same AdamW update as the project's: `training.runtime_optimizer`),
 padding to the longest sequence of each batch, `group_by_length`; its scorer runs every prompt with each candidate
 through the whole model in dataset order."""
 
@@ -25,7 +26,7 @@ from .errors import QLoraError
 from .metrics import sst2_accuracy
 from .models import get_preset, load_model, materialize, quantization_config
 from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids, tokenize_for_training
-from .training import TrainSettings, train
+from .training import TrainSettings, runtime_optimizer, train
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ def reference_training(settings: BenchSettings, checkpointing: bool, output_dir:
     args = TrainingArguments(output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
                              learning_rate=settings.learning_rate, num_train_epochs=1, max_steps=settings.max_steps,
                              lr_scheduler_type="constant_with_warmup", warmup_steps=train_settings.warmup_ratio,
-                             max_grad_norm=0.3, optim="paged_adamw_32bit", bf16=True, logging_steps=1,
+                             max_grad_norm=0.3, optim=runtime_optimizer("paged_adamw_32bit"), bf16=True,
+                             logging_steps=1,
                              save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
                              use_cpu=not torch.cuda.is_available(), remove_unused_columns=False,
                              train_sampling_strategy="group_by_length", disable_tqdm=True)

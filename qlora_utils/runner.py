@@ -214,10 +214,7 @@ def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None =
         first = (attempt.get("error") or "killed before it could record why").strip().splitlines()[0]
         return f"{first} (attempt: {staging_dir(run_dir) if staging_dir(run_dir).is_dir() else run_dir})"
     if state == "running":
-        holder = RunLock(run_dir).holder()
-        if holder is None:  # a runner from before run locks: its status names its process
-            legacy = read_json(run_dir / "status.json") or {}
-            return f"its runner, pid {legacy.get('pid')}, is alive (started {legacy.get('started')})"
+        holder = RunLock(run_dir).holder() or {}
         return f"held by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
     if state == "stale":
         current = run_state(run_dir, entry.config_hash) == "done"

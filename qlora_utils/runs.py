@@ -104,8 +104,6 @@ def run_state(run_dir: Path, expected_hash: str | None = None) -> str:
         if expected_hash is not None and status.get("config_hash") != expected_hash:
             return "stale"
         return "done"
-    if state == "running" and _alive(status.get("pid")):
-        return "running"  # a runner from before run locks existed
     return state if state in ("failed", "interrupted") else "partial"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import jupytext
@@ -17,7 +18,7 @@ from qlora_utils.runner import (
     run_profile,
     validate_profile,
 )
-from qlora_utils.runs import config_hash, mark_finished, mark_started, run_state
+from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
 
@@ -26,7 +27,7 @@ def test_there_is_one_notebook_per_week() -> None:
     assert [p.name.split("_")[0] for p in NOTEBOOKS] == [f"week{i}" for i in range(1, 9)]
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu", "gpu-24gb"])
+@pytest.mark.parametrize("name", ["smoke", "quick", "cpu", "gpu-24gb"])
 def test_every_profile_validates_against_the_notebooks(name: str) -> None:
     assert name in available_profiles()
     validate_profile(load_profile(name))
@@ -101,9 +102,12 @@ def test_run_states(tmp_path: Path) -> None:
     status = mark_started(run_dir, "notebooks/week7_analysis.md", {"a": 1}, "ptest")
     assert json.loads((run_dir / "config.json").read_text())["config_hash"] == digest
     assert (run_dir / "env.json").is_file()
-    assert run_state(run_dir, digest) == "running"  # this process wrote it and is alive
-    (run_dir / "status.json").write_text(json.dumps({**status, "pid": 2 ** 22 + 12345}))
+    lock = RunLock(run_dir).path
+    lock.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "now"}))  # a live process holds it
+    assert run_state(run_dir, digest) == "running"
+    lock.write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname(), "since": "then"}))
     assert run_state(run_dir, digest) == "partial"  # started, never finished, its runner gone (killed)
+    lock.unlink()
     mark_finished(run_dir, status, 0.0)
     assert run_state(run_dir, digest) == "corrupt", "done without its executed notebook is not done"
     (run_dir / "notebook.ipynb").write_text("{}")
@@ -143,7 +147,8 @@ def test_a_run_that_another_live_runner_holds_is_skipped(tmp_path: Path) -> None
     profile = load_profile(path)
     entry = profile.entries[0]
     run_dir = profile.runs_dir(tmp_path / "runs") / "busy"
-    mark_started(run_dir, entry.notebook, entry.parameters, profile.name)  # this (live) process holds it
+    mark_started(run_dir, entry.notebook, entry.parameters, profile.name)
+    RunLock(run_dir).path.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "now"}))  # live
     results = run_profile(profile, root=tmp_path / "runs", allow_dirty=True)
     assert results == {"busy": "skipped (running in another process)"}
     assert not (run_dir / "notebook.ipynb").exists()

@@ -12,7 +12,7 @@ from qlora_utils.data import load_task
 from qlora_utils.errors import QLoraError
 from qlora_utils.models import load_model
 from qlora_utils.prompts import tokenize_for_training
-from qlora_utils.training import TrainSettings, effective_optimizer, train
+from qlora_utils.training import TrainSettings, effective_optimizer, runtime_optimizer, train
 
 
 def _batch_loss(model, tokenizer, examples) -> float:
@@ -64,11 +64,29 @@ def test_full_fine_tuning_also_learns_with_cosine_decay_and_no_checkpointing(tmp
     assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 0.1 * rates[peak], "cosine decays"
 
 
-def test_paged_optimizer_fallback_is_reported() -> None:
+def test_paged_optimizer_on_cpu_is_the_same_adamw_from_torch() -> None:
     if torch.cuda.is_available():
         assert effective_optimizer("paged_adamw_32bit") == "paged_adamw_32bit"
-    else:
-        assert "falls back to non-paged adamw_32bit" in effective_optimizer("paged_adamw_32bit")
+        return
+    assert runtime_optimizer("paged_adamw_32bit") == "adamw_torch_fused"
+    assert "no paging" in effective_optimizer("paged_adamw_32bit")
+    assert runtime_optimizer("paged_adamw_8bit") == "paged_adamw_8bit", "torch has no 8-bit AdamW"
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    start = torch.randn(64, 32)
+    grads = [torch.randn(64, 32) for _ in range(3)]
+    weights = []
+    for make in (lambda p: bnb.optim.PagedAdamW32bit(p, lr=1e-2, weight_decay=0.01),
+                 lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.01, fused=True)):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = make([param])
+        for grad in grads:
+            param.grad = grad.clone()
+            optimizer.step()
+        weights.append(param.detach())
+    assert not torch.equal(weights[0], start)
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)  # the same update, up to rounding
 
 
 def test_bad_train_settings_are_refused() -> None:
