@@ -18,6 +18,7 @@ import sys
 
 from .adapters import PLACEMENTS, LoraSettings
 from .bench import VARIANTS
+from .cluster import EXECUTORS
 from .errors import QLoraError
 from .experiments import TASKS, Experiment, run_experiment
 from .book import build_book
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
-    run.add_argument("--executor", choices=("local", "slurm"), default=None,
+    run.add_argument("--executor", choices=EXECUTORS, default=None,
                      help="submit one job per run through submitit (slurm: sbatch with dependencies; local: local "
                           "processes) instead of running them here")
     run.add_argument("--partition", default=None, help="with --executor slurm: the partition to submit to")

@@ -16,9 +16,9 @@ from typing import Any
 
 from .errors import QLoraError
 from .io import atomic_write_json
-from .runner import (Entry, Profile, RunFailed, _last_error, _needed, _runner_command, _skip_reason, check_committed,
-                     check_inputs, notebook_parameters, pattern_match, validate_profile)
-from .runs import read_json, run_state
+from .runner import (Entry, Profile, RunFailed, _needed, _runner_command, _skip_reason, check_committed,
+                     check_inputs, notebook_parameters, pattern_match, thread_environment, validate_profile)
+from .runs import RUNS_ENV, read_json, run_state
 
 EXECUTORS = ("local", "slurm")
 JOBS_FILE = ".jobs.json"  # in the profile's runs folder: run name -> the job that runs it and its logs
@@ -121,7 +121,7 @@ class RunJob:
         profile = load_profile(self.profile_path)
         entry = next(e for e in profile.entries if e.name == self.name)
         threads = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or "1"
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "QLORA_RUNS_DIR": self.runs_root}
+        env = {**thread_environment(int(threads)), RUNS_ENV: self.runs_root}
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"[qlora_utils] job for run {self.name}: start {int(restarts) + 1}, {threads} thread(s)", flush=True)
         done = subprocess.run(_runner_command(profile, entry, False, self.allow_dirty), env=env)
@@ -137,24 +137,20 @@ class RunJob:
         return DelayedSubmission(self)
 
 
-def _executor(kind: str, folder: Path, settings: JobSettings) -> Any:
+def _executor(kind: str, folder: Path) -> Any:
+    from shutil import which
+
     import submitit
 
     if kind not in EXECUTORS:
         raise QLoraError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
     if kind == "slurm":
-        missing = [tool for tool in ("sbatch", "squeue") if not _which(tool)]
+        missing = [tool for tool in ("sbatch", "squeue") if not which(tool)]
         if missing:
             raise QLoraError(f"--executor slurm needs SLURM's {' and '.join(missing)} on PATH; run on a login node of "
                              "the cluster (or `make cluster-test` for a local one-node cluster)")
         return submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=3)
     return submitit.LocalExecutor(folder=folder / "%j")
-
-
-def _which(tool: str) -> bool:
-    from shutil import which
-
-    return which(tool) is not None
 
 
 def _slurm_parameters(parameters: dict[str, Any], after: list[str]) -> dict[str, Any]:
@@ -194,7 +190,7 @@ def submit_profile(profile: Profile, executor: str, settings: JobSettings, root:
             continue
         after = [jobs[n.name].job_id for n in _needed(profile, entry) if n.name in jobs]
         parameters = job_parameters(entry, settings)
-        job_executor = _executor(executor, folder, settings)
+        job_executor = _executor(executor, folder)
         if executor == "slurm":
             job_executor.update_parameters(**_slurm_parameters(parameters, after))
         else:
@@ -258,11 +254,3 @@ def describe(record: dict[str, Any]) -> str:
     """One job, for `status`: its id and where its log is."""
     return f"job {record['job']} ({record['executor']}), log {record['stdout']}"
 
-
-def resources_table(profile: Profile, settings: JobSettings) -> list[dict[str, Any]]:
-    """What each entry would ask for, without submitting (for `submit --dry-run` and the README)."""
-    return [{"run": e.name, **job_parameters(e, settings)} for e in profile.entries]
-
-
-__all__ = ["EXECUTORS", "JobSettings", "RunJob", "describe", "job_parameters", "job_records", "planned_memory_gib",
-           "queued", "resources_table", "submit_profile"]

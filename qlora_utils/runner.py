@@ -517,8 +517,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                     break
                 if entry.exclusive and running:
                     break  # it waits for the machine to empty; later entries wait behind it, keeping the order
-                threads = cores if entry.exclusive else max(1, cores // jobs)
-                env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+                env = thread_environment(cores if entry.exclusive else max(1, cores // jobs))
                 if root is not None:
                     env[RUNS_ENV] = str(root)
                 runs_dir.mkdir(parents=True, exist_ok=True)
@@ -541,6 +540,11 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
     if failed and not keep_going:
         bad = [n for n, r in results.items() if r.startswith("failed")]
         raise QLoraError(f"run(s) {bad} failed; see their logs in {runs_dir}")
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """This process's environment with the torch/OpenMP/MKL thread count of a child runner set to `threads`."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def _last_error(log: Path) -> str:
