@@ -235,6 +235,13 @@ def quant_storage() -> torch.dtype:
     return torch.bfloat16 if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") else torch.uint8
 
 
+def attention_implementation() -> str:
+    """Eager attention on a CPU, SDPA on CUDA. Measured on this project's CPU (2 threads, the same work alternated):
+    QLoRA training of Qwen2.5-Coder-0.5B 12 % faster with eager (30.1-30.7 s vs 34.0 s for 6 steps), SmolLM2-135M's
+    reference recipe 15 % (40.2 vs 47.2 s); for these short sequences SDPA's CPU kernel costs more than it saves."""
+    return "sdpa" if torch.cuda.is_available() else "eager"
+
+
 def check_mode(mode: str) -> str:
     """Validate a load mode name."""
     if mode not in MODES:
@@ -257,6 +264,7 @@ class LoadedModel:
         """Provenance for a run record."""
         return {"preset": self.preset.name, "label": self.preset.label, "kind": self.preset.kind,
                 "pretrained": self.preset.pretrained, "mode": self.mode, "source": self.source,
+                "attention": getattr(self.model.config, "_attn_implementation", None),
                 "load_seconds": round(self.load_seconds, 2)}
 
 
@@ -274,7 +282,8 @@ def load_model(preset: str | ModelPreset, mode: str = "nf4", *, cache: str | os.
         record = json.loads((Path(location) / "qlora_materialized.json").read_text())
         source = f"{record['from']} ({record['note']})"
     kwargs: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False,
-                              "dtype": torch.float32 if mode == "full" else torch.bfloat16}
+                              "dtype": torch.float32 if mode == "full" else torch.bfloat16,
+                              "attn_implementation": attention_implementation()}
     if (qc := quantization_config(mode)) is not None:
         kwargs["quantization_config"] = qc
     if torch.cuda.is_available():  # each process of a multi-GPU launch on its own GPU
