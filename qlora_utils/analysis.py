@@ -44,6 +44,7 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         "zero-shot": (100 * zero["accuracy"] if sst2 else zero.get("f1")) if zero else None,
         "trainable %": record.get("parameters", {}).get("percent"),
         "trainable": record.get("parameters", {}).get("trainable"),
+        "parameters": record.get("parameters", {}).get("total"),
         "peak MiB": headline_peak_mib(training.get("memory", {})),
         "tokens/s": training.get("tokens_per_second"), "train s": training.get("seconds"),
     }
@@ -88,6 +89,15 @@ def mode_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     agg["mode name"] = agg["mode"].map(MODE_NAMES)
     return agg
+
+
+def models_by_size(frame: pd.DataFrame) -> list[str]:
+    """The models of a frame, largest first: the book leads with the largest pretrained model that ran the
+    experiment and shows the others beside it as further families."""
+    if frame.empty:
+        return []
+    sizes = frame.groupby("model")["parameters"].max().fillna(0)
+    return sorted(sizes.index, key=lambda model: (-sizes[model], model))
 
 
 def by_mode(frame: pd.DataFrame) -> pd.DataFrame:

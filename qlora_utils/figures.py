@@ -54,15 +54,22 @@ def throughput(frame: pd.DataFrame, label: str = "system") -> alt.TopLevelMixin:
 
 
 def accuracy_by_mode(frame: pd.DataFrame) -> alt.TopLevelMixin:
-    """SST-2 accuracy per run by fine-tuning mode, with the zero-shot base model as a dashed rule."""
+    """SST-2 accuracy per run by fine-tuning mode, with the zero-shot base model as a dashed rule; one row of panels
+    per model when there are several (largest first)."""
+    from .analysis import models_by_size
+
     data = frame.assign(system=frame["mode"].map(MODE_NAMES))
-    points = alt.Chart(data).mark_point(filled=True, size=80).encode(
+    points = alt.Chart().mark_point(filled=True, size=80).encode(
         x=alt.X("quality:Q", title="SST-2 dev accuracy (%)", scale=alt.Scale(zero=False)),
         y=alt.Y("system:N", title=None, sort=MODE_ORDER), color=alt.Color("system:N", legend=None, sort=MODE_ORDER),
-        tooltip=["run", "seed", alt.Tooltip("quality:Q", format=".1f")])
-    zero = alt.Chart(data.dropna(subset=["zero-shot"])).mark_rule(strokeDash=[4, 4], color="gray").encode(
-        x="mean(zero-shot):Q")
-    return (zero + points).properties(width=420, height=130)
+        tooltip=[*(["model"] if "model" in data else []), "run", "seed", alt.Tooltip("quality:Q", format=".1f")])
+    zero = alt.Chart().transform_filter("isValid(datum['zero-shot'])").mark_rule(
+        strokeDash=[4, 4], color="gray").encode(x="mean(zero-shot):Q")
+    models = models_by_size(data) if "parameters" in data else []
+    if len(models) > 1:
+        return alt.layer(zero, points, data=data).properties(width=420, height=110).facet(
+            row=alt.Row("model:N", title=None, sort=models)).resolve_scale(x="independent")
+    return alt.layer(zero, points, data=data).properties(width=420, height=130)
 
 
 def gpu_fit(verdicts: pd.DataFrame, gpu_gib: float = 24.0) -> alt.TopLevelMixin:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from chapter_fixtures import sst2_run
 from qlora_utils.chapters import NA, week1, week3, week4
 from qlora_utils.runs import Run
 
@@ -155,13 +156,29 @@ def test_week3_throughput_is_compared_only_within_a_thread_count(scaling_runs: l
     page.figures["speed"].to_dict()  # a valid faceted spec
 
 
-def test_week3_accuracy_table_and_note(scaling_runs: list[Run]) -> None:
-    page = week3.page(scaling_runs)
-    accuracy = page.tables["accuracy"]
-    assert accuracy.loc[0, "accuracy (%)"] == pytest.approx(90.0)
-    assert accuracy.loc[0, "zero-shot accuracy (%)"] == pytest.approx(60.0)
-    assert pd.isna(accuracy.loc[0, "selection accuracy (%)"]) and accuracy.loc[0, "peak memory (MiB)"] == 9000.0
-    assert page.text["accuracy_note"].startswith("Accuracy scaling ran")
+def test_week3_accuracy_scaling_pairs_the_larger_size_with_week2_runs_of_the_same_setting(tmp_path: Path) -> None:
+    small = dict(label="S-0.5B", total=500_000, examples=500)
+    large = dict(label="L-1.5B", total=1_500_000, examples=500, notebook="week3_scaling", preset="tiny-qwen2")
+    runs = []
+    for seed in range(5):  # the smaller size's week 2 headline: five seeds per mode, of which the larger ran three
+        runs += [sst2_run(tmp_path, f"s-nf4-{seed}", "nf4", seed, 0.80 + seed / 100, **small),
+                 sst2_run(tmp_path, f"s-bf16-{seed}", "bf16", seed, 0.81, **small),
+                 sst2_run(tmp_path, f"s-full-{seed}", "full", seed, 0.85, **small)]
+    runs.append(sst2_run(tmp_path, "s-sweep", "nf4", 0, 0.99, group="sweep", lr=3e-3, **small))  # not a partner
+    for seed, gain in zip(range(3), (0.02, 0.03, 0.04)):
+        runs += [sst2_run(tmp_path, f"l-nf4-{seed}", "nf4", seed, 0.80 + seed / 100 + gain, **large),
+                 sst2_run(tmp_path, f"l-bf16-{seed}", "bf16", seed, 0.83, **large)]
+    page = week3.page(runs)
+    table = page.tables["accuracy"]
+    assert list(table["model"]) == ["L-1.5B", "L-1.5B", "S-0.5B", "S-0.5B"]  # larger first; no full of S: no pair
+    assert list(table["seeds"]) == [3, 3, 3, 3]  # the smaller size's seeds 3 and 4 have no partner
+    assert table.iloc[0]["dev accuracy (%)"] == pytest.approx(84.0)  # mean of 82, 84, 86
+    assert page.text["scale_large"] == "L-1.5B" and page.text["scale_small"] == "S-0.5B"
+    assert page.text["scale_nf4_gain"] == "+3.0" and page.text["scale_nf4_seeds"] == "3"
+    assert page.text["scale_nf4_ci"] == "+0.5 to +5.5"  # t(0.975, 2) = 4.303 x 1.0 / sqrt(3) = 2.48
+    assert page.text["scale_bf16_gain"] == "+2.0"
+    assert page.text["scale_full_note"].startswith("Full fine-tuning of L-1.5B did not run: the memory planner")
+    assert page.text["accuracy_note"] == ""
 
 
 def test_week3_helpers_and_empty_profile() -> None:

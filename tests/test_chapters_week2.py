@@ -51,3 +51,27 @@ def test_no_runs_reads_not_available(tmp_path: Path) -> None:
     page = week2.page([])
     assert page.text["nf4_mean"] == "n/a" and page.text["full_verdict"] == "n/a"
     assert page.tables["summary"].empty
+
+
+def test_two_models_the_larger_leads_and_each_has_its_own_verdicts(tmp_path: Path) -> None:
+    runs = _runs(tmp_path)  # M-135M, total 200,000 parameters
+    big = dict(label="Q-0.5B", total=600_000, examples=500, lr=3e-4)
+    for seed in range(5):
+        runs += [sst2_run(tmp_path, f"q-full-{seed}", "full", seed, 0.90, zero_shot=0.8, lr=1e-5,
+                          **{k: v for k, v in big.items() if k != "lr"}),
+                 sst2_run(tmp_path, f"q-qlora-{seed}", "nf4", seed, 0.899 - seed / 1000, zero_shot=0.79, **big),
+                 sst2_run(tmp_path, f"q-lora16-{seed}", "bf16", seed, 0.90, **big)]
+    runs.append(sst2_run(tmp_path, "q-sweep-lr1e-4", "nf4", 0, 0.95, group="sweep", selection=0.70,
+                         **{**big, "lr": 1e-4}))
+    runs.append(sst2_run(tmp_path, "q-sweep-lr3e-4", "nf4", 0, 0.85, group="sweep", selection=0.80, **big))
+    page = week2.page(runs)
+    assert page.text["model"] == "Q-0.5B" and page.text["second_model"] == "M-135M"
+    assert page.text["nf4_mean"] == "89.7" and page.text["second_nf4_mean"] == "84.4"
+    assert page.text["full_verdict"] == "supported" and page.text["second_full_verdict"] == "inconclusive"
+    assert page.text["lr"] == "0.0003" and page.text["full_lr"] == "1e-05" and page.text["second_lr"] == "0.001"
+    assert page.text["selected_lr"] == "0.0003", "chosen on the selection split (80 % > 70 %), not the dev set"
+    summary = page.tables["summary"]
+    assert list(summary["model"]) == ["Q-0.5B"] * 3 + ["M-135M"] * 3
+    assert set(page.tables["verdicts"]["model"]) == {"Q-0.5B", "M-135M"}
+    assert page.text["sweep_model"] == "M-135M", "the schedule sweep is the second family's"
+    assert set(page.tables["sweep"]["model"]) == {"Q-0.5B", "M-135M"}

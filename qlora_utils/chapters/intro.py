@@ -24,7 +24,9 @@ def page(runs: list[Run], profile: str) -> Page:
     out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
     baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
-                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples"):
+                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples",
+                "model", "second_model", "second_nf4_mean", "second_bf16_mean", "second_full_mean",
+                "second_nf4_zero_shot", "second_full_verdict", "second_lora_verdict"):
         out.text[key] = baseline.text[key]
     for key in ("full", "full_sentence", "lora", "trainable", "gpu", "gpu_sentence"):
         out.text[f"verdict_{key}"] = report.text[key]

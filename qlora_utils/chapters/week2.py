@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import figures, protocol
-from ..analysis import MODE_NAMES, by_mode, experiments_frame
+from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
 from . import Page
@@ -18,13 +18,13 @@ SUMMARY_COLUMNS = {"system": "system", "seeds": "seeds", "mean": "dev accuracy (
                    "zero_shot": "zero-shot (%)", "trainable": "trainable parameters",
                    "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
                    "train_s": "training time (s)"}
-SWEEP_COLUMNS = {"run": "run", "seed": "seed", "learning rate": "learning rate", "train examples": "training sentences",
+SWEEP_COLUMNS = {"model": "model", "run": "run", "mode": "mode", "seed": "seed", "learning rate": "learning rate", "train examples": "training sentences",
                  "schedule": "schedule", "quality": "dev accuracy (%)", "selection": "selection-split accuracy (%)",
                  "predicted positive %": "predicted positive (%)", "train s": "training time (s)"}
-VERDICT_COLUMNS = {"expectation": "expectation", "seeds": "paired seeds", "effect": "gap (points)",
+VERDICT_COLUMNS = {"model": "model", "expectation": "expectation", "seeds": "paired seeds", "effect": "gap (points)",
                    "low": "95 % CI low", "high": "95 % CI high", "interval width": "CI width (points)",
                    "margin": "margin (points)", "verdict": "verdict", "seeds to settle": "seeds to settle"}
-RUN_COLUMNS = {"run": "run", "mode": "mode", "seed": "seed", "quality": "dev accuracy (%)",
+RUN_COLUMNS = {"run": "run", "model": "model", "mode": "mode", "seed": "seed", "quality": "dev accuracy (%)",
                "selection": "selection-split accuracy (%)", "zero-shot": "zero-shot (%)",
                "predicted positive %": "predicted positive (%)", "trainable %": "trainable (%)",
                "peak MiB": "peak memory (MiB)", "tokens/s": "tokens/s", "threads": "threads", "train s": "training time (s)",
@@ -43,83 +43,131 @@ def _short_commit(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(commit=frame["commit"].fillna("—").str[:10]) if "commit" in frame else frame
 
 
+def study_models(runs: list[Run]) -> list[str]:
+    """The models of the week 2 headline, largest first: the first leads the book, the second is the second family."""
+    return models_by_size(headline_frame(experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])))
+
+
+FAMILIES = ("", "second_")  # text values of the lead model (largest first), then of the second family
+
+
 def page(runs: list[Run]) -> Page:
-    """Everything the week 2 page shows, from every finished run of the profile (week 1's dev-set statistics too)."""
+    """Everything the week 2 page shows, from every finished run of the profile (week 1's dev-set statistics too):
+    tables over every model, the prose's values for the lead model (the largest) and for a second family."""
     out = Page("week2")
     week2 = [r for r in runs if Path(r.notebook).stem == NOTEBOOK]
     frame = experiments_frame(week2)
     main = headline_frame(frame)
-    modes = by_mode(main)
-    out.tables["summary"] = modes.drop(columns=["mode"]).rename(columns=SUMMARY_COLUMNS) if len(modes) else modes
-    stats = modes.set_index("mode") if len(modes) else pd.DataFrame()
-    for mode in ("nf4", "bf16", "full"):
-        for column, fmt in (("mean", "{:.1f}"), ("std", "{:.1f}"), ("zero_shot", "{:.1f}"), ("seeds", "{:.0f}"),
-                            ("trainable_pct", "{:.2f}"), ("peak_mib", "{:,.0f}"), ("tokens_per_s", "{:.0f}")):
-            ok = mode in stats.index and pd.notna(stats.loc[mode, column])
-            out.value(f"{mode}_{column}", stats.loc[mode, column] if ok else None, fmt)
-
+    models = models_by_size(main)
+    summaries = [by_mode(main[main["model"] == model]).assign(model=model) for model in models]
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    out.tables["summary"] = summary[["model", *[c for c in summary if c not in ("model", "mode")]]].rename(
+        columns={"model": "model", **SUMMARY_COLUMNS}) if len(summary) else summary
     verdicts = protocol.verdict_table(main) if len(main) else pd.DataFrame()
     quality = verdicts[verdicts["expectation"].isin([r.expectation for r in protocol.RULES])] if len(verdicts) \
         else verdicts
     out.tables["verdicts"] = quality[[c for c in VERDICT_COLUMNS if c in quality]].rename(
         columns=VERDICT_COLUMNS) if len(quality) else quality
-    for key, words in (("full", "QLoRA within 3 %"), ("lora", "QLoRA within 1.5")):
-        row = protocol.verdict_for(verdicts, words) if len(verdicts) else None
-        out.value(f"{key}_sentence", protocol.sentence(row) if row else None, "{}")
-        out.value(f"{key}_verdict", row["verdict"] if row else None, "{}")
-        out.value(f"{key}_margin", row.get("margin") if row else None, "{:.1f}")
+    for i, prefix in enumerate(FAMILIES):
+        model = models[i] if i < len(models) else None
+        out.value(f"{prefix}model", model, "{}")
+        _family_values(out, prefix, summary[summary["model"] == model] if model else pd.DataFrame(),
+                       verdicts, model)
     out.value("min_seeds", protocol.MIN_SEEDS, "{:d}")
 
     out.figures["accuracy"] = figures.accuracy_by_mode(main) if len(main) else \
         placeholder_chart("no SST-2 runs in this profile")
+    lead = main[main["model"] == models[0]] if models else main
     curves = pd.concat([history_frame(r.history(), run=r.name, system=MODE_NAMES[r.metrics["model"]["mode"]])
-                        for r in week2 if r.name in set(main["run"])]) if len(main) else pd.DataFrame()
+                        for r in week2 if r.name in set(lead["run"])]) if len(lead) else pd.DataFrame()
     out.figures["loss"] = figures.training_loss(curves) if len(curves) else \
         placeholder_chart("no SST-2 runs in this profile")
 
-    _dev_and_setting(out, runs, main)
-    _sweep(out, frame, main)
+    _dev_and_setting(out, runs, main, models)
+    _sweep(out, frame, main, models)
     runs_table = frame[[c for c in RUN_COLUMNS if c in frame]] if len(frame) else frame
     out.tables["runs"] = _short_commit(runs_table).rename(columns=RUN_COLUMNS) if len(frame) else frame
     return out
 
 
-def _dev_and_setting(out: Page, runs: list[Run], main: pd.DataFrame) -> None:
-    """The dev set's positive share (from week 1) and the headline's training setting."""
+def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.DataFrame, model: str | None) -> None:
+    """One model's per-mode numbers and verdicts for the prose, under `prefix`."""
+    stats = summary.set_index("mode") if len(summary) else pd.DataFrame()
+    for mode in ("nf4", "bf16", "full"):
+        for column, fmt in (("mean", "{:.1f}"), ("std", "{:.1f}"), ("zero_shot", "{:.1f}"), ("seeds", "{:.0f}"),
+                            ("trainable_pct", "{:.2f}"), ("peak_mib", "{:,.0f}"), ("tokens_per_s", "{:.0f}")):
+            ok = mode in stats.index and pd.notna(stats.loc[mode, column])
+            out.value(f"{prefix}{mode}_{column}", stats.loc[mode, column] if ok else None, fmt)
+    for key, words in (("full", "QLoRA within 3 %"), ("lora", "QLoRA within 1.5")):
+        row = protocol.verdict_for(verdicts, words, model) if len(verdicts) and model else None
+        out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
+        out.value(f"{prefix}{key}_verdict", row["verdict"] if row else None, "{}")
+        out.value(f"{prefix}{key}_margin", row.get("margin") if row else None, "{:.1f}")
+
+
+def _dev_and_setting(out: Page, runs: list[Run], main: pd.DataFrame, models: list[str]) -> None:
+    """The dev set's positive share (from week 1) and each family's training setting."""
     setup = [r for r in runs if Path(r.notebook).stem == "week1_setup"]
     dev = [d for d in (setup[-1].metrics.get("datasets", []) if setup else [])
            if d["task"] == "sst2" and d["split"] == "validation"]
     out.value("dev_positive", 100 * dev[0]["positive share"] if dev else None, "{:.0f}")
-    qlora = main[main["mode"] == "nf4"] if len(main) else main
-    first = qlora.iloc[0] if len(qlora) else None
-    out.value("train_examples", first["train examples"] if first is not None else None, "{:,.0f}")
-    out.value("lr", first["learning rate"] if first is not None else None, "{:g}")
-    out.value("schedule", first["schedule"] if first is not None else None, "{}")
-    run = next((r for r in runs if first is not None and r.name == first["run"]), None)
-    out.value("steps", run.metrics["training"]["steps"] if run else None, "{:d}")
-    checkpointing = run.metrics["training"].get("gradient_checkpointing", True) if run else True
-    out.value("checkpointing", "with" if checkpointing else "without", "{}")
+    for i, prefix in enumerate(FAMILIES):
+        rows = main[main["model"] == models[i]] if i < len(models) else pd.DataFrame(columns=["mode"])
+        qlora, full = rows[rows["mode"] == "nf4"], rows[rows["mode"] == "full"]
+        first = qlora.iloc[0] if len(qlora) else None
+        out.value(f"{prefix}train_examples", first["train examples"] if first is not None else None, "{:,.0f}")
+        out.value(f"{prefix}lr", first["learning rate"] if first is not None else None, "{:g}")
+        out.value(f"{prefix}full_lr", full["learning rate"].iloc[0] if len(full) else None, "{:g}")
+        run = next((r for r in runs if first is not None and r.name == first["run"]), None)
+        out.value(f"{prefix}steps", run.metrics["training"]["steps"] if run else None, "{:d}")
+        if not prefix:
+            out.value("schedule", first["schedule"] if first is not None else None, "{}")
+            checkpointing = run.metrics["training"].get("gradient_checkpointing", True) if run else True
+            out.value("checkpointing", "with" if checkpointing else "without", "{}")
 
 
-def _sweep(out: Page, frame: pd.DataFrame, main: pd.DataFrame) -> None:
-    """The sweep (profile group "sweep") beside the headline QLoRA seed 0, and what it says about the schedule and
-    about more data."""
-    sweep = frame[(frame["group"] == "sweep") | frame["run"].isin(main.loc[(main["mode"] == "nf4")
-                                                                           & (main["seed"] == 0), "run"])] \
-        if len(frame) else frame
-    sweep = sweep.sort_values(["train examples", "learning rate", "schedule", "seed"]) if len(sweep) else sweep
+def selected_rate(sweep: pd.DataFrame, mode: str) -> float | None:
+    """The learning rate with the best selection-split accuracy among one model's seed-0 runs of a mode at its
+    headline amount of data (the rule that chose the headline's rate; never the dev set)."""
+    rows = sweep[(sweep["mode"] == mode) & sweep["selection"].notna()]
+    return None if rows.empty else float(rows.sort_values("selection", ascending=False)["learning rate"].iloc[0])
+
+
+def _sweep(out: Page, frame: pd.DataFrame, main: pd.DataFrame, models: list[str]) -> None:
+    """The sweeps (profile group "sweep") beside each model's headline seed-0 runs; the learning rates the selection
+    split picks; what the schedule and more data did (for the first model, by size, that swept them)."""
+    if frame.empty:
+        frame = main = pd.DataFrame(columns=["run", "model", "mode", "group", "seed", "train examples", "learning rate",
+                                             "schedule", "selection", "quality", "predicted positive %"])
+    swept = frame[frame["group"] == "sweep"]
+    pairs = set(zip(swept["model"], swept["mode"])) | {(m, "nf4") for m in models}  # what each model swept
+    seed0 = [r["run"] for _, r in main.iterrows() if r["seed"] == 0 and (r["model"], r["mode"]) in pairs]
+    sweep = frame[(frame["group"] == "sweep") | frame["run"].isin(seed0)] if len(frame) else frame
+    sweep = sweep.sort_values(["model", "mode", "train examples", "learning rate", "schedule", "seed"],
+                              key=lambda c: c.map({m: i for i, m in enumerate(models)}) if c.name == "model" else c) \
+        if len(sweep) else sweep
     out.tables["sweep"] = sweep[[c for c in SWEEP_COLUMNS if c in sweep]].rename(columns=SWEEP_COLUMNS) \
         if len(sweep) else sweep
-    qlora = main[main["mode"] == "nf4"] if len(main) else main
+    for i, prefix in enumerate(FAMILIES):
+        mine = sweep[sweep["model"] == models[i]] if i < len(models) else sweep.iloc[:0]
+        setting = main[(main["model"] == models[i]) & (main["mode"] == "nf4")] if i < len(models) else main.iloc[:0]
+        same_data = mine[mine["train examples"] == setting["train examples"].iloc[0]] if len(setting) else mine
+        for mode, key in (("nf4", "selected_lr"), ("full", "selected_full_lr")):
+            out.value(f"{prefix}{key}", selected_rate(same_data, mode) if len(same_data) else None, "{:g}")
+    schedules = [m for m in models if sweep[(sweep["model"] == m) & (sweep["mode"] == "nf4")]["schedule"].nunique() > 1]
+    model = schedules[0] if schedules else None
+    out.value("sweep_model", model, "{}")
+    mine = sweep[(sweep["model"] == model) & (sweep["mode"] == "nf4")] if model else sweep.iloc[:0]
+    qlora = main[(main["model"] == model) & (main["mode"] == "nf4")] if model else main.iloc[:0]
     setting = qlora.iloc[0] if len(qlora) else None
-    same = sweep[(sweep["learning rate"] == setting["learning rate"]) & (sweep["seed"] == 0)
-                 & (sweep["train examples"] == setting["train examples"])] if setting is not None else sweep
+    same = mine[(mine["learning rate"] == setting["learning rate"]) & (mine["seed"] == 0)
+                & (mine["train examples"] == setting["train examples"])] if setting is not None else mine
     for schedule, key in (("constant_with_warmup", "constant"), ("cosine", "cosine")):
         row = same[same["schedule"] == schedule] if len(same) else same
         out.value(f"sweep_{key}", row["quality"].iloc[0] if len(row) else None)
         out.value(f"sweep_{key}_positive", row["predicted positive %"].iloc[0] if len(row) else None, "{:.0f}")
-    more = sweep[(sweep["learning rate"] == setting["learning rate"]) & (sweep["schedule"] == setting["schedule"])
-                 & (sweep["train examples"] > setting["train examples"])] if setting is not None else sweep
+    more = mine[(mine["learning rate"] == setting["learning rate"]) & (mine["schedule"] == setting["schedule"])
+                & (mine["train examples"] > setting["train examples"])] if setting is not None else mine
     more_n = more["train examples"].max() if len(more) else None
     more = more[more["train examples"] == more_n] if len(more) else more
     out.value("more_n", more_n, "{:,.0f}")

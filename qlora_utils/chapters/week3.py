@@ -4,6 +4,7 @@ thread count, and runs measured on a busy machine are flagged."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -135,20 +136,75 @@ def speed_pairs(ran: pd.DataFrame) -> str:
     return "; ".join(parts) or "no model ran both modes with the same thread count"
 
 
-def accuracy_table(runs: list[Run]) -> pd.DataFrame:
-    """SST-2 accuracy per pretrained size (accuracy runs), with human column names."""
-    names = {"model": "model", "mode": "mode", "placement": "adapters on", "rank": "rank r",
-             "train examples": "training sentences", "zero-shot": "zero-shot accuracy (%)",
-             "quality": "accuracy (%)", "selection": "selection accuracy (%)", "peak MiB": PEAK,
-             "tokens/s": SPEED, "threads": "torch threads"}
-    frame = experiments_frame([r for r in runs if r.metrics.get("experiment") == "sst2"])
-    if frame.empty:
-        return pd.DataFrame(columns=list(names.values()))
-    frame = frame.assign(mode=frame["mode"].map(MODE_NAMES))
-    for column in names:  # older records lack newer columns: shown as missing
-        if column not in frame:
-            frame[column] = None
-    return frame[list(names)].rename(columns=names)
+SCALING_COLUMNS = {"model": "model", "mode": "mode", "parameters": "parameters", "seeds": "seeds",
+                   "mean": "dev accuracy (%)", "std": "std over seeds (points)", "zero_shot": "zero-shot (%)",
+                   "trainable_pct": "trainable (%)", "peak_mib": PEAK, "tokens_per_s": SPEED}
+SETTING = ["train examples", "learning rate", "schedule"]
+FIT_SEQ_LEN = 128  # a long SST-2 row under a chat template (tokens), for the planner's full fine-tuning prediction
+
+
+def scaling_frame(runs: list[Run]) -> pd.DataFrame:
+    """The accuracy-scaling runs (week 3, `kind: accuracy`) and the week 2 headline runs of the other sizes at the
+    same setting (training sentences, learning rate, schedule), mode and seeds: one row per run."""
+    from .week2 import NOTEBOOK, headline_frame
+
+    scaling = experiments_frame([r for r in runs if Path(r.notebook).stem == "week3_scaling"
+                                 and r.metrics.get("experiment") == "sst2"])
+    if scaling.empty:
+        return scaling
+    headline = headline_frame(experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK]))
+    keys = ["mode", "seed", *SETTING]
+    partners = headline.merge(scaling[keys].drop_duplicates(), on=keys) if len(headline) else headline
+    return pd.concat([partners, scaling], ignore_index=True)
+
+
+def accuracy_scaling(result: Page, runs: list[Run]) -> None:
+    """Accuracy per pretrained size and mode (mean over seeds), the larger size's seed-paired gain over the smaller
+    per mode, and what the planner says of full fine-tuning for a size that did not run it."""
+    from ..analysis import models_by_size, seed_summary
+    from ..inventory import config_of
+    from ..planner import GiB, plan_memory
+    from ..protocol import interval
+
+    frame = scaling_frame(runs)
+    table = seed_summary(frame, ["model", "mode"]) if len(frame) else pd.DataFrame(columns=list(SCALING_COLUMNS))
+    models = models_by_size(frame)
+    if len(frame):
+        zero = frame.groupby(["model", "mode"])["zero-shot"].max().rename("zero_shot").reset_index()
+        size = frame.groupby("model")["parameters"].max().rename("parameters").reset_index()
+        table = table.merge(zero, on=["model", "mode"]).merge(size, on="model")
+        order = {m: i for i, m in enumerate(models)}
+        table = table.sort_values(["model", "mode"], key=lambda c: c.map(order) if c.name == "model"
+                                  else c.map({m: i for i, m in enumerate(MODE_NAMES)}))
+        table["mode"] = table["mode"].map(MODE_NAMES)
+    result.tables["accuracy"] = table[[c for c in SCALING_COLUMNS if c in table]].rename(columns=SCALING_COLUMNS)
+    large, small = (models[0], models[-1]) if len(models) > 1 else (None, None)
+    result.value("scale_large", large, "{}")
+    result.value("scale_small", small, "{}")
+    for mode in ("nf4", "bf16"):
+        pairs = frame[frame["mode"] == mode].pivot_table(index="seed", columns="model", values="quality") \
+            if large else pd.DataFrame()
+        pairs = pairs.dropna() if large and {large, small} <= set(pairs.columns) else pd.DataFrame()
+        mean, low, high = interval(list(pairs[large] - pairs[small])) if len(pairs) else (None, None, None)
+        result.value(f"scale_{mode}_seeds", len(pairs), "{:d}")
+        result.value(f"scale_{mode}_gain", mean, "{:+.1f}")
+        result.value(f"scale_{mode}_ci", f"{low:+.1f} to {high:+.1f}" if len(pairs) > 1 else None, "{}")
+    full_missing = [r for r in runs if Path(r.notebook).stem == "week3_scaling" and r.metrics.get("experiment") == "sst2"
+                    and r.metrics["model"]["label"] == large]
+    note = None
+    if large and not (frame[(frame["model"] == large) & (frame["mode"] == "full")]).shape[0] and full_missing:
+        run = full_missing[0]
+        training = run.metrics.get("training", {})
+        plan = plan_memory(config_of(run.metrics["model"]["preset"]), "full", None,
+                           int(training.get("settings", {}).get("batch_size", 16)), FIT_SEQ_LEN,
+                           bool(training.get("gradient_checkpointing", True)))
+        states = plan.unquantized_weights + plan.gradients + plan.optimizer_states
+        memory = run.env.get("hardware", {}).get("memory_gib")
+        note = (f"Full fine-tuning of {large} did not run: the memory planner predicts {plan.total / GiB:.1f} GiB "
+                f"at a batch of {FIT_SEQ_LEN} tokens per row (its fp32 weights, gradients and two AdamW moments "
+                f"alone are {states / GiB:.1f} GiB) against this machine's "
+                f"{f'{memory:.1f} GiB' if memory else 'memory'}, so it is recorded as not fitting.")
+    result.value("scale_full_note", note or "", "{}")
 
 
 def bench_values(result: Page, runs: list[Run]) -> None:
@@ -218,9 +274,9 @@ def page(runs: list[Run]) -> Page:
     result.figures["memory"] = chart_or_note(ran, figures.scaling_memory, "no efficiency runs in this profile")
     result.figures["speed"] = chart_or_note(speed, figures.scaling_throughput, "no efficiency runs in this profile")
     bench_values(result, runs)
-    accuracy = accuracy_table(runs)
-    result.tables["accuracy"] = accuracy
-    result.value("accuracy_note", "Accuracy scaling ran in this profile; see the table below." if len(accuracy) else
-                 "Accuracy scaling did not run in this profile: it needs two pretrained sizes, which exist only on "
-                 "the Hugging Face Hub (Qwen3-4B and Qwen3-8B in the gpu-24gb profile). Nothing is shown for it here.")
+    accuracy_scaling(result, runs)
+    result.value("accuracy_note", "" if len(result.tables["accuracy"]) else
+                 "Accuracy scaling did not run in this profile: it needs two pretrained sizes (offline, "
+                 "Qwen2.5-Coder-0.5B and -1.5B-Instruct; on a GPU, Qwen3-4B and Qwen3-8B in the gpu-24gb profile). "
+                 "Nothing is shown for it here.")
     return result

@@ -14,18 +14,20 @@ from ..runs import Run
 from . import Page
 from .week2 import headline_frame
 
-GRID_COLUMNS = {"placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
+GRID_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
                 "std": "std (points)", "selection": "selection-split accuracy (%)", "trainable": "trainable parameters",
                 "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s"}
 
 
 def grid_frame(runs: list[Run]) -> pd.DataFrame:
-    """The ablation's runs (QLoRA, outside any group) and week 2's QLoRA headline runs, one row per run."""
+    """The ablation's runs (QLoRA, outside any group) and week 2's QLoRA headline runs of the models the ablation
+    ran on, one row per run."""
     frame = experiments_frame([r for r in runs if Path(r.notebook).stem in ("week5_ablations", "week2_sst2_baseline")])
     if frame.empty:
         return frame
     ablation = frame[(frame["notebook"] == "week5_ablations") & frame["group"].isna() & (frame["mode"] == "nf4")]
-    return pd.concat([ablation, headline_frame(frame).query("mode == 'nf4'")])
+    headline = headline_frame(frame).query("mode == 'nf4'")
+    return pd.concat([ablation, headline[headline["model"].isin(ablation["model"])]])
 
 
 def page(runs: list[Run]) -> Page:

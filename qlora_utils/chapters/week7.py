@@ -44,6 +44,8 @@ def _ranks(out: Page, frame: pd.DataFrame) -> None:
     learning rates, data sizes, schedules or groups)."""
     sst2 = frame[(frame["experiment"] == "sst2") & (frame["mode"] == "nf4") & frame["group"].isna()] \
         if len(frame) else frame
+    ablated = frame.loc[frame["notebook"] == "week5_ablations", "model"] if len(frame) else []
+    sst2 = sst2[sst2["model"].isin(ablated)] if len(ablated) else sst2  # the models with a rank x placement grid
     sst2 = at_common_setting(sst2, ["train examples", "learning rate", "schedule"])
     keys = [k for k in protocol.CONFIG_KEYS if k in sst2]
     ranks = seed_summary(sst2, keys) if len(sst2) else sst2

@@ -10,6 +10,7 @@ from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
 from . import Page
+from .week2 import FAMILIES, study_models
 
 EVIDENCE = {
     "QLoRA within 3 %": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
@@ -55,11 +56,18 @@ def page(runs: list[Run]) -> Page:
     out = Page("week8")
     table = verdicts_frame(runs)
     out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
-    for key, words in (("full", "QLoRA within 3 %"), ("lora", "QLoRA within 1.5"), ("trainable", "under"),
-                       ("gpu", "an 8B")):
-        row = protocol.verdict_for(table, words)
-        out.value(key, row["verdict"] if row else None, "{}")
-        out.value(f"{key}_sentence", protocol.sentence(row) if row else None, "{}")
+    models = study_models(runs)
+    for i, prefix in enumerate(FAMILIES):
+        model = models[i] if i < len(models) else None
+        out.value(f"{prefix}model", model, "{}")
+        for key, words in (("full", "QLoRA within 3 %"), ("lora", "QLoRA within 1.5"), ("trainable", "under"),
+                           ("gpu", "an 8B")):
+            if key == "gpu" and prefix:
+                continue
+            row = protocol.verdict_for(table, words, None if key == "gpu" else model) if model or key == "gpu" \
+                else None
+            out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
+            out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
     for key, task, part in (("squad_train", "squad", "train"), ("alpaca_train", "alpaca", "train"),
                             ("alpaca_eval", "alpaca", "eval")):
         used = sorted({r.metrics["data"][part]["records_used"] for r in runs if r.metrics.get("experiment") == task
