@@ -23,15 +23,19 @@ def rank_tradeoff(summary: pd.DataFrame, metric: str = "SST-2 dev accuracy (%)")
 
 def quality_memory(comparison: pd.DataFrame, metric: str = "SST-2 dev accuracy (%)") -> alt.TopLevelMixin:
     """Quality of one task against peak training memory, by fine-tuning mode (one metric per chart: SST-2 accuracy
-    and SQuAD F1 never share an axis)."""
-    return alt.Chart(comparison).mark_point(filled=True, size=90).encode(
+    and SQuAD F1 never share an axis), one panel per model when there are several."""
+    chart = alt.Chart(comparison).mark_point(filled=True, size=90).encode(
         x=alt.X("peak_mib:Q", title="peak training memory above the pre-load process (MiB)"),
         y=alt.Y("quality:Q", title=metric, scale=alt.Scale(zero=False)),
         color=alt.Color("mode name:N", title="mode", sort=MODE_ORDER),
         shape=alt.Shape("placement:N", title="adapters on"),
         tooltip=["experiment", "model", "mode name", "placement", "rank", "seeds",
                  alt.Tooltip("quality:Q", format=".1f"), alt.Tooltip("peak_mib:Q", format=",.0f")],
-    ).properties(width=420, height=260)
+    )
+    if comparison["model"].nunique() > 1:  # one panel per model: sizes differ too much to share axes
+        return chart.properties(width=420, height=200).facet(row=alt.Row("model:N", title=None)).resolve_scale(
+            x="independent", y="independent")
+    return chart.properties(width=420, height=260)
 
 
 def loss_curves(curves: pd.DataFrame) -> alt.TopLevelMixin:

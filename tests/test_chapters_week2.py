@@ -75,3 +75,9 @@ def test_two_models_the_larger_leads_and_each_has_its_own_verdicts(tmp_path: Pat
     assert set(page.tables["verdicts"]["model"]) == {"Q-0.5B", "M-135M"}
     assert page.text["sweep_model"] == "M-135M", "the schedule sweep is the second family's"
     assert set(page.tables["sweep"]["model"]) == {"Q-0.5B", "M-135M"}
+    assert page.text["families"].startswith("The lead model is Q-0.5B, the largest pretrained model of this build; "
+                                            "M-135M runs the same comparison")
+    assert page.text["second_summary"].startswith("The second family, M-135M, scores")
+    one = week2.page(_runs(tmp_path))  # one model: no second-family prose at all, rather than "n/a" in sentences
+    assert one.text["families"] == "The model is M-135M." and one.text["second_summary"] == ""
+    assert one.text["second_verdicts"] == "" and one.text["second_setting"] == ""

@@ -59,6 +59,10 @@ CHARTS: dict[str, Callable[[], alt.TopLevelMixin]] = {
         "run": ["a0", "a1", "b0", "b1"], "seed": [0, 0, 0, 0], "mode": ["nf4", "full", "nf4", "full"],
         "model": ["A-0.5B", "A-0.5B", "B-135M", "B-135M"], "parameters": [5e8, 5e8, 1.35e8, 1.35e8],
         "quality": [85.0, 87.0, 80.0, 83.0], "zero-shot": [82.0, 82.0, 60.0, 60.0]})),
+    "quality_memory, two models": lambda: figures.quality_memory(pd.DataFrame({
+        "experiment": ["sst2"] * 4, "model": ["A-0.5B", "A-0.5B", "B-135M", "B-135M"],
+        "mode name": [QLORA, FULL, QLORA, FULL], "placement": ["attention", "all weights"] * 2, "rank": [8, None] * 2,
+        "seeds": [5] * 4, "quality": [83.0, 86.0, 80.0, 83.0], "peak_mib": [3500.0, 13000.0, 900.0, 2500.0]})),
     "gpu_fit": lambda: figures.gpu_fit(verdicts()),
     "training_loss": lambda: figures.training_loss(curves()),
     "token_lengths": lambda: figures.token_lengths(pd.DataFrame({

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..book import MISSING_ENV
 from ..report import placeholder_chart
 from ..runs import Run, busy_seconds, summed_seconds
-from . import Page
+from . import NA, Page
 from .week2 import NOTEBOOK
 from .week2 import page as week2_page
 from .week8 import page as week8_page
@@ -25,9 +25,17 @@ def page(runs: list[Run], profile: str) -> Page:
     baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
                 "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples",
-                "model", "second_model", "second_nf4_mean", "second_bf16_mean", "second_full_mean",
-                "second_nf4_zero_shot", "second_full_verdict", "second_lora_verdict"):
+                "model"):
         out.text[key] = baseline.text[key]
+    t = baseline.text
+    source = next((r.metrics["model"].get("source") for r in runs if r.metrics.get("model", {}).get("label")
+                   == t["model"] and r.metrics["model"].get("source")), None)
+    out.value("model_source", source, "{}")
+    out.value("second", f"It repeats the comparisons on {t['second_model']} as a second model family, which goes "
+              f"from {t['second_nf4_zero_shot']} % zero-shot to {t['second_nf4_mean']} % (QLoRA), "
+              f"{t['second_bf16_mean']} % (16-bit LoRA) and {t['second_full_mean']} % (full fine-tuning); its verdicts "
+              f"on the first two expectations read {t['second_full_verdict']} and {t['second_lora_verdict']}."
+              if t["second_model"] != NA else "", "{}")
     for key in ("full", "full_sentence", "lora", "trainable", "gpu", "gpu_sentence"):
         out.text[f"verdict_{key}"] = report.text[key]
     out.figures["accuracy"] = baseline.figures["accuracy"] if any(Path(r.notebook).stem == NOTEBOOK for r in runs) \

@@ -11,7 +11,7 @@ from .. import figures, protocol
 from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
-from . import Page
+from . import NA, Page
 
 NOTEBOOK = "week2_sst2_baseline"
 SUMMARY_COLUMNS = {"system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
@@ -84,10 +84,35 @@ def page(runs: list[Run]) -> Page:
         placeholder_chart("no SST-2 runs in this profile")
 
     _dev_and_setting(out, runs, main, models)
+    _family_sentences(out)
     _sweep(out, frame, main, models)
     runs_table = frame[[c for c in RUN_COLUMNS if c in frame]] if len(frame) else frame
     out.tables["runs"] = _short_commit(runs_table).rename(columns=RUN_COLUMNS) if len(frame) else frame
     return out
+
+
+def _family_sentences(out: Page) -> None:
+    """The prose that depends on whether a second family ran (empty where it did not)."""
+    t = out.text
+    second = t["second_model"] != NA
+    out.value("families", f"The lead model is {t['model']}, the largest pretrained model of this build; "
+              f"{t['second_model']} runs the same comparison as a second model family, with its own verdicts."
+              if second else f"The model is {t['model']}.", "{}")
+    out.value("second_summary", f"The second family, {t['second_model']}, scores {t['second_nf4_zero_shot']} % "
+              f"zero-shot and, trained on {t['second_train_examples']} sentences, reaches {t['second_nf4_mean']} ± "
+              f"{t['second_nf4_std']} % with QLoRA, {t['second_bf16_mean']} ± {t['second_bf16_std']} % with 16-bit "
+              f"LoRA and {t['second_full_mean']} ± {t['second_full_std']} % with full fine-tuning." if second else "",
+              "{}")
+    out.value("second_verdicts", f"For {t['second_model']}: {t['second_full_sentence']}; "
+              f"{t['second_lora_sentence']}." if second else "", "{}")
+    out.value("zero_shot_precision", f"{t['model']} scores {t['nf4_zero_shot']} % in NF4 against "
+              f"{t['bf16_zero_shot']} % for the same weights in bf16" + (
+                  f", {t['second_model']} {t['second_nf4_zero_shot']} % against {t['second_bf16_zero_shot']} %"
+                  if second else ""), "{}")
+    out.value("second_setting", f"For {t['second_model']} the setting (learning rate {t['second_lr']}, "
+              f"{t['second_train_examples']} training sentences, one pass of {t['second_steps']} optimizer steps; "
+              f"full fine-tuning {t['second_full_lr']}) is the middle of a wider sweep, all QLoRA with seed 0 except "
+              "the runs that repeat the largest amount of data with seeds 1 and 2." if second else "", "{}")
 
 
 def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.DataFrame, model: str | None) -> None:

@@ -40,6 +40,7 @@ def page(runs: list[Run]) -> Page:
         grid = grid.merge(frame.groupby(keys, dropna=False).agg(selection=("selection", "mean"),
                                                                 trainable=("trainable", "first")).reset_index(),
                           on=keys)
+    out.value("model", ", ".join(sorted(set(frame["model"]))) if len(frame) else None, "{}")
     out.tables["grid"] = grid[[c for c in GRID_COLUMNS if c in grid]].rename(columns=GRID_COLUMNS) if len(grid) \
         else grid
     out.figures["rank"] = figures.rank_tradeoff(grid) if len(grid) else placeholder_chart("no ablation runs")

@@ -92,6 +92,8 @@ def decoding_text(decoding: dict[str, Any]) -> str:
 def instruction_setup(p: Page, instruct: Sequence[Run], record: dict[str, Any]) -> None:
     """How the instruction-tuning runs trained and answered, and who judged them."""
     train = {system_of(r): r.metrics.get("data", {}).get("train", {}) for r in instruct}
+    p.value("instruct_model", ", ".join(sorted({r.metrics.get("model", {}).get("label", NA) for r in instruct}))
+            or None, "{}")
     p.value("n_train", per_system({k: v.get("records_used") for k, v in train.items()}))
     p.value("n_alpaca", per_system({k: v.get("records_read") for k, v in train.items()}))
     steps = {system_of(r): r.metrics.get("training", {}).get("steps") for r in instruct}
@@ -231,11 +233,16 @@ def differing_rows(table: pd.DataFrame) -> int:
 
 
 def baseline_modes(baseline: Sequence[Run]) -> pd.DataFrame:
-    """Week 2's three modes on the same data and steps: each mode's runs at the plan's configuration, outside any
-    group such as a sweep, at the common amount of data and schedule and the mode's most common learning rate."""
+    """Week 2's three modes on the same data and steps, for the lead model: each mode's runs at the plan's
+    configuration, outside any group such as a sweep, at the common amount of data and schedule and the mode's most
+    common learning rate."""
+    from .week2 import study_models
+
     frame = experiments_frame(baseline)
     if frame.empty:
         return pd.DataFrame()
+    models = study_models(list(baseline))
+    frame = frame[frame["model"] == models[0]] if models else frame  # the lead model's modes, never pooled
     frame = at_common_setting(frame[frame["experiment"] == "sst2"], ["train examples", "schedule"])
     chosen = [at_common_setting(primary_runs(frame, mode), ["learning rate"]) for mode in MODE_NAMES]
     chosen = [c for c in chosen if len(c)]
@@ -248,6 +255,10 @@ def modes(p: Page, baseline: Sequence[Run]) -> None:
     p.tables["modes"] = table.drop(columns=["mode", "zero_shot"], errors="ignore").rename(columns=MODES_COLUMNS)
     rows = table.set_index("mode") if len(table) else pd.DataFrame()
     both = {"nf4", "full"} <= set(rows.index)
+    from .week2 import study_models
+
+    models = study_models(list(baseline))
+    p.value("modes_model", models[0] if models else None, "{}")
     p.value("modes_seeds", per_system(dict(zip(table.get("system", []), table.get("seeds", [])))))
     p.value("qlora_memory_share", 100 * rows.loc["nf4", "peak_mib"] / rows.loc["full", "peak_mib"] if both
             else math.nan, "{:.0f}")

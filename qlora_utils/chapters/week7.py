@@ -7,7 +7,7 @@ import pandas as pd
 
 from .. import figures, protocol
 from ..analysis import (MODE_NAMES, at_common_setting, disagreements, efficiency_frame, experiments_frame,
-                        mode_comparison, seed_summary)
+                        mode_comparison, models_by_size, seed_summary)
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
 from ..winrate import systems_from_runs
@@ -78,16 +78,23 @@ def _quality_memory(out: Page, frame: pd.DataFrame) -> None:
             placeholder_chart(f"no {task} training runs in this profile")
 
 
-def _seed0(runs: list[Run], frame: pd.DataFrame) -> list[Run]:
-    """Seed 0 of each mode of the week 2 headline (same data, steps and prompts)."""
+def _lead(frame: pd.DataFrame) -> pd.DataFrame:
+    """The week 2 headline runs of the lead model (the largest), never pooled with another model's."""
     main = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
+    models = models_by_size(main)
+    return main[main["model"] == models[0]] if models else main
+
+
+def _seed0(runs: list[Run], frame: pd.DataFrame) -> list[Run]:
+    """Seed 0 of each mode of the lead model's week 2 headline (same data, steps and prompts)."""
+    main = _lead(frame)
     names = set(main.loc[main["seed"] == 0, "run"]) if len(main) else set()
     return [r for r in runs if r.name in names]
 
 
 def _speed(out: Page, frame: pd.DataFrame, runs: list[Run]) -> None:
     """Throughput by mode (week 2 headline runs) and the fixed-shape efficiency runs, with threads and load."""
-    week2 = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
+    week2 = _lead(frame)
     speed = week2.assign(system=week2["mode"].map(MODE_NAMES)) if len(week2) else week2
     out.figures["speed"] = figures.throughput(speed) if len(speed) else placeholder_chart("no week 2 runs")
     tps = speed.groupby("mode")["tokens/s"].mean() if len(speed) else pd.Series(dtype=float)

@@ -9,7 +9,7 @@ from .. import figures, protocol
 from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
-from . import Page
+from . import NA, Page
 from .week2 import FAMILIES, study_models
 
 EVIDENCE = {
@@ -68,6 +68,11 @@ def page(runs: list[Run]) -> Page:
                 else None
             out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
             out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
+    t = out.text
+    out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
+              f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
+              f"{t['second_lora']} ({t['second_lora_sentence']}); under 1 % trainable — {t['second_trainable']}."
+              if t["second_model"] != NA else "", "{}")
     for key, task, part in (("squad_train", "squad", "train"), ("alpaca_train", "alpaca", "train"),
                             ("alpaca_eval", "alpaca", "eval")):
         used = sorted({r.metrics["data"][part]["records_used"] for r in runs if r.metrics.get("experiment") == task
