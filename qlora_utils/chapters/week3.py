@@ -5,7 +5,7 @@ thread count, and runs measured on a busy machine are flagged."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -143,22 +143,23 @@ SETTING = ["train examples", "learning rate", "schedule"]
 FIT_SEQ_LEN = 128  # a long SST-2 row under a chat template (tokens), for the planner's full fine-tuning prediction
 
 
-def scaling_frame(runs: list[Run]) -> pd.DataFrame:
-    """The accuracy-scaling runs (week 3, `kind: accuracy`) and the week 2 headline runs of the other sizes at the
-    same setting (training sentences, learning rate, schedule), mode and seeds: one row per run."""
+def scaling_frame(runs: list[Run], baseline: Sequence[Run] = ()) -> pd.DataFrame:
+    """The accuracy-scaling runs (week 3, `kind: accuracy`) and the week 2 headline runs (among `runs` and
+    `baseline`) of the other sizes at the same setting (training sentences, learning rate, schedule), mode and
+    seeds: one row per run."""
     from .week2 import NOTEBOOK, headline_frame
 
     scaling = experiments_frame([r for r in runs if Path(r.notebook).stem == "week3_scaling"
                                  and r.metrics.get("experiment") == "sst2"])
     if scaling.empty:
         return scaling
-    headline = headline_frame(experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK]))
+    headline = headline_frame(experiments_frame([r for r in [*runs, *baseline] if Path(r.notebook).stem == NOTEBOOK]))
     keys = ["mode", "seed", *SETTING]
     partners = headline.merge(scaling[keys].drop_duplicates(), on=keys) if len(headline) else headline
     return pd.concat([partners, scaling], ignore_index=True)
 
 
-def accuracy_scaling(result: Page, runs: list[Run]) -> None:
+def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()) -> None:
     """Accuracy per pretrained size and mode (mean over seeds), the larger size's seed-paired gain over the smaller
     per mode, and what the planner says of full fine-tuning for a size that did not run it."""
     from ..analysis import models_by_size, seed_summary
@@ -166,7 +167,7 @@ def accuracy_scaling(result: Page, runs: list[Run]) -> None:
     from ..planner import GiB, plan_memory
     from ..protocol import interval
 
-    frame = scaling_frame(runs)
+    frame = scaling_frame(runs, baseline)
     table = seed_summary(frame, ["model", "mode"]) if len(frame) else pd.DataFrame(columns=list(SCALING_COLUMNS))
     models = models_by_size(frame)
     if len(frame):
@@ -239,9 +240,10 @@ def bench_values(result: Page, runs: list[Run]) -> None:
     result.value("bench_load", f"{min(loads):.2f} to {max(loads):.2f}" if loads else NA)
 
 
-def page(runs: list[Run]) -> Page:
+def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
     """Everything the scaling page shows: the efficiency table and figures, the memory ratio, thread and load
-    caveats on throughput, runs not started, and the accuracy table."""
+    caveats on throughput, runs not started, and the accuracy table (`baseline`: week 2's runs, the smaller sizes'
+    partners)."""
     result = Page("week3")
     table = efficiency_table(runs)
     ran = measured(table)
@@ -274,7 +276,7 @@ def page(runs: list[Run]) -> Page:
     result.figures["memory"] = chart_or_note(ran, figures.scaling_memory, "no efficiency runs in this profile")
     result.figures["speed"] = chart_or_note(speed, figures.scaling_throughput, "no efficiency runs in this profile")
     bench_values(result, runs)
-    accuracy_scaling(result, runs)
+    accuracy_scaling(result, runs, baseline)
     result.value("accuracy_note", "" if len(result.tables["accuracy"]) else
                  "Accuracy scaling did not run in this profile: it needs two pretrained sizes (offline, "
                  "Qwen2.5-Coder-0.5B and -1.5B-Instruct; on a GPU, Qwen3-4B and Qwen3-8B in the gpu-24gb profile). "
