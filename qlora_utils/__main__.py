@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
                        help="the project's training with its speed-ups on one at a time (default: all on)")
     bench.add_argument("--no-noise-floor", action="store_true",
-                       help="skip the second reference (eager attention) that measures how far rounding alone moves "
+                       help="skip the second reference (the other attention kernel) that measures how far rounding alone moves "
                             "the per-step losses")
     again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile")

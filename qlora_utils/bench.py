@@ -49,7 +49,7 @@ class BenchSettings:
     loss_tolerance: float = 5e-2  # the mean relative difference over all steps: later steps follow weights that
     # rounding has moved apart, and a classifier's small late losses (0.1-0.3) magnify that in relative terms
     noise_floor: bool = True  # also train a second correct reference that differs from the first by rounding only
-    # (eager attention instead of SDPA); the project's per-step losses may then be as far from the reference as it is
+    # (the other attention kernel); the project's per-step losses may then be as far from the reference as it is
     variants: tuple[str, ...] = ("project",)  # which of VARIANTS to time against the reference
 
 
@@ -97,13 +97,28 @@ def project_training(settings: BenchSettings, checkpointing: bool, output_dir: s
     return result.seconds, result.train_losses()
 
 
-NOISE_FLOOR = "reference, eager attention"  # the noise floor's side: the same recipe, another attention kernel
+NOISE_FLOOR = "reference, other attention"  # the noise floor's side: the same recipe, the other attention kernel
 
 
-def reference_training(settings: BenchSettings, checkpointing: bool, output_dir: str, attention: str = "sdpa"
+def is_noise_floor(variant: str) -> bool:
+    """Whether a bench row is the noise floor's (records before 2026-12-02 name it "reference, eager attention")."""
+    return variant in (NOISE_FLOOR, "reference, eager attention")
+
+
+def attention_kernels() -> dict[str, str]:
+    """The reference trains with the project's attention kernel (`models.attention_implementation`: the same work),
+    the noise floor with the other one (the same mathematics, other rounding)."""
+    from .models import attention_implementation
+
+    ours = attention_implementation()
+    return {"reference": ours, "noise floor": "sdpa" if ours == "eager" else "eager"}
+
+
+def reference_training(settings: BenchSettings, checkpointing: bool, output_dir: str, attention: str | None = None
                        ) -> tuple[float, list[float]]:
     """The textbook recipe on the same files and examples (seconds, per-step losses); `attention` is transformers'
-    attn_implementation (the noise floor runs it with "eager")."""
+    attn_implementation (default: the project's kernel; the noise floor runs it with the other)."""
+    attention = attention or attention_kernels()["reference"]
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments, set_seed)
@@ -192,7 +207,8 @@ def run_bench(settings: BenchSettings, output_dir: str, checkpointing: Sequence[
     rows: list[dict[str, Any]] = []
     sides: list[tuple[str, Callable[..., tuple[float, list[float]]]]] = [("reference", reference_training)]
     if settings.noise_floor:
-        sides.append((NOISE_FLOOR, functools.partial(reference_training, attention="eager")))
+        sides.append((NOISE_FLOOR, functools.partial(reference_training,
+                                                     attention=attention_kernels()["noise floor"])))
     sides += [(v, functools.partial(project_training, variant=v)) for v in settings.variants]
     for ckpt in checkpointing:
         for repeat in range(settings.repeats):
@@ -230,7 +246,8 @@ def run_bench(settings: BenchSettings, output_dir: str, checkpointing: Sequence[
                     "predictions that differ": differ, "load": (load_p + load_r) / 2})
     for row in summary:
         row["speed-up"] = row["reference s"] / row["project s"]
-    return {"settings": asdict(settings), "rows": rows, "summary": summary, "threads": torch.get_num_threads()}
+    return {"settings": asdict(settings), "rows": rows, "summary": summary, "threads": torch.get_num_threads(),
+            "attention": attention_kernels()}
 
 
 def table(result: dict[str, Any]) -> "pd.DataFrame":
@@ -241,8 +258,9 @@ def table(result: dict[str, Any]) -> "pd.DataFrame":
     rows = []
     for row in result["summary"]:
         if row["what"] == "training":
-            noise = row["variant"] == NOISE_FLOOR
-            what = "noise floor: the reference with eager attention" if noise else row["variant"]
+            noise = is_noise_floor(row["variant"])
+            kernel = result.get("attention", {}).get("noise floor", "eager")  # older records: eager
+            what = f"noise floor: the reference with {kernel} attention" if noise else row["variant"]
             work = f"training, {what}, checkpointing {'on' if row['checkpointing'] else 'off'}"
             allowed = row.get("mean loss tolerance")
             agreement = (("rounding alone: " if noise else "")

@@ -211,7 +211,7 @@ def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()
 def bench_values(result: Page, runs: list[Run]) -> None:
     """The side-by-side benchmark (a `kind: bench` run): its table, and the speed-ups and scoring times for the
     prose; "n/a" and an empty table where no benchmark ran."""
-    from ..bench import NOISE_FLOOR, table
+    from ..bench import is_noise_floor, table
 
     run = next((r for r in runs if r.metrics.get("experiment") == "bench"), None)
     bench = run.metrics["bench"] if run else None
@@ -231,7 +231,7 @@ def bench_values(result: Page, runs: list[Run]) -> None:
     result.value("bench_score_s", scoring.get("project s"), "{:.1f}")
     result.value("bench_score_reference_s", scoring.get("reference s"), "{:.1f}")
     result.value("bench_score_differ", scoring.get("predictions that differ"), "{:d}")
-    failed = [row for row in summary if row["what"] == "training" and row["variant"] != NOISE_FLOOR
+    failed = [row for row in summary if row["what"] == "training" and not is_noise_floor(row["variant"])
               and not row["identical work"]]
     result.value("bench_agreement", NA if not bench else "met by every training row" if not failed else
                  "not met by " + ", ".join(f"{r['variant']} with checkpointing {'on' if r['checkpointing'] else 'off'}"
