@@ -105,11 +105,12 @@ def primary_runs(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
                     & (rows["alpha"].isna() | (rows["alpha"] == PLAN["alpha"]))]
     if rows.empty:
         return rows
-    parts = [at_common_setting(group, ["train examples", "learning rate", "schedule"])
+    parts = [at_common_setting(group, SETTING_KEYS)
              for _, group in rows.groupby(["experiment", "model"], dropna=False)]
     return pd.concat(parts)
 
 
+SETTING_KEYS = ["train examples", "learning rate", "schedule"]  # a training setting, beside the configuration
 PAIR_KEYS = ["experiment", "model", "train examples", "seed"]  # what a seed pair shares
 
 

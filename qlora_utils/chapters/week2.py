@@ -14,11 +14,12 @@ from ..runs import Run
 from . import NA, Page
 
 NOTEBOOK = "week2_sst2_baseline"
-SUMMARY_COLUMNS = {"system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
+SUMMARY_COLUMNS = {"model": "model", "system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
                    "zero_shot": "zero-shot (%)", "trainable": "trainable parameters",
                    "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
                    "train_s": "training time (s)"}
-SWEEP_COLUMNS = {"model": "model", "run": "run", "mode": "mode", "seed": "seed", "learning rate": "learning rate", "train examples": "training sentences",
+SWEEP_COLUMNS = {"model": "model", "run": "run", "mode": "mode", "seed": "seed", "learning rate": "learning rate",
+                 "train examples": "training sentences",
                  "schedule": "schedule", "quality": "dev accuracy (%)", "selection": "selection-split accuracy (%)",
                  "predicted positive %": "predicted positive (%)", "train s": "training time (s)"}
 VERDICT_COLUMNS = {"model": "model", "expectation": "expectation", "seeds": "paired seeds", "effect": "gap (points)",
@@ -58,11 +59,11 @@ def page(runs: list[Run]) -> Page:
     week2 = [r for r in runs if Path(r.notebook).stem == NOTEBOOK]
     frame = experiments_frame(week2)
     main = headline_frame(frame)
-    models = models_by_size(main)
+    models = models_by_size(main)  # study_models(runs), from the frame already at hand
     summaries = [by_mode(main[main["model"] == model]).assign(model=model) for model in models]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     out.tables["summary"] = summary[["model", *[c for c in summary if c not in ("model", "mode")]]].rename(
-        columns={"model": "model", **SUMMARY_COLUMNS}) if len(summary) else summary
+        columns=SUMMARY_COLUMNS) if len(summary) else summary
     verdicts = protocol.verdict_table(main) if len(main) else pd.DataFrame()
     quality = verdicts[verdicts["expectation"].isin([r.expectation for r in protocol.RULES])] if len(verdicts) \
         else verdicts

@@ -139,7 +139,6 @@ def speed_pairs(ran: pd.DataFrame) -> str:
 SCALING_COLUMNS = {"model": "model", "mode": "mode", "parameters": "parameters", "seeds": "seeds",
                    "mean": "dev accuracy (%)", "std": "std over seeds (points)", "zero_shot": "zero-shot (%)",
                    "trainable_pct": "trainable (%)", "peak_mib": PEAK, "tokens_per_s": SPEED}
-SETTING = ["train examples", "learning rate", "schedule"]
 FIT_SEQ_LEN = 128  # a long SST-2 row under a chat template (tokens), for the planner's full fine-tuning prediction
 
 
@@ -154,7 +153,9 @@ def scaling_frame(runs: list[Run], baseline: Sequence[Run] = ()) -> pd.DataFrame
     if scaling.empty:
         return scaling
     headline = headline_frame(experiments_frame([r for r in [*runs, *baseline] if Path(r.notebook).stem == NOTEBOOK]))
-    keys = ["mode", "seed", *SETTING]
+    from ..protocol import SETTING_KEYS
+
+    keys = ["mode", "seed", *SETTING_KEYS]
     partners = headline.merge(scaling[keys].drop_duplicates(), on=keys) if len(headline) else headline
     return pd.concat([partners, scaling], ignore_index=True)
 
@@ -190,11 +191,12 @@ def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()
         result.value(f"scale_{mode}_seeds", len(pairs), "{:d}")
         result.value(f"scale_{mode}_gain", mean, "{:+.1f}")
         result.value(f"scale_{mode}_ci", f"{low:+.1f} to {high:+.1f}" if len(pairs) > 1 else None, "{}")
-    full_missing = [r for r in runs if Path(r.notebook).stem == "week3_scaling" and r.metrics.get("experiment") == "sst2"
-                    and r.metrics["model"]["label"] == large]
+    large_runs = [r for r in runs if Path(r.notebook).stem == "week3_scaling" and r.metrics.get("experiment") == "sst2"
+                  and r.metrics["model"]["label"] == large]
+    ran_full = ((frame["model"] == large) & (frame["mode"] == "full")).any() if len(frame) else False
     note = None
-    if large and not (frame[(frame["model"] == large) & (frame["mode"] == "full")]).shape[0] and full_missing:
-        run = full_missing[0]
+    if large_runs and not ran_full:  # the planner's figure for the full fine-tuning the larger size did not run
+        run = large_runs[0]
         training = run.metrics.get("training", {})
         plan = plan_memory(config_of(run.metrics["model"]["preset"]), "full", None,
                            int(training.get("settings", {}).get("batch_size", 16)), FIT_SEQ_LEN,

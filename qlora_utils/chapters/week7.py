@@ -46,7 +46,7 @@ def _ranks(out: Page, frame: pd.DataFrame) -> None:
         if len(frame) else frame
     ablated = frame.loc[frame["notebook"] == "week5_ablations", "model"] if len(frame) else []
     sst2 = sst2[sst2["model"].isin(ablated)] if len(ablated) else sst2  # the models with a rank x placement grid
-    sst2 = at_common_setting(sst2, ["train examples", "learning rate", "schedule"])
+    sst2 = at_common_setting(sst2, protocol.SETTING_KEYS)
     keys = [k for k in protocol.CONFIG_KEYS if k in sst2]
     ranks = seed_summary(sst2, keys) if len(sst2) else sst2
     out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no QLoRA SST-2 runs")
