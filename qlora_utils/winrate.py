@@ -8,6 +8,7 @@ winner does not change with the order (position consistency) is reported beside 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -332,6 +333,29 @@ def systems_from_runs(run_dirs: Sequence[str | os.PathLike[str]], base: str = "b
             systems = {base: model_outputs(gens, [g["zero_shot"] for g in gens], f"{preset}-base"), **systems}
         systems[MODE_NAMES.get(mode, mode)] = model_outputs(gens, [g["fine_tuned"] for g in gens], f"{preset}-{mode}")
     return systems
+
+
+def judge_trust(record: dict[str, Any]) -> dict[str, float]:
+    """A win-rate run's judge trust: its mean position consistency over its comparisons (%) and its sanity pairs'
+    largest distance from 50 % (points); NaN where the record has none."""
+    consistency = [r["position_consistency"] for r in record.get("win_rates", [])
+                   if r.get("position_consistency") is not None]
+    gaps = [abs(v["win_rate"] - 50) for v in record.get("sanity_pair", {}).values() if v.get("win_rate") is not None]
+    return {"position_consistency": 100 * float(np.mean(consistency)) if consistency else math.nan,
+            "sanity_gap": max(gaps) if gaps else math.nan}
+
+
+def better_judge(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of win-rate records that judged the same pairs with different judges, the one to report (a rule fixed before
+    the judges ran): the higher mean position consistency, then the sanity pair nearer 50 %, then the first."""
+    def key(item: tuple[int, dict[str, Any]]) -> tuple[float, float, int]:
+        trust = judge_trust(item[1])
+        consistency, gap = trust["position_consistency"], trust["sanity_gap"]
+        return (-consistency if not math.isnan(consistency) else math.inf,
+                gap if not math.isnan(gap) else math.inf, item[0])
+
+    judged = [(i, r) for i, r in enumerate(records) if r.get("win_rates")]
+    return min(judged, key=key)[1] if judged else None
 
 
 def winrate_table(record: dict[str, Any]) -> pd.DataFrame:

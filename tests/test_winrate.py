@@ -105,3 +105,23 @@ def test_local_judge_reuses_the_shared_prompt_opening_without_changing_the_score
                  for seq in ids]
     for got, want in zip(cached, whole):
         assert got == pytest.approx(want, abs=0.05)
+
+
+def _judged(consistency: list[float], sanity: list[float]) -> dict:
+    return {"win_rates": [{"position_consistency": c} for c in consistency],
+            "sanity_pair": {f"ref{i}": {"win_rate": s} for i, s in enumerate(sanity)}}
+
+
+def test_judge_trust_is_mean_consistency_and_worst_sanity_gap():
+    trust = winrate.judge_trust(_judged([0.2, 0.6], [47.0, 58.0]))
+    assert trust["position_consistency"] == pytest.approx(40.0)
+    assert trust["sanity_gap"] == pytest.approx(8.0)
+    assert all(math.isnan(v) for v in winrate.judge_trust({}).values())
+
+
+def test_better_judge_prefers_consistency_then_sanity():
+    small, large = _judged([0.05, 0.0], [67.0]), _judged([0.7, 0.5], [55.0])
+    assert winrate.better_judge([small, large]) is large
+    tie_far, tie_near = _judged([0.5], [70.0]), _judged([0.5], [52.0])
+    assert winrate.better_judge([tie_far, tie_near]) is tie_near
+    assert winrate.better_judge([{}, {"win_rates": []}]) is None
