@@ -143,13 +143,16 @@ def scaling_throughput(frame: pd.DataFrame) -> alt.TopLevelMixin:
 
 
 def squad_scores(bars: pd.DataFrame) -> alt.TopLevelMixin:
-    """SQuAD exact match and F1 (%), zero-shot and fine-tuned, one row per metric (columns system, metric, value)."""
+    """SQuAD exact match and F1 (%), zero-shot and fine-tuned, one row per metric and a bar pair per model (columns
+    run, model, system, metric, value)."""
+    order = ["zero-shot", "fine-tuned"]
     return alt.Chart(bars).mark_bar().encode(
         x=alt.X("value:Q", title="score (%)", scale=alt.Scale(domain=[0, 100])),
-        y=alt.Y("system:N", title=None, sort=["zero-shot", "fine-tuned"]),
-        color=alt.Color("system:N", legend=None), row=alt.Row("metric:N", title=None),
-        tooltip=["run", "system", "metric", alt.Tooltip("value:Q", format=".1f")],
-    ).properties(width=380, height=60)
+        y=alt.Y("model:N", title=None, sort=None), yOffset=alt.YOffset("system:N", sort=order),
+        color=alt.Color("system:N", sort=order, title=None, legend=alt.Legend(orient="bottom")),
+        row=alt.Row("metric:N", title=None),
+        tooltip=["run", "model", "system", "metric", alt.Tooltip("value:Q", format=".1f")],
+    ).properties(width=380, height=alt.Step(14))
 
 
 def winrates(frame: pd.DataFrame) -> alt.TopLevelMixin:

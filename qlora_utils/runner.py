@@ -59,6 +59,7 @@ class Profile:
     entries: tuple[Entry, ...]
     path: Path
     cluster: dict[str, Any] = field(default_factory=dict)  # what each job asks a scheduler for (cluster.JobSettings)
+    budget_hours: float | None = None  # the elapsed time the whole grid should fit in (the appendix compares)
 
     def runs_dir(self, root: Path | None = None) -> Path:
         """Where this profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/."""
@@ -125,8 +126,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raise QLoraError(f"{path.name}: defaults for {unused} match no notebook of the profile ({sorted(stems)})")
     if not isinstance(raw.get("cluster") or {}, dict):
         raise QLoraError(f"{path.name}: `cluster` must be a mapping of job settings (see qlora_utils.cluster)")
+    budget = raw.get("budget_hours")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise QLoraError(f"{path.name}: `budget_hours` must be a positive number of hours, not {budget!r}")
     return Profile(raw.get("profile", path.stem), raw.get("description", ""), tuple(entries), path,
-                   dict(raw.get("cluster") or {}))
+                   dict(raw.get("cluster") or {}), None if budget is None else float(budget))
 
 
 def notebook_node(notebook: str | Path) -> Any:

@@ -17,3 +17,12 @@ def test_dirty_runs_are_shown_as_such(tmp_path: Path) -> None:
     assert list(page.markdown["provenance"]["provenance"]) == ["clean commit", "ran with uncommitted code (no diff)"]
     assert page.text["dirty"].startswith("1 of the 2 runs ran with uncommitted code")
     assert len(table) == 2 and page.markdown["wall_time"]["runs"].iloc[-1] == 2
+
+
+def test_the_grid_time_is_set_against_the_profiles_budget(tmp_path: Path) -> None:
+    assert appendix.budget_sentence(3.5, 4.0) == "That is within the profile's budget of 4 hours."
+    assert appendix.budget_sentence(4.6, 4.0) == ("That is over the profile's budget of 4 hours by 0.60 hours: the "
+                                                  "budget is not met.")
+    assert appendix.budget_sentence(1.0, None) == "This profile states no time budget."
+    assert appendix.page([sst2_run(tmp_path, "a", "nf4", 0, 0.8)], budget_hours=0.75).text["budget"].startswith(
+        "That is within")

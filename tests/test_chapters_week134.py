@@ -234,6 +234,19 @@ def test_week4_scores_gain_target_and_errors(tmp_path: Path) -> None:
     assert text["top_error"] == "wrong span (no overlap)" and text["top_error_n"] == "2"  # "in 1998", "the tower"
 
 
+def test_week4_the_largest_model_leads_and_the_others_get_a_sentence(tmp_path: Path) -> None:
+    small, big = _squad(50.0, 30.0), _squad(60.0, 45.0)
+    small["parameters"]["total"], big["parameters"]["total"] = 100, 500
+    big["model"]["label"] = "Qwen"
+    page = week4.page([_run(tmp_path / "small", small), _run(tmp_path / "big", big)])
+    assert list(page.tables["scores"]["model"]) == ["Qwen", "SmolLM2"]
+    assert page.text["model"] == "Qwen" and page.text["gain"] == "+15.0" and page.text["target"] == "met"
+    assert page.text["others"] == ("SmolLM2 (QLoRA (NF4), 1,940 training questions) reaches 30.0 EM and 50.0 F1 on "
+                                   "its 3 dev questions, against 5.0 and 30.0 zero-shot.")
+    assert set(page.figures["chart"].data["model"]) == {"Qwen", "SmolLM2"}
+    assert week4.page([_run(tmp_path / "one", small)]).text["others"] == ""
+
+
 def test_week4_target_not_met_and_missing_zero_shot(tmp_path: Path) -> None:
     assert week4.page([_run(tmp_path / "a", _squad(40.0, 30.0))]).text["target"] == "not met"  # +10 < +15
     page = week4.page([_run(tmp_path / "b", _squad(40.0, None))])

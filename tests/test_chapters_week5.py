@@ -41,3 +41,13 @@ def test_runs_without_a_selection_split_say_so(tmp_path: Path) -> None:
     runs = [sst2_run(tmp_path, "week2-qlora-seed0", "nf4", 0, 0.82)]
     page = week5.page(runs)
     assert page.text["best"].startswith("not available") and page.text["best_dev"] == "n/a"
+
+
+def test_a_week2_model_without_ablation_runs_is_named(tmp_path: Path) -> None:
+    runs = _runs(tmp_path)
+    assert week5.page(runs).text["not_ablated"] == ""
+    runs.append(sst2_run(tmp_path, "week2-qwen-qlora-seed0", "nf4", 0, 0.83, label="Q-500M", preset="q",
+                         total=500_000))
+    page = week5.page(runs)
+    assert page.text["not_ablated"].startswith("Not ablated in this profile: Q-500M (")
+    assert page.text["model"] == "M-135M" and len(page.tables["grid"]) == 4

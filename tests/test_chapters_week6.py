@@ -260,3 +260,35 @@ def test_wall_times_per_kind(tmp_path: Path) -> None:
     p = week6.page(runs)
     assert (p.text["minutes_instruct"], p.text["minutes_winrates"], p.text["minutes_efficiency"],
             p.text["minutes"]) == ("1", "5", "2", "8")
+
+
+def test_each_model_reports_the_judge_the_rule_picks(tmp_path: Path) -> None:
+    big = instruct_run(tmp_path / "big", "nf4")
+    big.metrics["model"].update(label="Big", preset="big")
+    big.metrics["parameters"] = {"total": 500}
+    small = instruct_run(tmp_path / "small", "bf16")  # another run name
+    small.metrics["model"].update(label="Small", preset="small")
+    small.metrics["parameters"] = {"total": 100}
+    weak = {**WINRATES, "judge": {"spec": "local:weak"}}
+    strong = {**WINRATES, "judge": {"spec": "local:strong"},
+              "win_rates": [rate("QLoRA (NF4)", "text_davinci_003", 40.0, 0.80, sanity=52.0)],
+              "sanity_pair": {"text_davinci_003": {"win_rate": 52.0}}}
+    runs = [small, big,
+            run(tmp_path / "w-small", WINRATES, kind="winrates", instruct_runs=[small.name]),
+            run(tmp_path / "w-weak", weak, kind="winrates", instruct_runs=[big.name]),
+            run(tmp_path / "w-strong", strong, kind="winrates", instruct_runs=[big.name])]
+    p = week6.page(runs)
+    assert p.text["instruct_model"] == "Big" and p.text["judge"] == "local:strong"
+    judges = p.tables["judges"]
+    assert list(judges["answers of"]) == ["Big", "Big", "Small"]
+    assert list(judges["reported"]) == ["no", "yes", "yes"]
+    assert judges["position consistency (%)"].tolist() == pytest.approx([20.0, 80.0, 20.0])
+    assert p.text["n_judges"] == "2"
+    assert "local:strong kept its verdict" in p.text["judges_compared"] and "80.0 %" in p.text["judges_compared"]
+    assert "local:weak: 20.0 % and 20.0 points" in p.text["judges_compared"]
+    table = p.tables["winrates"]
+    assert list(table["model"]) == ["Big", "Small", "Small", "Small"]
+    assert table["win rate (%)"].iloc[0] == 40.0
+    assert p.text["second"].startswith("For Small (the second model family), against AlpacaEval 1.0 reference")
+    assert "QLoRA (NF4) 48.0 %, 16-bit LoRA 53.0 %" in p.text["second"]
+    assert list(p.tables["lengths"]["model"]) == ["Big", "Big", "Small", "Small"]

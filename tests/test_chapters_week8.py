@@ -25,3 +25,20 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
     assert table["effect (95 % CI)"].iloc[0] == "+0.8 points (+0.6 to +1.0; 5 seeds)"
     assert "predicted" in table["effect (95 % CI)"].iloc[3]
     assert report.text["squad_train"] == "n/a"
+
+
+def test_the_judge_limitation_names_the_reported_judge_and_its_trust(tmp_path: Path) -> None:
+    from qlora_utils.runs import Run
+
+    def judged(name: str, spec: str, consistency: float, sanity: float) -> Run:
+        metrics = {"experiment": "alpacaeval", "judge": {"spec": spec},
+                   "win_rates": [{"system": "QLoRA (NF4)", "baseline": "base", "win_rate": 55.0, "n": 4,
+                                  "position_consistency": consistency}],
+                   "sanity_pair": {"base": {"win_rate": sanity}}}
+        return Run(tmp_path / name, {"parameters": {"kind": "winrates"}}, {"state": "done"}, metrics, {})
+
+    assert week8.page([]).text["judge_limit"] == "No AlpacaEval judge ran in this profile."
+    text = week8.page([judged("a", "local:small", 0.05, 70.0), judged("b", "local:large", 0.9, 53.0)]).text
+    assert text["judge_limit"].startswith("The AlpacaEval judge reported, local:large, kept its "
+                                          "verdict when the answers swapped places in 90.0 % of pairs")
+    assert "up to 3.0 points from 50 %. How far to trust it: reasonably:" in text["judge_limit"]

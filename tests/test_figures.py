@@ -78,8 +78,9 @@ CHARTS: dict[str, Callable[[], alt.TopLevelMixin]] = {
         "machine": ["quiet machine", "busy machine", "quiet machine", "load not recorded"],
         "load average (1 min)": [0.4, 3.1, 0.6, None]})),
     "squad_scores": lambda: figures.squad_scores(pd.DataFrame({
-        "run": ["week4-squad-qlora-seed0"] * 4, "system": ["zero-shot", "fine-tuned"] * 2,
-        "metric": ["exact match", "exact match", "F1", "F1"], "value": [2.0, 31.0, 9.5, 44.2]})),
+        "run": ["week4-squad-qwen"] * 4 + ["week4-squad-smollm"] * 4, "model": ["Qwen"] * 4 + ["SmolLM2"] * 4,
+        "system": ["zero-shot", "fine-tuned"] * 4, "metric": ["exact match", "exact match", "F1", "F1"] * 2,
+        "value": [22.0, 41.0, 39.5, 54.2, 2.0, 31.0, 9.5, 44.2]})),
     "winrates": lambda: figures.winrates(pd.DataFrame({
         "system": [QLORA, LORA, "base vs itself"], "against": ["base", "base", "base"],
         "win rate": [61.0, 58.5, 50.0], "se": [4.1, 4.3, 0.0]})),

@@ -368,3 +368,12 @@ def test_checkout_at_gives_a_temporary_worktree_of_a_commit_and_removes_it() -> 
     with pytest.raises(QLoraError, match="cannot check out commit 0000000000"):
         with checkout_at("0" * 40):
             pass
+
+
+def test_a_profile_budget_is_read_and_checked(tmp_path: Path) -> None:
+    assert load_profile("cpu").budget_hours == 4.0 and load_profile("quick").budget_hours == 0.75
+    assert load_profile("smoke").budget_hours is None
+    path = tmp_path / "budget.yaml"
+    path.write_text("profile: b\nbudget_hours: soon\nruns:\n  - name: a\n    notebook: notebooks/week7_analysis.md\n")
+    with pytest.raises(QLoraError, match="`budget_hours` must be a positive number of hours, not 'soon'"):
+        load_profile(path)

@@ -35,24 +35,35 @@ def score_row(run: Run) -> dict[str, Any]:
             "tokens/s": m.get("training", {}).get("tokens_per_second")}
 
 
+def by_size(runs: list[Run]) -> list[Run]:
+    """SQuAD runs, the largest model's first (the lead model leads), otherwise in the order given."""
+    return sorted(runs, key=lambda r: -(r.metrics.get("parameters", {}).get("total") or 0))
+
+
 def scores_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per SQuAD run: model, mode, data sizes, zero-shot and fine-tuned EM and F1, trainable share, speed."""
-    frame = pd.DataFrame([score_row(r) for r in runs if "fine_tuned" in r.metrics], columns=SCORE_COLUMNS)
+    """One row per SQuAD run, the largest model's first: model, mode, data sizes, zero-shot and fine-tuned EM and
+    F1, trainable share, speed."""
+    frame = pd.DataFrame([score_row(r) for r in by_size(runs) if "fine_tuned" in r.metrics], columns=SCORE_COLUMNS)
     for column in ("train questions", "dev questions"):
         frame[column] = frame[column].astype("Int64")
     return frame
 
 
 def score_bars(scores: pd.DataFrame) -> pd.DataFrame:
-    """EM and F1 zero-shot and fine-tuned, long (run, system, metric, value), for the scores chart."""
+    """EM and F1 zero-shot and fine-tuned, long (run, model, system, metric, value), for the scores chart."""
     value_vars = ["zero-shot EM (%)", "zero-shot F1 (%)", "EM (%)", "F1 (%)"]
     if scores.empty:
-        return pd.DataFrame(columns=["run", "system", "metric", "value"])
-    bars = scores.melt(id_vars=["run"], value_vars=value_vars, var_name="score", value_name="value").dropna(
-        subset=["value"])
+        return pd.DataFrame(columns=["run", "model", "system", "metric", "value"])
+    bars = scores.melt(id_vars=["run", "model"], value_vars=value_vars, var_name="score",
+                       value_name="value").dropna(subset=["value"])
     bars["system"] = bars["score"].str.startswith("zero").map({True: "zero-shot", False: "fine-tuned"})
     bars["metric"] = bars["score"].str.replace("zero-shot ", "", regex=False).str.replace(" (%)", "", regex=False)
-    return bars[["run", "system", "metric", "value"]].astype({"value": float})
+    return bars[["run", "model", "system", "metric", "value"]].astype({"value": float})
+
+
+def count(value: Any) -> str:
+    """A count with thousands separators, "n/a" when missing."""
+    return NA if value is None or pd.isna(value) else f"{int(value):,}"
 
 
 def errors_table(generations: list[dict[str, Any]]) -> pd.DataFrame:
@@ -63,8 +74,8 @@ def errors_table(generations: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def page(runs: list[Run]) -> Page:
-    """Everything the SQuAD page shows: the scores table and chart, the first run's headline numbers and gain over
-    zero-shot against the target, and its error kinds."""
+    """Everything the SQuAD page shows: the scores table and chart, the lead (largest) model's first run's headline
+    numbers and gain over zero-shot against the target and its error kinds, and a sentence for the other models."""
     result = Page("week4")
     scores = scores_table(runs)
     result.tables["scores"] = scores
@@ -87,6 +98,12 @@ def page(runs: list[Run]) -> Page:
     result.value("target", NA if gain is None else "met" if gain >= TARGET_GAIN else "not met")
     result.value("mode", first.get("mode"))
     result.value("model", first.get("model"))
+    result.value("others", " ".join(
+        f"{row['model']} ({row['mode']}, {count(row['train questions'])} training questions) reaches "
+        f"{row['EM (%)']:.1f} EM and {row['F1 (%)']:.1f} F1 on its {count(row['dev questions'])} dev questions"
+        + (f", against {row['zero-shot EM (%)']:.1f} and {row['zero-shot F1 (%)']:.1f} zero-shot."
+           if not pd.isna(row["zero-shot F1 (%)"]) else ".")
+        for _, row in scores.iloc[1:].iterrows() if row["model"] != first.get("model")))
     result.figures["chart"] = chart_or_note(score_bars(scores), figures.squad_scores, "no SQuAD runs in this profile")
     by_name = {r.name: r for r in runs}
     errors = errors_table(by_name[first["run"]].generations() if first else [])

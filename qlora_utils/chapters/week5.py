@@ -41,6 +41,12 @@ def page(runs: list[Run]) -> Page:
                                                                 trainable=("trainable", "first")).reset_index(),
                           on=keys)
     out.value("model", ", ".join(sorted(set(frame["model"]))) if len(frame) else None, "{}")
+    everything = experiments_frame(runs)
+    headline = headline_frame(everything) if len(everything) else everything
+    missing = sorted(set(headline["model"]) - set(frame["model"])) if len(headline) else []
+    out.value("not_ablated", f"Not ablated in this profile: {', '.join(missing)} (week 2's models without ablation "
+              "runs; the default profile's time budget goes to their seeds, scaling, SQuAD and instruction tuning "
+              "instead)." if missing else "", "{}")
     out.tables["grid"] = grid[[c for c in GRID_COLUMNS if c in grid]].rename(columns=GRID_COLUMNS) if len(grid) \
         else grid
     out.figures["rank"] = figures.rank_tradeoff(grid) if len(grid) else placeholder_chart("no ablation runs")
@@ -59,7 +65,6 @@ def page(runs: list[Run]) -> Page:
     out.value("best_dev", best["dev"] if best else None)
     out.value("best_seeds", best["seeds"] if best else None, "{:.0f}")
     out.value("best_tied", best["tied"] if best else None, "{:d}")
-    everything = experiments_frame(runs)
     secondary = protocol.secondary_vs_full(everything, best) if len(everything) else None
     out.value("secondary", protocol.sentence({**secondary, "expectation": protocol.RULES[0].expectation})
               if secondary else "not available", "{}")

@@ -15,7 +15,7 @@ from ..analysis import MODE_NAMES, at_common_setting, by_mode, disagreements, ef
 from ..protocol import primary_runs
 from ..report import chart_or_note
 from ..runs import Run, busy_seconds, summed_seconds
-from ..winrate import REFERENCES
+from ..winrate import REFERENCES, better_judge, judge_trust
 from . import NA, Page
 
 PREFIX = "week6"
@@ -39,6 +39,11 @@ EFFICIENCY_COLUMNS = {"run": "run", "model": "model", "mode": "mode", "parameter
 VALIDATION_COLUMNS = {"model": "model", "mode": "mode", "batch × seq": "batch × sequence length",
                       "tokens": "tokens per step", "device": "device", "predicted MiB": "predicted peak (MiB)",
                       "measured MiB": "measured peak (MiB)", "error %": "error (%)"}
+LENGTH_NAMES = {"mean_chars": "mean length (characters)", "median_chars": "median length (characters)",
+                "mean_words": "mean length (words)"}
+LENGTH_COLUMNS = ["system", *LENGTH_NAMES.values()]
+JUDGE_COLUMNS = ["answers of", "judge", "position consistency (%)", "worst sanity pair gap (points)", "comparisons",
+                 "pairs judged", "reported"]
 PAPER_BASE_MB, PAPER_LORA_MB = 5048, 26  # QLoRA paper, LLaMA-7B: 4-bit base and LoRA weights (MB)
 FACTORY_RULE_GB = {"nf4": 6, "bf16": 16, "full": 120}  # LLaMA-Factory's rule of thumb for 7B models (GB)
 
@@ -47,12 +52,18 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     """Everything the page shows: `runs` are this chapter's, `baseline` week 2's SST-2 runs (the modes compared on
     the same data and steps), `scaling` week 3's fixed-shape runs (more measurements for the planner)."""
     p = Page(PREFIX)
-    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
-    judged = [r for r in runs if r.metrics.get("experiment") == "alpacaeval"]
-    record = judged[-1].metrics if judged else {}
-    instruction_setup(p, instruct, record)
-    win_rates(p, record)
-    p.tables["lengths"] = length_table(record)
+    fams = families(runs)
+    instruct, judged = fams[0][1], fams[0][2]
+    chosen = better_judge([r.metrics for r in judged]) or {}
+    instruction_setup(p, instruct, chosen)
+    win_rates(p, chosen)
+    judges(p, fams)
+    second_family(p, fams[1:])
+    reported = [(model, better_judge([r.metrics for r in rs]) or {}) for model, _, rs in fams]
+    p.tables["winrates"] = pd.concat([winrate_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
+        ["model", *p.tables["winrates"].columns]]
+    p.tables["lengths"] = pd.concat([length_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
+        ["model", *LENGTH_COLUMNS]]
     p.tables["examples"] = examples_table(instruct)
     p.value("n_examples", len(p.tables["examples"]), "{:d}")
     p.value("examples_differ", differing_rows(p.tables["examples"]), "{:d}")
@@ -63,6 +74,79 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     published(p)
     wall_times(p, runs)
     return p
+
+
+def model_of(run: Run) -> str:
+    """The label of the model a run fine-tuned (its preset where the record has no label)."""
+    model = run.metrics.get("model", {})
+    return model.get("label") or model.get("preset") or NA
+
+
+def families(runs: Sequence[Run]) -> list[tuple[str, list[Run], list[Run]]]:
+    """Per instructed model, the largest first (the lead): its instruction-tuning runs and the win-rate runs that
+    judged them (a win-rate run naming no known run goes with the lead). Always at least one family."""
+    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
+    judged = [r for r in runs if r.metrics.get("experiment") == "alpacaeval"]
+    size = {}
+    for r in instruct:
+        size[model_of(r)] = max(size.get(model_of(r), 0), r.metrics.get("parameters", {}).get("total") or 0)
+    models = sorted(size, key=lambda m: -size[m]) or [NA]
+    by_name = {r.name: model_of(r) for r in instruct}
+
+    def judged_model(run: Run) -> str:
+        return next((by_name[n] for n in run.parameters.get("instruct_runs") or [] if n in by_name), models[0])
+
+    return [(m, [r for r in instruct if model_of(r) == m], [r for r in judged if judged_model(r) == m])
+            for m in models]
+
+
+def judges(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
+    """Every judge's trust on each model's answers (position consistency, worst sanity gap), which one is reported
+    by `winrate.better_judge`'s rule, and, where two judges judged the same answers, the comparison in words."""
+    rows = []
+    for model, _, judged in fams:
+        chosen = better_judge([r.metrics for r in judged])
+        for r in judged:
+            trust = judge_trust(r.metrics)
+            rows.append({"answers of": model, "judge": r.metrics.get("judge", {}).get("spec", NA),
+                         "position consistency (%)": trust["position_consistency"],
+                         "worst sanity pair gap (points)": trust["sanity_gap"],
+                         "comparisons": len(r.metrics.get("win_rates", [])),
+                         "pairs judged": sum(w.get("n", 0) for w in r.metrics.get("win_rates", [])),
+                         "reported": "yes" if r.metrics is chosen else "no"})
+    table = pd.DataFrame(rows, columns=JUDGE_COLUMNS)
+    p.tables["judges"] = table
+    lead = table[table["answers of"] == fams[0][0]]
+    p.value("n_judges", len(lead), "{:d}")
+    if len(lead) < 2:
+        p.value("judges_compared", "Only one judge judged these answers, so there is no choice of judge to make.")
+        return
+    best, others = lead[lead["reported"] == "yes"].iloc[0], lead[lead["reported"] == "no"]
+    p.value("judges_compared", (
+        f"On the same pairs, {best['judge']} kept its verdict when the answers swapped places in "
+        f"{best['position consistency (%)']:.1f} % of pairs and its sanity pairs were at most "
+        f"{best['worst sanity pair gap (points)']:.1f} points from 50 %; "
+        + "; ".join(f"{o['judge']}: {o['position consistency (%)']:.1f} % and "
+                    f"{o['worst sanity pair gap (points)']:.1f} points" for _, o in others.iterrows())
+        + f". By the rule, the win rates above are {best['judge']}'s."))
+
+
+def second_family(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
+    """One sentence per further model family: its systems' win rates against the first reference, with its judge
+    and that judge's position consistency (empty when there is one model)."""
+    sentences = []
+    for model, _, judged in fams:
+        record = better_judge([r.metrics for r in judged])
+        if not record:
+            continue
+        first = record["win_rates"][0]["baseline"]
+        rates = ", ".join(f"{w['system']} {w['win_rate']:.1f} %" for w in record["win_rates"]
+                          if w["baseline"] == first)
+        trust = judge_trust(record)
+        sentences.append(f"For {model} (the second model family), against {REFERENCES.get(first, first)}: {rates}, "
+                         f"judged by {record['judge']['spec']}, whose verdict survived the swap in "
+                         f"{trust['position_consistency']:.1f} % of pairs.")
+    p.value("second", " ".join(sentences))
 
 
 def system_of(run: Run) -> str:
@@ -184,11 +268,9 @@ def win_rates(p: Page, record: dict[str, Any]) -> None:
 
 def length_table(record: dict[str, Any]) -> pd.DataFrame:
     """Output lengths per system (characters and words), which AlpacaEval judges are known to reward."""
-    names = {"mean_chars": "mean length (characters)", "median_chars": "median length (characters)",
-             "mean_words": "mean length (words)"}
-    rows = [{"system": k, **{name: v.get(key) for key, name in names.items()}}
+    rows = [{"system": k, **{name: v.get(key) for key, name in LENGTH_NAMES.items()}}
             for k, v in record.get("output_lengths", {}).items()]
-    return pd.DataFrame(rows, columns=["system", *names.values()])
+    return pd.DataFrame(rows, columns=LENGTH_COLUMNS)
 
 
 def answers_by_system(instruct: Sequence[Run]) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
@@ -232,17 +314,14 @@ def differing_rows(table: pd.DataFrame) -> int:
     return int(sum(len({str(v) for v in row}) > 1 for row in table[systems].itertuples(index=False)))
 
 
-def baseline_modes(baseline: Sequence[Run]) -> pd.DataFrame:
-    """Week 2's three modes on the same data and steps, for the lead model: each mode's runs at the plan's
+def baseline_modes(baseline: Sequence[Run], model: str | None) -> pd.DataFrame:
+    """Week 2's three modes on the same data and steps, for one model (the lead): each mode's runs at the plan's
     configuration, outside any group such as a sweep, at the common amount of data and schedule and the mode's most
     common learning rate."""
-    from .week2 import study_models
-
     frame = experiments_frame(baseline)
     if frame.empty:
         return pd.DataFrame()
-    models = study_models(list(baseline))
-    frame = frame[frame["model"] == models[0]] if models else frame  # the lead model's modes, never pooled
+    frame = frame[frame["model"] == model] if model else frame  # one model's modes, never pooled
     frame = at_common_setting(frame[frame["experiment"] == "sst2"], ["train examples", "schedule"])
     chosen = [at_common_setting(primary_runs(frame, mode), ["learning rate"]) for mode in MODE_NAMES]
     chosen = [c for c in chosen if len(c)]
@@ -251,13 +330,13 @@ def baseline_modes(baseline: Sequence[Run]) -> pd.DataFrame:
 
 def modes(p: Page, baseline: Sequence[Run]) -> None:
     """The modes table and the memory and speed of QLoRA relative to full fine-tuning."""
-    table = baseline_modes(baseline)
-    p.tables["modes"] = table.drop(columns=["mode", "zero_shot"], errors="ignore").rename(columns=MODES_COLUMNS)
-    rows = table.set_index("mode") if len(table) else pd.DataFrame()
-    both = {"nf4", "full"} <= set(rows.index)
     from .week2 import study_models
 
     models = study_models(list(baseline))
+    table = baseline_modes(baseline, models[0] if models else None)
+    p.tables["modes"] = table.drop(columns=["mode", "zero_shot"], errors="ignore").rename(columns=MODES_COLUMNS)
+    rows = table.set_index("mode") if len(table) else pd.DataFrame()
+    both = {"nf4", "full"} <= set(rows.index)
     p.value("modes_model", models[0] if models else None, "{}")
     p.value("modes_seeds", per_system(dict(zip(table.get("system", []), table.get("seeds", [])))))
     p.value("qlora_memory_share", 100 * rows.loc["nf4", "peak_mib"] / rows.loc["full", "peak_mib"] if both

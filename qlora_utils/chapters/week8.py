@@ -9,6 +9,7 @@ from .. import figures, protocol
 from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
+from ..winrate import better_judge, judge_trust
 from . import NA, Page
 from .week2 import FAMILIES, study_models
 
@@ -51,6 +52,23 @@ def verdicts_frame(runs: list[Run]) -> pd.DataFrame:
     return table
 
 
+def judge_limit(runs: list[Run]) -> str:
+    """The lead model's reported AlpacaEval judge and how far it can be trusted, in a sentence or two."""
+    from .week6 import families, trust_sentence
+
+    model, _, judged = families(runs)[0]
+    record = better_judge([r.metrics for r in judged])
+    if not record:
+        return "No AlpacaEval judge ran in this profile."
+    trust = judge_trust(record)
+    whose = f" for {model}'s answers" if model != NA else ""
+    return (f"The AlpacaEval judge reported{whose}, {record['judge']['spec']}, kept its verdict when the "
+            f"answers swapped places in {trust['position_consistency']:.1f} % of pairs, and its sanity pairs were up "
+            f"to {trust['sanity_gap']:.1f} points from 50 %. How far to trust it: "
+            f"{trust_sentence(trust['position_consistency'], trust['sanity_gap'])[0].lower()}"
+            f"{trust_sentence(trust['position_consistency'], trust['sanity_gap'])[1:]}")
+
+
 def page(runs: list[Run]) -> Page:
     """Everything the week 8 page shows, from every finished run of the profile."""
     out = Page("week8")
@@ -78,6 +96,7 @@ def page(runs: list[Run]) -> Page:
         used = sorted({r.metrics["data"][part]["records_used"] for r in runs if r.metrics.get("experiment") == task
                        and "records_used" in r.metrics.get("data", {}).get(part, {})})
         out.value(key, " or ".join(f"{n:,}" for n in used) or None, "{}")
+    out.value("judge_limit", judge_limit(runs), "{}")
     fit = pd.DataFrame(gpu_verdicts())
     fit["mode"] = fit["mode"].map(MODE_NAMES)
     out.figures["fit"] = figures.gpu_fit(fit)
