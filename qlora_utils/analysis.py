@@ -190,6 +190,19 @@ def squad_error_kind(prediction: str | None, answers: Sequence[str]) -> str:
     return ERROR_KINDS[4]
 
 
+def squad_gain(generations: Sequence[dict[str, Any]], metric: str = "f1") -> dict[str, float]:
+    """Fine-tuned minus zero-shot SQuAD `metric` (points), paired by question: the mean (equal to the difference of
+    the official scores) with its 95 % t interval over the questions that have both answers; NaN when none do."""
+    from .metrics import squad_scores
+    from .protocol import interval
+
+    both = [g for g in generations if g.get("zero_shot") is not None and g.get("fine_tuned") is not None]
+    differences = [squad_scores([g["fine_tuned"]], [g["answers"]])[metric]
+                   - squad_scores([g["zero_shot"]], [g["answers"]])[metric] for g in both]
+    mean, low, high = interval(differences)
+    return {"gain": float(mean), "low": float(low), "high": float(high), "n": len(both)}
+
+
 def squad_error_table(generations: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Typical errors: how many answers of each kind, zero-shot and fine-tuned, with the first fine-tuned example."""
     rows = []

@@ -231,6 +231,8 @@ def test_week4_scores_gain_target_and_errors(tmp_path: Path) -> None:
     errors = page.tables["errors"].set_index("kind of answer")
     assert errors["fine-tuned answers"].sum() == 3 and errors.loc["exact match", "fine-tuned answers"] == 1
     assert text["exact_n"] == "1"
+    # per-question F1 gains: "Paris" vs "It is Paris." 100 − 50, then 0 − 0 twice: mean 16.7, sd 28.9, t(2) 4.303
+    assert text["gain_ci"] == "95 % CI -55.0 to +88.4 points, paired over 3 questions"
     assert text["top_error"] == "wrong span (no overlap)" and text["top_error_n"] == "2"  # "in 1998", "the tower"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures
-from ..analysis import MODE_NAMES, squad_error_table
+from ..analysis import MODE_NAMES, squad_error_table, squad_gain
 from ..report import chart_or_note
 from ..runs import Run
 from . import NA, Page
@@ -106,7 +106,11 @@ def page(runs: list[Run]) -> Page:
         for _, row in scores.iloc[1:].iterrows() if row["model"] != first.get("model")))
     result.figures["chart"] = chart_or_note(score_bars(scores), figures.squad_scores, "no SQuAD runs in this profile")
     by_name = {r.name: r for r in runs}
-    errors = errors_table(by_name[first["run"]].generations() if first else [])
+    generations = by_name[first["run"]].generations() if first else []
+    paired = squad_gain(generations)
+    result.value("gain_ci", f"95 % CI {paired['low']:+.1f} to {paired['high']:+.1f} points, paired over "
+                 f"{paired['n']:,} questions" if paired["n"] > 1 else None, "{}")
+    errors = errors_table(generations)
     result.tables["errors"] = errors
     misses = errors[errors["kind of answer"] != "exact match"].sort_values("fine-tuned answers", kind="stable") \
         if len(errors) else errors
