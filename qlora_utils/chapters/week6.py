@@ -28,6 +28,7 @@ WINRATE_COLUMNS = {"win rate (%)": "win_rate", "± s.e. (points)": "standard_err
                    "length-controlled win rate (%)": "length_controlled_winrate",
                    "position consistency (%)": "position_consistency", "sanity pair (%)": "sanity_pair_win_rate",
                    "pairs judged": "n"}
+WINRATE_TABLE_COLUMNS = ["system", "against", *WINRATE_COLUMNS, "judge"]
 MODES_COLUMNS = {"system": "system", "seeds": "seeds", "mean": "SST-2 accuracy, mean (%)",
                  "std": "SST-2 accuracy, s.d. (points)", "trainable": "trainable parameters",
                  "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
@@ -61,7 +62,7 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     second_family(p, fams[1:])
     reported = [(model, better_judge([r.metrics for r in rs]) or {}) for model, _, rs in fams]
     p.tables["winrates"] = pd.concat([winrate_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
-        ["model", *p.tables["winrates"].columns]]
+        ["model", *WINRATE_TABLE_COLUMNS]]
     p.tables["lengths"] = pd.concat([length_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
         ["model", *LENGTH_COLUMNS]]
     p.tables["examples"] = examples_table(instruct)
@@ -206,8 +207,7 @@ def winrate_table(record: dict[str, Any]) -> pd.DataFrame:
             row[column] = float("nan") if value is None else 100 * value if key == "position_consistency" else value
         row["judge"] = record.get("judge", {}).get("spec", NA)
         rows.append(row)
-    columns = ["system", "against", *WINRATE_COLUMNS, "judge"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=WINRATE_TABLE_COLUMNS)
 
 
 def trust_sentence(consistency: float, worst_sanity_gap: float) -> str:
@@ -242,9 +242,9 @@ def length_controlled_status(record: dict[str, Any]) -> str:
 
 
 def win_rates(p: Page, record: dict[str, Any]) -> None:
-    """The win-rate table and chart, the judge's position consistency and sanity pairs, and what they allow."""
+    """One model's win rates (its reported judge's record): the chart, the judge's position consistency and sanity
+    pairs, and what they allow."""
     table = winrate_table(record)
-    p.tables["winrates"] = table
     consistency = p.value("consistency", table["position consistency (%)"].mean() if len(table) else math.nan)
     sanity = record.get("sanity_pair", {})
     p.value("sanity", "; ".join(f"{REFERENCES.get(k, k)} {v['win_rate']:.1f} %" for k, v in sanity.items()
