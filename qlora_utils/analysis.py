@@ -91,6 +91,11 @@ def mode_comparison(frame: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
+def runs_by_size(runs: Iterable[Run]) -> list[Run]:
+    """Runs, the largest model's first (by its recorded parameter count), otherwise in the order given."""
+    return sorted(runs, key=lambda r: -(r.metrics.get("parameters", {}).get("total") or 0))
+
+
 def models_by_size(frame: pd.DataFrame) -> list[str]:
     """The models of a frame, largest first: the book leads with the largest pretrained model that ran the
     experiment and shows the others beside it as further families."""

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures
-from ..analysis import MODE_NAMES, squad_error_table, squad_gain
+from ..analysis import MODE_NAMES, runs_by_size, squad_error_table, squad_gain
 from ..report import chart_or_note
 from ..runs import Run
 from . import NA, Page
@@ -35,15 +35,10 @@ def score_row(run: Run) -> dict[str, Any]:
             "tokens/s": m.get("training", {}).get("tokens_per_second")}
 
 
-def by_size(runs: list[Run]) -> list[Run]:
-    """SQuAD runs, the largest model's first (the lead model leads), otherwise in the order given."""
-    return sorted(runs, key=lambda r: -(r.metrics.get("parameters", {}).get("total") or 0))
-
-
 def scores_table(runs: list[Run]) -> pd.DataFrame:
     """One row per SQuAD run, the largest model's first: model, mode, data sizes, zero-shot and fine-tuned EM and
     F1, trainable share, speed."""
-    frame = pd.DataFrame([score_row(r) for r in by_size(runs) if "fine_tuned" in r.metrics], columns=SCORE_COLUMNS)
+    frame = pd.DataFrame([score_row(r) for r in runs_by_size(runs) if "fine_tuned" in r.metrics], columns=SCORE_COLUMNS)
     for column in ("train questions", "dev questions"):
         frame[column] = frame[column].astype("Int64")
     return frame

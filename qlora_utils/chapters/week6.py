@@ -5,13 +5,14 @@ validation against measured runs and its 24 GB verdicts."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 
 from .. import figures, planner
 from ..adapters import LoraSettings
-from ..analysis import MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame
+from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
+                        runs_by_size)
 from ..protocol import primary_runs
 from ..report import chart_or_note
 from ..runs import Run, busy_seconds, summed_seconds
@@ -54,17 +55,15 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     the same data and steps), `scaling` week 3's fixed-shape runs (more measurements for the planner)."""
     p = Page(PREFIX)
     fams = families(runs)
-    instruct, judged = fams[0][1], fams[0][2]
-    chosen = better_judge([r.metrics for r in judged]) or {}
-    instruction_setup(p, instruct, chosen)
-    win_rates(p, chosen)
+    instruct = fams[0].instruct
+    instruction_setup(p, instruct, fams[0].reported)
+    win_rates(p, fams[0].reported)
     judges(p, fams)
     second_family(p, fams[1:])
-    reported = [(model, better_judge([r.metrics for r in rs]) or {}) for model, _, rs in fams]
-    p.tables["winrates"] = pd.concat([winrate_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
-        ["model", *WINRATE_TABLE_COLUMNS]]
-    p.tables["lengths"] = pd.concat([length_table(r).assign(model=m) for m, r in reported], ignore_index=True)[
-        ["model", *LENGTH_COLUMNS]]
+    p.tables["winrates"] = pd.concat([winrate_table(f.reported).assign(model=f.model) for f in fams],
+                                     ignore_index=True)[["model", *WINRATE_TABLE_COLUMNS]]
+    p.tables["lengths"] = pd.concat([length_table(f.reported).assign(model=f.model) for f in fams],
+                                    ignore_index=True)[["model", *LENGTH_COLUMNS]]
     p.tables["examples"] = examples_table(instruct)
     p.value("n_examples", len(p.tables["examples"]), "{:d}")
     p.value("examples_differ", differing_rows(p.tables["examples"]), "{:d}")
@@ -83,33 +82,43 @@ def model_of(run: Run) -> str:
     return model.get("label") or model.get("preset") or NA
 
 
-def families(runs: Sequence[Run]) -> list[tuple[str, list[Run], list[Run]]]:
+class Family(NamedTuple):
+    """One instructed model: its instruction-tuning runs and the win-rate runs that judged their answers."""
+
+    model: str
+    instruct: list[Run]
+    judged: list[Run]
+
+    @property
+    def reported(self) -> dict[str, Any]:
+        """The win-rate record whose judge `winrate.better_judge` picks ({} when none ran)."""
+        return better_judge([r.metrics for r in self.judged]) or {}
+
+
+def families(runs: Sequence[Run]) -> list[Family]:
     """Per instructed model, the largest first (the lead): its instruction-tuning runs and the win-rate runs that
     judged them (a win-rate run naming no known run goes with the lead). Always at least one family."""
-    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
+    instruct = runs_by_size([r for r in runs if r.metrics.get("experiment") == "alpaca"])
     judged = [r for r in runs if r.metrics.get("experiment") == "alpacaeval"]
-    size = {}
-    for r in instruct:
-        size[model_of(r)] = max(size.get(model_of(r), 0), r.metrics.get("parameters", {}).get("total") or 0)
-    models = sorted(size, key=lambda m: -size[m]) or [NA]
+    models = list(dict.fromkeys(model_of(r) for r in instruct)) or [NA]
     by_name = {r.name: model_of(r) for r in instruct}
 
     def judged_model(run: Run) -> str:
         return next((by_name[n] for n in run.parameters.get("instruct_runs") or [] if n in by_name), models[0])
 
-    return [(m, [r for r in instruct if model_of(r) == m], [r for r in judged if judged_model(r) == m])
+    return [Family(m, [r for r in instruct if model_of(r) == m], [r for r in judged if judged_model(r) == m])
             for m in models]
 
 
-def judges(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
+def judges(p: Page, fams: Sequence[Family]) -> None:
     """Every judge's trust on each model's answers (position consistency, worst sanity gap), which one is reported
     by `winrate.better_judge`'s rule, and, where two judges judged the same answers, the comparison in words."""
     rows = []
-    for model, _, judged in fams:
-        chosen = better_judge([r.metrics for r in judged])
-        for r in judged:
+    for family in fams:
+        chosen = family.reported
+        for r in family.judged:
             trust = judge_trust(r.metrics)
-            rows.append({"answers of": model, "judge": r.metrics.get("judge", {}).get("spec", NA),
+            rows.append({"answers of": family.model, "judge": r.metrics.get("judge", {}).get("spec", NA),
                          "position consistency (%)": trust["position_consistency"],
                          "worst sanity pair gap (points)": trust["sanity_gap"],
                          "comparisons": len(r.metrics.get("win_rates", [])),
@@ -117,7 +126,7 @@ def judges(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
                          "reported": "yes" if r.metrics is chosen else "no"})
     table = pd.DataFrame(rows, columns=JUDGE_COLUMNS)
     p.tables["judges"] = table
-    lead = table[table["answers of"] == fams[0][0]]
+    lead = table[table["answers of"] == fams[0].model]
     p.value("n_judges", len(lead), "{:d}")
     if len(lead) < 2:
         p.value("judges_compared", "Only one judge judged these answers, so there is no choice of judge to make.")
@@ -132,12 +141,12 @@ def judges(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
         + f". By the rule, the win rates above are {best['judge']}'s."))
 
 
-def second_family(p: Page, fams: Sequence[tuple[str, list[Run], list[Run]]]) -> None:
+def second_family(p: Page, fams: Sequence[Family]) -> None:
     """One sentence per further model family: its systems' win rates against the first reference, with its judge
     and that judge's position consistency (empty when there is one model)."""
     sentences = []
-    for model, _, judged in fams:
-        record = better_judge([r.metrics for r in judged])
+    for family in fams:
+        model, record = family.model, family.reported
         if not record:
             continue
         first = record["win_rates"][0]["baseline"]

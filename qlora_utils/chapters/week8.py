@@ -9,7 +9,7 @@ from .. import figures, protocol
 from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
-from ..winrate import better_judge, judge_trust
+from ..winrate import judge_trust
 from . import NA, Page
 from .week2 import FAMILIES, study_models
 
@@ -56,17 +56,17 @@ def judge_limit(runs: list[Run]) -> str:
     """The lead model's reported AlpacaEval judge and how far it can be trusted, in a sentence or two."""
     from .week6 import families, trust_sentence
 
-    model, _, judged = families(runs)[0]
-    record = better_judge([r.metrics for r in judged])
+    lead = families(runs)[0]
+    record = lead.reported
     if not record:
         return "No AlpacaEval judge ran in this profile."
     trust = judge_trust(record)
-    whose = f" for {model}'s answers" if model != NA else ""
+    how = trust_sentence(trust["position_consistency"], trust["sanity_gap"])
+    whose = f" for {lead.model}'s answers" if lead.model != NA else ""
     return (f"The AlpacaEval judge reported{whose}, {record['judge']['spec']}, kept its verdict when the "
             f"answers swapped places in {trust['position_consistency']:.1f} % of pairs, and its sanity pairs were up "
             f"to {trust['sanity_gap']:.1f} points from 50 %. How far to trust it: "
-            f"{trust_sentence(trust['position_consistency'], trust['sanity_gap'])[0].lower()}"
-            f"{trust_sentence(trust['position_consistency'], trust['sanity_gap'])[1:]}")
+            f"{how[0].lower()}{how[1:]}")
 
 
 def page(runs: list[Run]) -> Page:
