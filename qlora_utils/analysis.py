@@ -59,8 +59,17 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
         rows.append({"run": run.name, "notebook": Path(run.notebook).stem, "seed": run.parameters.get("seed"),
                      "group": run.group, **headline(run.metrics), "wall s": run.status.get("wall_seconds"),
                      "device": run.metrics["training"].get("memory", {}).get("device", "cpu"),
-                     "threads": run.env.get("hardware", {}).get("torch_threads"), "commit": run.commit})
+                     "threads": training_threads(run), "commit": run.commit})
     return pd.DataFrame(rows)
+
+
+def training_threads(run: Run) -> int | str | None:
+    """The torch threads a run trained with: one count, or a range ("1–2") when a parallel grid gave it freed cores
+    mid-training (`threads.follow`); records older than that give the count the run started with."""
+    seen = (run.metrics.get("training") or {}).get("threads")
+    if seen:
+        return seen[0] if len(seen) == 1 else f"{min(seen)}–{max(seen)}"
+    return (run.env.get("hardware") or run.metrics.get("environment", {}).get("hardware", {})).get("torch_threads")
 
 
 def at_common_setting(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

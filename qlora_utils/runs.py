@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .environment import environment
+from .environment import environment, speed_probe
 from .io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,13 +203,14 @@ def recover(run_dir: Path) -> None:
 
 def mark_started(run_dir: Path, notebook: str, parameters: dict[str, Any], profile: str,
                  group: str | None = None) -> dict[str, Any]:
-    """Write config.json, env.json and a 'running' status before a run starts."""
+    """Write config.json, env.json (with the machine's speed now: `environment.speed_probe`) and a 'running' status
+    before a run starts."""
     run_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(notebook, parameters)
     config = {"run": run_dir.name, "profile": profile, "notebook": notebook, "parameters": parameters,
               "config_hash": digest, "seed": parameters.get("seed"), "group": group}
     atomic_write_json(run_dir / "config.json", config)
-    atomic_write_json(run_dir / "env.json", environment())
+    atomic_write_json(run_dir / "env.json", {**environment(), "speed": speed_probe()})
     status = {"state": "running", "config_hash": digest, "started": now(), "pid": os.getpid()}
     atomic_write_json(run_dir / "status.json", status)
     return status

@@ -24,6 +24,7 @@ from transformers import (
 from .efficiency import PeakMemory, tokens_per_second
 from .errors import QLoraError
 from .prefix import decoder_hidden, shared_length
+from .threads import follow
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,11 @@ class AnswerLossTrainer(Trainer):
 
 
 class HistoryCallback(TrainerCallback):
-    """Collects every log entry (train/eval loss, learning rate, tokens seen) with the elapsed seconds."""
+    """Collects every log entry (train/eval loss, learning rate, tokens seen) with the elapsed seconds and the threads
+    in use; before each step, adopts the thread count a parallel grid assigned (`threads.follow`)."""
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        follow()
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -132,7 +137,7 @@ class HistoryCallback(TrainerCallback):
         if not logs or "train_loss" in logs:  # the closing summary is not a step
             return
         entry = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.perf_counter() - self.start, 3),
-                 "tokens_seen": int(state.num_input_tokens_seen)}
+                 "tokens_seen": int(state.num_input_tokens_seen), "threads": torch.get_num_threads()}
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
             if key in logs:
                 entry[key] = float(logs[key])
@@ -163,6 +168,7 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         """Scalars for a run record (the history is stored separately)."""
         return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
+                "threads": sorted({h["threads"] for h in self.history if "threads" in h}),
                 "tokens_per_second": round(self.tokens_per_second, 1), "optimizer": self.optimizer,
                 "memory": self.memory, "settings": self.settings}
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -68,3 +70,16 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
     assert row["predicted MiB"] == pytest.approx(plan.total / 2 ** 20)
     assert row["error %"] == pytest.approx(100 * (plan.total / 2 ** 20 - 100) / 100)
     assert plan.total < GiB
+
+
+def test_training_threads_give_one_count_or_the_range_a_grid_gave_mid_training() -> None:
+    from qlora_utils.analysis import training_threads
+    from qlora_utils.runs import Run
+
+    def run(metrics: dict, env: dict) -> Run:
+        return Run(Path("r"), {}, {}, metrics, env)
+
+    assert training_threads(run({"training": {"threads": [1]}}, {})) == 1
+    assert training_threads(run({"training": {"threads": [1, 2]}}, {})) == "1–2"
+    assert training_threads(run({"training": {}}, {"hardware": {"torch_threads": 2}})) == 2, "older records"
+    assert training_threads(run({}, {})) is None

@@ -26,3 +26,21 @@ def test_the_grid_time_is_set_against_the_profiles_budget(tmp_path: Path) -> Non
     assert appendix.budget_sentence(1.0, None) == "This profile states no time budget."
     assert appendix.page([sst2_run(tmp_path, "a", "nf4", 0, 0.8)], budget_hours=0.75).text["budget"].startswith(
         "That is within")
+
+
+def test_the_machines_speed_is_given_per_thread_from_the_runs_that_probed_it(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abc")]
+    assert appendix.speed_sentence(runs).startswith("No run recorded")
+    runs[0].env["speed"] = {"gflops": 180.0, "threads": 1}
+    runs[1].env["speed"] = {"gflops": 200.0, "threads": 2}
+    assert appendix.speed_sentence(runs) == ("The machine's speed, probed at the start of 2 run(s) (bf16 matrix "
+                                             "products), ranged 100 to 180 GFLOP/s per thread (median 140); 1 older "
+                                             "run(s) did not record it.")
+
+
+def test_a_run_records_the_machines_speed_when_it_starts(tmp_path: Path) -> None:
+    from qlora_utils.runs import mark_started, read_json
+
+    mark_started(tmp_path / "r", "notebooks/week7_analysis.md", {}, "ptest")
+    speed = read_json(tmp_path / "r" / "env.json")["speed"]
+    assert speed["gflops"] > 1 and speed["threads"] >= 1

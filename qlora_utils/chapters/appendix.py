@@ -18,11 +18,27 @@ def budget_sentence(busy_hours: float, budget_hours: float | None) -> str:
             "the budget is not met.")
 
 
+def speed_sentence(runs: list[Run]) -> str:
+    """The machine's speed over the grid, from the probe each run took at its start (`environment.speed_probe`), per
+    thread: the same grid takes longer on a slower host."""
+    probes = [r.env["speed"] for r in runs if (r.env.get("speed") or {}).get("threads")]
+    if not probes:
+        return "No run recorded the machine's speed (the probe is newer than these runs)."
+    per_thread = sorted(p["gflops"] / p["threads"] for p in probes)
+    median = per_thread[len(per_thread) // 2] if len(per_thread) % 2 else \
+        (per_thread[len(per_thread) // 2 - 1] + per_thread[len(per_thread) // 2]) / 2
+    older = len(runs) - len(probes)
+    return (f"The machine's speed, probed at the start of {len(probes)} run(s) (bf16 matrix products), ranged "
+            f"{per_thread[0]:.0f} to {per_thread[-1]:.0f} GFLOP/s per thread (median {median:.0f})"
+            + (f"; {older} older run(s) did not record it." if older else "."))
+
+
 def page(runs: list[Run], budget_hours: float | None = None) -> Page:
     """Everything the appendix shows, from every finished run of the profile and its time budget (hours)."""
     out = Page("appendix")
     busy = out.value("busy_hours", busy_seconds(runs) / 3600, "{:.2f}")
     out.value("budget", budget_sentence(busy, budget_hours), "{}")
+    out.value("speed", speed_sentence(runs), "{}")
     out.markdown["wall_time"] = wall_time_table(runs)
     out.markdown["provenance"] = provenance_frame(runs)
     dirty = [r for r in runs if (r.commit or "").endswith("+dirty")]

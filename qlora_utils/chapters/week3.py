@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import figures
-from ..analysis import MODE_NAMES, efficiency_frame, experiments_frame
+from ..analysis import MODE_NAMES, efficiency_frame, experiments_frame, training_threads
 from ..report import chart_or_note
 from ..runs import Run
 from . import NA, Page
@@ -23,12 +23,6 @@ SPEED = "tokens/s"
 def _training_memory(run: Run) -> dict[str, Any]:
     """The training phase's memory record of a run (empty when it did not train)."""
     return (run.metrics.get("training") or {}).get("memory", {})
-
-
-def threads(run: Run) -> int | None:
-    """The torch thread count the run trained with (env.json hardware.torch_threads), None if not recorded."""
-    hardware = run.env.get("hardware") or run.metrics.get("environment", {}).get("hardware", {})
-    return hardware.get("torch_threads")
 
 
 def load_and_cores(run: Run) -> tuple[float | None, int | None]:
@@ -60,8 +54,10 @@ def memory_measure(memory: dict[str, Any]) -> str:
 
 def threads_label(n: Any) -> str:
     """A facet label for a thread count."""
-    if n is None or pd.isna(n):
+    if n is None or (not isinstance(n, str) and pd.isna(n)):
         return "threads not recorded"
+    if isinstance(n, str):  # a range: the run was given freed cores mid-training
+        return f"{n} threads"
     return f"{int(n)} thread" + ("" if int(n) == 1 else "s")
 
 
@@ -79,7 +75,7 @@ def efficiency_table(runs: list[Run]) -> pd.DataFrame:
         run = by_name[name]
         load, cores = load_and_cores(run)
         flag = busy(load, cores)
-        extra.append({"torch threads": threads(run), "cores": cores, "load average (1 min)": load,
+        extra.append({"torch threads": training_threads(run), "cores": cores, "load average (1 min)": load,
                       "busy machine": NA if flag is None else "yes" if flag else "no"})
     frame = pd.concat([frame.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     frame = frame.rename(columns={"trainable %": "trainable (%)", "peak MiB": PEAK, "predicted GiB":

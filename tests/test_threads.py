@@ -1,0 +1,126 @@
+"""Cores shared by a parallel grid's runs: the split, a run following its file, and a lone run taking freed cores."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qlora_utils import threads
+from qlora_utils.runner import load_profile, run_profile
+
+
+def test_cores_are_split_evenly_the_remainder_to_the_earliest_run() -> None:
+    assert threads.shares(["a"], 2) == {"a": 2}
+    assert threads.shares(["a", "b"], 2) == {"a": 1, "b": 1}
+    assert threads.shares(["a", "b", "c"], 16) == {"a": 6, "b": 5, "c": 5}
+    assert threads.shares(["a", "b", "c"], 2) == {"a": 1, "b": 1, "c": 1}, "never fewer than one thread"
+    assert threads.shares([], 4) == {}
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_run_adopts_the_count_written_to_its_file_and_records_the_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
+    path = tmp_path / "run.threads"
+    monkeypatch.setenv(threads.THREADS_FILE_ENV, str(path))
+    torch.set_num_threads(1)
+    assert threads.follow() == 1, "no file yet: nothing changes"
+    threads.assign(path, 2)
+    assert threads.follow() == 2 and torch.get_num_threads() == 2
+    assert threads.changes()[-1]["threads"] == 2
+    path.write_text("lots\n")  # a garbled file is ignored, never fatal
+    assert threads.follow() == 2
+    threads.assign(path, 1)
+    assert threads.follow() == 1
+
+
+def test_outside_a_grid_follow_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(threads.THREADS_FILE_ENV, raising=False)
+    assert threads.follow() == torch.get_num_threads()
+
+
+SHORT_RUN = """
+import json, sys, time
+from pathlib import Path
+from qlora_utils.runs import mark_finished, mark_started
+run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+started = time.perf_counter()
+state = mark_started(run_dir, notebook, parameters, "ptest")
+time.sleep(0.5)
+(run_dir / "notebook.ipynb").write_text("{}")
+(run_dir / "metrics.json").write_text("{}")
+mark_finished(run_dir, state, started)
+"""
+
+FOLLOWING_RUN = """
+import json, os, sys, time
+from pathlib import Path
+from qlora_utils.runs import mark_finished, mark_started
+from qlora_utils.threads import follow
+run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+started = time.perf_counter()
+state = mark_started(run_dir, notebook, parameters, "ptest")
+seen, deadline = [], time.time() + 60
+while time.time() < deadline:  # a training loop calls follow() between steps
+    threads = follow()
+    if not seen or seen[-1] != threads:
+        seen.append(threads)
+    if threads == 4:
+        break
+    time.sleep(0.05)
+(run_dir / "notebook.ipynb").write_text("{}")
+(run_dir / "metrics.json").write_text(json.dumps({"seen": seen, "started_with": os.environ["OMP_NUM_THREADS"]}))
+mark_finished(run_dir, state, started)
+"""
+
+
+def test_a_run_left_alone_takes_the_cores_the_finished_run_freed(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import qlora_utils.runner as runner
+
+    root = tmp_path / "runs"
+    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force, allow_dirty: [
+        sys.executable, "-c", SHORT_RUN if entry.name == "short" else FOLLOWING_RUN,
+        str(root / profile.name / entry.name), entry.notebook, json.dumps(entry.parameters)])
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))  # where the runner keeps the thread files
+    path = tmp_path / "ptest.yaml"
+    notebook = "    notebook: notebooks/week7_analysis.md\n"
+    path.write_text(f"profile: ptest\ndescription: t\nruns:\n  - name: short\n{notebook}  - name: long\n{notebook}")
+    results = run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True)
+    assert results == {"short": "done", "long": "done"}
+    record = json.loads((root / "ptest" / "long" / "metrics.json").read_text())
+    assert record["started_with"] == "2", "two runs at once: half the cores each"
+    assert record["seen"][-1] == 4, f"alone, it should have taken all four cores; it saw {record['seen']}"
+    assert not list(tmp_path.glob("qlora-threads-*")), "the thread files are removed with the grid"
+
+
+@pytest.mark.parametrize("mode", ["nf4", "bf16"])
+def test_the_thread_count_does_not_change_the_numbers(mode: str, restore_threads: None) -> None:
+    """A run given freed cores mid-training computes what it would have at its first count: loss and gradients
+    are bitwise equal at one and two threads (so the same seed gives the same numbers however the grid ran)."""
+    from qlora_utils.models import load_model
+    from qlora_utils.adapters import LoraSettings, prepare_for_training
+
+    results = []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        torch.manual_seed(0)
+        loaded = load_model("tiny-qwen2", mode)
+        model = prepare_for_training(loaded, LoraSettings(rank=8, dropout=0.0), gradient_checkpointing=False)
+        ids = torch.randint(0, model.config.vocab_size, (8, 128), generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
