@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
             from pathlib import Path
 
-            from .runner import reproduce
+            from .reproduce import reproduce
 
             with tempfile.TemporaryDirectory(prefix="qlora-reproduce-") as scratch:
                 differences = reproduce(load_profile(args.profile), args.run, Path(scratch))

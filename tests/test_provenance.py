@@ -1,18 +1,21 @@
-"""The committed runs of the default profile: every run records a clean commit, the same one in every file, and no
-machine path in any text file of its directory (subfolders included)."""
+"""The committed runs of the default and quick profiles (both complete): every run records a clean commit, the same
+one in every file, and no machine path in any text file of its directory (subfolders included)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from qlora_utils.runs import profile_runs_dir, provenance_problems, read_runs
 from qlora_utils.runner import REPO, load_profile
 
 
-def test_every_committed_run_has_clean_provenance() -> None:
-    runs = read_runs(profile_runs_dir("cpu", REPO / "runs"), done_only=False)
-    assert {r.name for r in runs} >= {e.name for e in load_profile("cpu").entries}, "the default profile is complete"
+@pytest.mark.parametrize("profile", ["cpu", "quick"])
+def test_every_committed_run_has_clean_provenance(profile: str) -> None:
+    runs = read_runs(profile_runs_dir(profile, REPO / "runs"), done_only=False)
+    assert {r.name for r in runs} >= {e.name for e in load_profile(profile).entries}, f"{profile} is complete"
     problems = {r.name: provenance_problems(r) for r in runs}
     assert not {name: p for name, p in problems.items() if p}
 

@@ -355,7 +355,8 @@ def test_checkout_at_gives_a_temporary_worktree_of_a_commit_and_removes_it() -> 
     import subprocess
 
     from qlora_utils.environment import git_commit
-    from qlora_utils.runner import REPO, checkout_at
+    from qlora_utils.reproduce import checkout_at
+    from qlora_utils.runner import REPO
 
     commit = git_commit(REPO).removesuffix("+dirty")
     with checkout_at(commit) as tree:
