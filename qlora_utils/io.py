@@ -12,6 +12,7 @@ from .errors import QLoraError
 
 DATA_DIR_ENV = "QLORA_DATA_DIR"
 CACHE_DIR_ENV = "QLORA_CACHE_DIR"
+RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path | None:

@@ -10,7 +10,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from .io import CACHE_DIR_ENV, DATA_DIR_ENV
+from .io import CACHE_DIR_ENV, DATA_DIR_ENV, RUNS_ENV
 from .runs import REPO
 
 # An absolute path of a POSIX machine in text: a slash starting a path under one of the usual top folders.
@@ -25,7 +25,7 @@ def placeholders() -> list[tuple[str, str]]:
     pairs[sys.prefix] = "<venv>"
     pairs[sys.base_prefix] = "<python>"
     pairs[str(REPO)] = "<repo>"
-    for variable, name in ((DATA_DIR_ENV, "<data>"), (CACHE_DIR_ENV, "<cache>")):
+    for variable, name in ((DATA_DIR_ENV, "<data>"), (CACHE_DIR_ENV, "<cache>"), (RUNS_ENV, "<runs>")):
         if os.environ.get(variable):
             pairs[str(Path(os.environ[variable]).expanduser().resolve())] = name
     pairs[str(Path.home())] = "~"

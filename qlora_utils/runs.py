@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .environment import environment, speed_probe
-from .io import atomic_write_json
+from .io import RUNS_ENV, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
-RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
 UNCOMMITTED = "uncommitted.diff"  # what a run made with --allow-dirty ran beyond its commit
 STATES = ("done", "running", "stale", "failed", "interrupted", "partial", "corrupt", "missing")
 REQUIRED = ("config.json", "env.json", "status.json", "notebook.ipynb", "metrics.json")  # a finished run has these

@@ -302,3 +302,4 @@ def test_bench_section_reads_the_benchmark_run(tmp_path: Path) -> None:
     assert week3.page([run]).text["bench_agreement"] == "not met by project with checkpointing on"
     empty = week3.page([])
     assert empty.tables["bench"].empty and empty.text["bench_speedup_off"] == NA == empty.text["bench_agreement"]
+    assert page.text["bench_note"] == "" and empty.text["bench_note"].startswith("This profile ran no benchmark")

@@ -317,6 +317,9 @@ def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch
     assert cleaned == ("<site-packages>/tqdm/auto.py:21 warning; <repo>/runs/cpu/x/.source.ipynb; "
                        "<data>/sst2/dev.tsv; <tmp>/qlora-judge-x1/configs.yaml")
     assert absolute_paths(text) and not absolute_paths(cleaned)
+    runs_elsewhere = tmp_path.parent / "gridruns"  # QLORA_RUNS_DIR outside the checkout (a grid run from a worktree)
+    monkeypatch.setenv("QLORA_RUNS_DIR", str(runs_elsewhere))
+    assert scrub(f"{runs_elsewhere}/quick/.a.staging/.source.ipynb") == "<runs>/quick/.a.staging/.source.ipynb"
 
 
 def test_kernels_import_this_checkout_even_when_another_is_installed(tmp_path: Path,
