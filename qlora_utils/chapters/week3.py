@@ -221,7 +221,7 @@ def bench_values(result: Page, runs: list[Run]) -> None:
                if row["what"] == "training" and row["variant"] == "project"}
     scoring = next((row for row in summary if row["what"] == "scoring"), {})
     result.value("bench_run", run.name if run else NA)
-    result.value("bench_note", "" if run else "This profile ran no benchmark (the `cpu` profile's `week3-bench` "
+    result.value("bench_note", "" if run else "This profile ran no benchmark (the cpu profile's week3-bench run "
                  "does), so the figures below read n/a.", "{}")
     result.value("bench_threads", bench["threads"] if bench else None, "{:d}")
     result.value("bench_examples", bench["settings"]["train_examples"] if bench else None, "{:,d}")
