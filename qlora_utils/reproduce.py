@@ -15,7 +15,7 @@ from typing import Any
 from .environment import git_commit
 from .errors import QLoraError
 from .runner import Profile, check_committed, execute_entry, kernel_environment
-from .runs import REPO, RUNS_ENV, read_json, run_state
+from .runs import REPO, RUNS_ENV, read_json, read_run, run_state
 
 
 TIMING = ("peak MiB", "tokens/s", "train s")  # measurements of the machine, not results of the seed
@@ -25,7 +25,6 @@ def outcome(run_dir: Path) -> dict[str, Any]:
     """What a seed determines in a finished run: the headline numbers (without time and memory), the per-step
     losses and every per-example output."""
     from .analysis import headline
-    from .runs import read_run
 
     run = read_run(run_dir)
     numbers = {k: v for k, v in headline(run.metrics).items() if k not in TIMING}

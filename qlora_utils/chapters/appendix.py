@@ -3,6 +3,8 @@ code outside a commit, mixed commits, machine paths)."""
 
 from __future__ import annotations
 
+import statistics
+
 from ..report import provenance_frame, wall_time_table
 from ..runs import Run, busy_seconds
 from . import Page
@@ -25,11 +27,9 @@ def speed_sentence(runs: list[Run]) -> str:
     if not probes:
         return "No run recorded the machine's speed (the probe is newer than these runs)."
     per_thread = sorted(p["gflops"] / p["threads"] for p in probes)
-    median = per_thread[len(per_thread) // 2] if len(per_thread) % 2 else \
-        (per_thread[len(per_thread) // 2 - 1] + per_thread[len(per_thread) // 2]) / 2
     older = len(runs) - len(probes)
     return (f"The machine's speed, probed at the start of {len(probes)} run(s) (bf16 matrix products), ranged "
-            f"{per_thread[0]:.0f} to {per_thread[-1]:.0f} GFLOP/s per thread (median {median:.0f})"
+            f"{per_thread[0]:.0f} to {per_thread[-1]:.0f} GFLOP/s per thread (median {statistics.median(per_thread):.0f})"
             + (f"; {older} older run(s) did not record it." if older else "."))
 
 
