@@ -5,6 +5,7 @@
   status PROFILE   done / stale / failed / partial / missing for every run of a profile
   reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
   bench            time training and scoring side by side with a reference recipe on identical work
+  speedup P RUN    one run at an older commit and at this one, started together on this machine: new/old time
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
   plan             predict peak training memory of a model/mode/shape and whether it fits a GPU
@@ -86,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
+    speed = sub.add_parser("speedup", help="one run at an older commit and at a newer one, started together "
+                                           "(one thread each): both wall times and their ratio")
+    speed.add_argument("profile", help="profile name (each commit's own profiles/NAME.yaml)")
+    speed.add_argument("run", help="run name, e.g. week2-sweep-lr3e-4")
+    speed.add_argument("--old", required=True, help="the earlier commit")
+    speed.add_argument("--new", default="HEAD", help="the later commit (default HEAD)")
+    speed.add_argument("--output", default=None,
+                       help="folder for both runs, their logs and speedup.json (default: a temporary folder)")
     status = sub.add_parser("status", help="list every run of a profile with its state")
     status.add_argument("profile")
     validate = sub.add_parser("validate", help="check profiles against the notebooks' parameters cells")
@@ -191,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
                                      if not differences else f"{len(differences)} difference(s)"))
             if differences:
                 return 1
+        elif args.command == "speedup":
+            import tempfile
+            from pathlib import Path
+
+            from .speedup import describe, side_by_side
+
+            with tempfile.TemporaryDirectory(prefix="qlora-speedup-") as scratch:
+                result = side_by_side(args.profile, args.run, args.old, args.new, Path(args.output or scratch))
+            print(describe(result))
         elif args.command == "status":
             profile = load_profile(args.profile)
             states = status(profile)

@@ -1,0 +1,92 @@
+"""Speed-up of one run between two commits, measured on the same machine at the same time: the profile entry of the
+same name runs with each commit's code (temporary worktrees, the same Python environment), both started together
+with one thread each, so that both see the same host and the same load. The ratio is new wall time / old."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import QLoraError
+from .io import atomic_write_json
+from .reproduce import checkout_at
+from .runs import RUNS_ENV, read_json
+
+SIDES = ("old", "new")
+
+
+def resolve(commit: str) -> str:
+    """The full hash of a commit of this repository, or one clear error."""
+    from .runs import REPO
+
+    done = subprocess.run(["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=REPO, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise QLoraError(f"commit {commit!r} not found in this repository (a shallow clone lacks older commits: "
+                         "`git fetch --unshallow`)")
+    return done.stdout.strip()
+
+
+def start(tree: Path, profile: str, name: str, runs: Path, log: Path, threads: int) -> subprocess.Popen:
+    """The runner of the checkout in `tree` executing one entry of its own copy of the profile into `runs`."""
+    env = {**os.environ, RUNS_ENV: str(runs), "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    env.pop("QLORA_THREADS_FILE", None)
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "qlora_utils", "run", f"profiles/{profile}.yaml", "--only",
+                                 name, "--force"], cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def side_by_side(profile: str, name: str, old: str, new: str, scratch: Path, threads: int = 1) -> dict[str, Any]:
+    """Run entry `name` of profile `profile` at commits `old` and `new` at once (each its own worktree, runs folder
+    and log under scratch, `threads` threads each) and return both wall times (the runner's own `wall_seconds`),
+    their ratio and the 1-minute load average before and after."""
+    commits = {"old": resolve(old), "new": resolve(new)}
+    scratch.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        trees = {side: stack.enter_context(checkout_at(commits[side])) for side in SIDES}
+        for side in SIDES:
+            if not (trees[side] / "profiles" / f"{profile}.yaml").is_file():
+                raise QLoraError(f"commit {commits[side][:12]} has no profiles/{profile}.yaml")
+        began = time.perf_counter()
+        procs = {side: start(trees[side], profile, name, scratch / side, scratch / f"{side}.log", threads)
+                 for side in SIDES}
+        ended: dict[str, float] = {}
+        while len(ended) < len(procs):
+            for side, proc in procs.items():
+                if side not in ended and proc.poll() is not None:
+                    ended[side] = time.perf_counter() - began
+            time.sleep(1)
+    load_after = os.getloadavg()[0]
+    sides: dict[str, Any] = {}
+    for side in SIDES:
+        status = read_json(scratch / side / profile / name / "status.json") or {}
+        if procs[side].returncode != 0 or status.get("state") != "done":
+            raise QLoraError(f"the {side} side ({commits[side][:12]}) of {name!r} failed (exit "
+                             f"{procs[side].returncode}); its log: {scratch / f'{side}.log'}")
+        sides[side] = {"commit": commits[side], "wall_seconds": status["wall_seconds"],
+                       "process_seconds": round(ended[side], 1)}
+    result = {"profile": profile, "run": name, "threads_each": threads, **sides,
+              "ratio": round(sides["new"]["wall_seconds"] / sides["old"]["wall_seconds"], 3),
+              "load_before": round(load_before, 2), "load_after": round(load_after, 2)}
+    from .environment import environment
+
+    result["environment"] = environment()
+    atomic_write_json(scratch / "speedup.json", result)
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line: the run, both wall times with their commits, the ratio and the load."""
+    old, new = result["old"], result["new"]
+    return (f"{result['run']}: old {old['commit'][:7]} {old['wall_seconds']:.1f} s, new {new['commit'][:7]} "
+            f"{new['wall_seconds']:.1f} s, new/old {result['ratio']:.3f} ({result['threads_each']} thread each, "
+            f"started together; load {result['load_before']:.2f} before, {result['load_after']:.2f} after)")
+
+
