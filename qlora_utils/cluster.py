@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import QLoraError
 from .io import atomic_write_json
-from .runner import (Entry, Profile, RunFailed, _needed, _runner_command, _skip_reason, check_committed,
-                     check_inputs, notebook_parameters, pattern_match, thread_environment, validate_profile)
+from .runner import (Entry, Profile, RunFailed, check_committed, check_inputs, notebook_parameters, pattern_match,
+                     prerequisites, runner_command, skip_reason, thread_environment, validate_profile)
 from .runs import RUNS_ENV, read_json, run_state
 
 EXECUTORS = ("local", "slurm")
@@ -124,7 +124,7 @@ class RunJob:
         env = {**thread_environment(int(threads)), RUNS_ENV: self.runs_root}
         restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"[qlora_utils] job for run {self.name}: start {int(restarts) + 1}, {threads} thread(s)", flush=True)
-        done = subprocess.run(_runner_command(profile, entry, False, self.allow_dirty), env=env)
+        done = subprocess.run(runner_command(profile, entry, False, self.allow_dirty), env=env)
         state = run_state(profile.runs_dir(Path(self.runs_root)) / self.name, entry.config_hash)
         if done.returncode != 0 or state not in ("done", "running"):
             raise RunFailed(f"run {self.name!r} ended {state} (runner exit {done.returncode})")
@@ -185,16 +185,16 @@ def submit_profile(profile: Profile, executor: str, settings: JobSettings, root:
     jobs: dict[str, Any] = {}
     records = read_json(runs_dir / JOBS_FILE) or {}
     for entry in entries:
-        if skipped := _skip_reason(profile, entry, root, force=False):
+        if skipped := skip_reason(profile, entry, root, force=False):
             submitted[entry.name] = skipped
             continue
-        after = [jobs[n.name].job_id for n in _needed(profile, entry) if n.name in jobs]
+        after = [jobs[n.name].job_id for n in prerequisites(profile, entry) if n.name in jobs]
         parameters = job_parameters(entry, settings)
         job_executor = _executor(executor, folder)
         if executor == "slurm":
             job_executor.update_parameters(**_slurm_parameters(parameters, after))
         else:
-            _wait_local([jobs[n.name] for n in _needed(profile, entry) if n.name in jobs], poll_seconds)
+            _wait_local([jobs[n.name] for n in prerequisites(profile, entry) if n.name in jobs], poll_seconds)
             _wait_local(list(jobs.values()), poll_seconds, keep=settings.local_jobs - 1)
             job_executor.update_parameters(timeout_min=settings.time_min)
         job = job_executor.submit(RunJob(str(profile.path.resolve()), entry.name, str(runs_root), allow_dirty))

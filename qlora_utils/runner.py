@@ -227,7 +227,7 @@ def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None =
     return ""
 
 
-def _needed(profile: Profile, entry: Entry) -> list[Entry]:
+def prerequisites(profile: Profile, entry: Entry) -> list[Entry]:
     """The earlier entries that an entry's `needs` patterns name."""
     earlier = profile.entries[:profile.entries.index(entry)]
     return [e for e in earlier if any(pattern_match(e.name, n) for n in entry.needs)]
@@ -240,7 +240,7 @@ def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str
     state = run_state(runs_dir / entry.name, entry.config_hash)
     if state == "done" and entry.needs:
         started = (read_json(runs_dir / entry.name / "status.json") or {}).get("started", "")
-        for needed in _needed(profile, entry):
+        for needed in prerequisites(profile, entry):
             finished = (read_json(runs_dir / needed.name / "status.json") or {}).get("finished", "")
             if finished > started:
                 return "stale"
@@ -449,7 +449,7 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
     bar = tqdm(entries, desc=profile.name, unit="run")
     for entry in bar:
         bar.set_postfix_str(entry.name)
-        if skipped := _skip_reason(profile, entry, root, force):
+        if skipped := skip_reason(profile, entry, root, force):
             results[entry.name] = skipped
             continue
         try:
@@ -464,7 +464,7 @@ def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, forc
                 raise error from exc
 
 
-def _skip_reason(profile: Profile, entry: Entry, root: Path | None, force: bool) -> str | None:
+def skip_reason(profile: Profile, entry: Entry, root: Path | None, force: bool) -> str | None:
     """Why an entry is not executed now (done and current, or held by another live runner), or None."""
     state = entry_state(profile, entry, root)
     if state == "done" and not force:
@@ -476,10 +476,11 @@ def _skip_reason(profile: Profile, entry: Entry, root: Path | None, force: bool)
 
 def _blocked(entry: Entry, profile: Profile, unfinished: set[str]) -> bool:
     """Whether an earlier run that the entry needs has not finished yet."""
-    return any(e.name in unfinished for e in _needed(profile, entry))
+    return any(e.name in unfinished for e in prerequisites(profile, entry))
 
 
-def _runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: bool) -> list[str]:
+def runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: bool) -> list[str]:
+    """The command line of a one-entry runner (the child of --jobs and of a cluster job)."""
     return [sys.executable, "-m", "qlora_utils", "run", str(profile.path), "--only", entry.name,
             "--no-validate"] + (["--force"] if force else []) + (["--allow-dirty"] if allow_dirty else [])
 
@@ -515,7 +516,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
             for entry in list(pending):
                 if _blocked(entry, profile, unfinished):
                     continue
-                if skipped := _skip_reason(profile, entry, root, force):
+                if skipped := skip_reason(profile, entry, root, force):
                     pending.remove(entry)
                     unfinished.discard(entry.name)
                     results[entry.name] = skipped
@@ -531,7 +532,7 @@ def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, for
                     env[RUNS_ENV] = str(root)
                 runs_dir.mkdir(parents=True, exist_ok=True)
                 log = open(runs_dir / f"{entry.name}.log", "wb")
-                process = subprocess.Popen(_runner_command(profile, entry, force, allow_dirty), cwd=REPO, env=env,
+                process = subprocess.Popen(runner_command(profile, entry, force, allow_dirty), cwd=REPO, env=env,
                                            stdout=log, stderr=subprocess.STDOUT)
                 running[entry.name] = (process, log, entry)
                 pending.remove(entry)

@@ -178,7 +178,7 @@ def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypa
     import qlora_utils.runner as runner
 
     root = tmp_path / "runs"
-    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force, allow_dirty: [
+    monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)

@@ -88,7 +88,7 @@ def test_a_run_left_alone_takes_the_cores_the_finished_run_freed(tmp_path: Path,
     import qlora_utils.runner as runner
 
     root = tmp_path / "runs"
-    monkeypatch.setattr(runner, "_runner_command", lambda profile, entry, force, allow_dirty: [
+    monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
         sys.executable, "-c", SHORT_RUN if entry.name == "short" else FOLLOWING_RUN,
         str(root / profile.name / entry.name), entry.notebook, json.dumps(entry.parameters)])
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
