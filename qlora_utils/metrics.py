@@ -37,6 +37,21 @@ def evaluating(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, paddi
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def attention_kernel(model: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """The model's attention implementation switched for a block and restored afterwards (a peft model's base)."""
+    lm = causal_lm(model)
+    before = lm.config._attn_implementation
+    if before == implementation:
+        yield
+        return
+    lm.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(before)
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(p.device for p in model.parameters())
 
@@ -48,6 +63,8 @@ def _pad(tokenizer: PreTrainedTokenizerBase, sequences: Sequence[list[int]], dev
 SCORE_BATCH = 32  # prompts per scoring pass (no gradients: larger than a training batch)
 GENERATE_BATCH = 8  # prompts per greedy-generation batch (measured: 32 was no faster on 2 cores, and batch
 # composition moves bf16 greedy outputs)
+GENERATE_ATTENTION = "sdpa"  # for greedy generation also on a CPU, where training and scoring use eager attention
+# (`models.attention_implementation`). Measured with `speedup` on week6-instruct-qlora: see the README.
 
 
 def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
@@ -121,7 +138,8 @@ def sst2_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, da
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
              max_new_tokens: int = 32, batch_size: int = GENERATE_BATCH, desc: str = "generating") -> list[str]:
-    """Greedy continuations of token-id prompts, batched with left padding, decoded without special tokens."""
+    """Greedy continuations of token-id prompts, batched with left padding, decoded without special tokens, with
+    SDPA attention (`GENERATE_ATTENTION`) whatever kernel training uses."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     if order != list(range(len(prompts))):
         ordered = generate(model, tokenizer, [prompts[i] for i in order], max_new_tokens, batch_size, desc)
@@ -131,7 +149,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         return result
     device = _device(model)
     outputs: list[str] = []
-    with evaluating(model, tokenizer, "left"):
+    with evaluating(model, tokenizer, "left"), attention_kernel(model, GENERATE_ATTENTION):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
             follow()
             batch = _pad(tokenizer, prompts[start:start + batch_size], device)

@@ -115,7 +115,7 @@ def side_by_side(profile: str, name: str, old: str, new: str, scratch: Path, thr
             raise QLoraError(f"the {side} side ({commits[side][:12]}) of {name!r} did not finish; its log: "
                              f"{scratch / f'{side}.log'}")
         sides[side] = {"commit": commits[side], "wall_seconds": status["wall_seconds"],
-                       "process_seconds": round(ended[side], 1)}
+                       "process_seconds": round(ended[side], 1), "phases": phases(scratch / side / profile / name)}
     result = {"profile": profile, "run": name, "threads_each": threads, **sides,
               "company": "the side that finished first ran again, untimed, until the other finished: each timed run "
                          "had the other side beside it from start to end",
@@ -128,11 +128,31 @@ def side_by_side(profile: str, name: str, old: str, new: str, scratch: Path, thr
     return result
 
 
+PHASES = {"load": ("model", "load_seconds"), "zero-shot evaluation": ("zero_shot", "memory", "seconds"),
+          "training": ("training", "seconds"), "evaluation": ("fine_tuned", "memory", "seconds"),
+          "experiment": ("wall_seconds",)}
+
+
+def phases(run_dir: Path) -> dict[str, float]:
+    """Seconds per phase of a finished experiment run, as its metrics.json records them (absent phases left out)."""
+    metrics, found = read_json(run_dir / "metrics.json") or {}, {}
+    for phase, keys in PHASES.items():
+        value: Any = metrics
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            found[phase] = round(float(value), 1)
+    return found
+
+
 def describe(result: dict[str, Any]) -> str:
     """One line: the run, both wall times with their commits, the ratio and the load."""
     old, new = result["old"], result["new"]
+    split = "; ".join(f"{p} {old['phases'][p]:.0f} -> {new['phases'][p]:.0f} s" for p in PHASES
+                      if p in old.get("phases", {}) and p in new.get("phases", {}))
     return (f"{result['run']}: old {old['commit'][:7]} {old['wall_seconds']:.1f} s, new {new['commit'][:7]} "
             f"{new['wall_seconds']:.1f} s, new/old {result['ratio']:.3f} ({result['threads_each']} thread each, "
-            f"started together; load {result['load_before']:.2f} before, {result['load_after']:.2f} after)")
+            f"started together; load {result['load_before']:.2f} before, {result['load_after']:.2f} after)"
+            + (f"\n  per phase, old -> new: {split}" if split else ""))
 
 

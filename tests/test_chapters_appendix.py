@@ -44,3 +44,16 @@ def test_a_run_records_the_machines_speed_when_it_starts(tmp_path: Path) -> None
     mark_started(tmp_path / "r", "notebooks/week7_analysis.md", {}, "ptest")
     speed = read_json(tmp_path / "r" / "env.json")["speed"]
     assert speed["gflops"] > 1 and speed["threads"] >= 1
+
+
+def test_the_hosts_are_named_with_their_runs_elapsed_time_and_dates(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abc")]
+    assert appendix.hosts_sentence(runs) == "Every run ran on the same host (one platform string)."
+    for run, platform in zip(runs, ["Linux-fast", "Linux-slow", "Linux-slow"]):
+        run.env["hardware"]["platform"] = platform
+    runs[2].status.update(started="2026-12-02T10:00:00+00:00", finished="2026-12-02T10:30:00+00:00")
+    assert appendix.hosts_sentence(runs) == (
+        "The runs ran on 2 hosts, told apart by their platform string: 1 on Linux-fast (0.09 h elapsed, 2026-11-29); "
+        "2 on Linux-slow (0.59 h elapsed, 2026-11-29 to 2026-12-02). Hosts differ in speed, so a grid spread over "
+        "several is timed on none of them alone.")
+    assert appendix.page(runs).text["hosts"].startswith("The runs ran on 2 hosts")

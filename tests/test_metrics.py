@@ -67,3 +67,20 @@ def test_squad_evaluate_keeps_every_prediction(tiny, data_dir: Path) -> None:
     result = squad_evaluate(tiny.model, tiny.tokenizer, data, max_new_tokens=4)
     assert result["n"] == 3 and len(result["examples"]) == 3
     assert 0.0 <= result["exact_match"] <= result["f1"] <= 100.0
+
+
+def test_generation_runs_with_sdpa_and_gives_the_training_kernel_back(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qlora_utils import metrics
+
+    tiny.model.set_attn_implementation("eager")
+    seen: list[str] = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: seen.append("sdpa") or original(*a, **k))
+    out = generate(tiny.model, tiny.tokenizer, [[1, 2, 3]], max_new_tokens=3)
+    assert seen and isinstance(out[0], str)  # SDPA computed the attention while generating
+    assert tiny.model.config._attn_implementation == "eager"  # and the model is back on its own kernel
+    seen.clear()
+    with metrics.evaluating(tiny.model, tiny.tokenizer, "left"):
+        tiny.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert not seen  # outside generation, eager attention

@@ -23,7 +23,8 @@ def test_both_sides_run_the_same_entry_and_the_ratio_is_their_wall_times(tmp_pat
     same = [json.loads((tmp_path / s / "smoke" / "week2-qlora-seed0" / "metrics.json").read_text())["fine_tuned"]
             for s in ("old", "new")]
     assert same[0]["accuracy"] == same[1]["accuracy"]  # the same commit twice: the same work, the same numbers
-    assert "new/old" in describe(result) and "started together" in describe(result)
+    assert result["new"]["phases"]["training"] > 0 and "experiment" in result["old"]["phases"]
+    assert "new/old" in describe(result) and "training" in describe(result).split("per phase")[1]
 
 
 def test_an_entry_missing_from_a_commits_profile_is_one_clear_error(tmp_path: Path) -> None:

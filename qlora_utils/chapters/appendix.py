@@ -33,12 +33,30 @@ def speed_sentence(runs: list[Run]) -> str:
             + (f"; {older} older run(s) did not record it." if older else "."))
 
 
+def hosts_sentence(runs: list[Run]) -> str:
+    """Which hosts the runs ran on (told apart by the platform string, which names the kernel build), with each
+    host's runs, elapsed hours and dates: a grid spread over hosts of different speed times neither of them."""
+    hosts: dict[str, list[Run]] = {}
+    for run in runs:
+        hosts.setdefault((run.env.get("hardware") or {}).get("platform") or "an unrecorded platform", []).append(run)
+    if len(hosts) <= 1:
+        return "Every run ran on the same host (one platform string)."
+    parts = []
+    for platform, group in sorted(hosts.items(), key=lambda item: min(r.status.get("started", "") for r in item[1])):
+        days = sorted({r.status["started"][:10] for r in group if r.status.get("started")})
+        when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else "undated"
+        parts.append(f"{len(group)} on {platform} ({busy_seconds(group) / 3600:.2f} h elapsed, {when})")
+    return (f"The runs ran on {len(hosts)} hosts, told apart by their platform string: " + "; ".join(parts)
+            + ". Hosts differ in speed, so a grid spread over several is timed on none of them alone.")
+
+
 def page(runs: list[Run], budget_hours: float | None = None) -> Page:
     """Everything the appendix shows, from every finished run of the profile and its time budget (hours)."""
     out = Page("appendix")
     busy = out.value("busy_hours", busy_seconds(runs) / 3600, "{:.2f}")
     out.value("budget", budget_sentence(busy, budget_hours), "{}")
     out.value("speed", speed_sentence(runs), "{}")
+    out.value("hosts", hosts_sentence(runs), "{}")
     out.markdown["wall_time"] = wall_time_table(runs)
     out.markdown["provenance"] = provenance_frame(runs)
     dirty = [r for r in runs if (r.commit or "").endswith("+dirty")]
