@@ -99,8 +99,8 @@ def side_by_side(profile: str, name: str, old: str, new: str, scratch: Path, thr
                     if procs[side].returncode != 0:
                         raise QLoraError(f"the {side} side ({commits[side][:12]}) of {name!r} failed (exit "
                                          f"{procs[side].returncode}); its log: {scratch / f'{side}.log'}")
-                for side, proc in list(company.items()) + [(s, None) for s in ended if s not in company]:
-                    if len(ended) < len(SIDES) and (proc is None or proc.poll() is not None):
+                for side in ended:  # a finished side runs again while the other is still going
+                    if len(ended) < len(SIDES) and (side not in company or company[side].poll() is not None):
                         company[side] = start(trees[side], profile, name, scratch / f"{side}-company",
                                               scratch / f"{side}-company.log", threads)
                 time.sleep(1)
