@@ -49,15 +49,23 @@ def checkout_at(commit: str) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def runner_in(tree: Path, spec: str, name: str, runs: Path, force: bool = False,
+              base: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment (`base`, default this process's, plus the runs folder and the checkout's
+    code first on the path) that run one profile entry with the runner of the checkout in `tree`, into `runs`."""
+    env = {**(os.environ if base is None else base), RUNS_ENV: str(runs), "PYTHONPATH": str(tree)}
+    return [sys.executable, "-m", "qlora_utils", "run", spec, "--only", name] + (["--force"] if force else []), env
+
+
 def rerun_at(commit: str, profile: Profile, name: str, scratch: Path) -> None:
     """Run one entry with the runner and notebooks of another commit (a temporary worktree, its own code first on
     the path), into scratch."""
     with checkout_at(commit) as tree:
         inside = profile.path.resolve().is_relative_to(REPO)
         spec = str(tree / profile.path.resolve().relative_to(REPO)) if inside else str(profile.path)
-        env = {**os.environ, RUNS_ENV: str(scratch), "PYTHONPATH": str(tree)}
+        command, env = runner_in(tree, spec, name, scratch)
         print(f"re-running {name} with the code of its commit {commit[:12]} (a temporary checkout)")
-        done = subprocess.run([sys.executable, "-m", "qlora_utils", "run", spec, "--only", name], cwd=tree, env=env)
+        done = subprocess.run(command, cwd=tree, env=env)
         if done.returncode != 0:
             raise QLoraError(f"the re-run of {name!r} at commit {commit[:12]} failed (exit {done.returncode})")
 

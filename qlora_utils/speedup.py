@@ -10,15 +10,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import QLoraError
 from .io import atomic_write_json
-from .reproduce import checkout_at
-from .runs import RUNS_ENV, read_json
+from .reproduce import checkout_at, runner_in
+from .runner import thread_environment
+from .runs import read_json
+from .threads import THREADS_FILE_ENV
 
 SIDES = ("old", "new")
 
@@ -49,14 +50,13 @@ def check_entry(tree: Path, profile: str, name: str, commit: str) -> None:
 
 
 def start(tree: Path, profile: str, name: str, runs: Path, log: Path, threads: int) -> subprocess.Popen:
-    """The runner of the checkout in `tree` executing one entry of its own copy of the profile into `runs` (its own
-    process group, so that it and its notebook kernel can be stopped together)."""
-    env = {**os.environ, RUNS_ENV: str(runs), "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads)}
-    env.pop("QLORA_THREADS_FILE", None)
+    """The runner of the checkout in `tree` executing one entry of its own copy of the profile into `runs`, with
+    `threads` threads (its own process group, so that it and its notebook kernel can be stopped together)."""
+    command, env = runner_in(tree, f"profiles/{profile}.yaml", name, runs, force=True,
+                             base=thread_environment(threads))
+    env.pop(THREADS_FILE_ENV, None)  # not a parallel grid's child: the thread count stays fixed
     with log.open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "qlora_utils", "run", f"profiles/{profile}.yaml", "--only",
-                                 name, "--force"], cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
