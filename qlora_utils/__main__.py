@@ -26,7 +26,8 @@ from .book import build_book
 from .inventory import config_of
 from .planner import plan_memory, verdict
 from .models import MODES
-from .runner import available_profiles, load_profile, run_profile, state_detail, status, validate_profile
+from .profiles import available_profiles, load_profile, validate_profile
+from .runner import run_profile, state_detail, status
 from .runs import STATES
 from .training import TrainSettings
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .errors import QLoraError
 from .report import PROFILE_ENV
-from .runner import REPO, kernel_environment, load_profile, status
+from .profiles import load_profile
+from .runner import REPO, kernel_environment, status
 from .runs import profile_runs_dir
 
 DEFAULT_PROFILE = "cpu"  # the profile the committed _toc.yml globs

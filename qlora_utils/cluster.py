@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import QLoraError
 from .io import atomic_write_json
-from .runner import (Entry, Profile, RunFailed, check_committed, check_inputs, notebook_parameters, pattern_match,
-                     prerequisites, runner_command, skip_reason, thread_environment, validate_profile)
+from .profiles import Entry, Profile, notebook_parameters, pattern_match, prerequisites, validate_profile
+from .runner import RunFailed, check_committed, check_inputs, runner_command, skip_reason, thread_environment
 from .runs import RUNS_ENV, read_json, run_state
 
 EXECUTORS = ("local", "slurm")
@@ -116,7 +116,7 @@ class RunJob:
         self.profile_path, self.name, self.runs_root, self.allow_dirty = profile_path, name, runs_root, allow_dirty
 
     def __call__(self) -> str:
-        from .runner import load_profile
+        from .profiles import load_profile
 
         profile = load_profile(self.profile_path)
         entry = next(e for e in profile.entries if e.name == self.name)

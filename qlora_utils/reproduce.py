@@ -14,7 +14,8 @@ from typing import Any
 
 from .environment import git_commit
 from .errors import QLoraError
-from .runner import Profile, check_committed, execute_entry, kernel_environment
+from .profiles import Profile
+from .runner import check_committed, execute_entry, kernel_environment
 from .runs import REPO, RUNS_ENV, read_json, read_run, run_state
 
 

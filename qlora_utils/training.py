@@ -122,12 +122,12 @@ class HistoryCallback(TrainerCallback):
     """Collects every log entry (train/eval loss, learning rate, tokens seen) with the elapsed seconds and the threads
     in use; before each step, adopts the thread count a parallel grid assigned (`threads.follow`)."""
 
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        follow()
-
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
         self.start = time.perf_counter()
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        follow()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         self.start = time.perf_counter()

@@ -44,12 +44,20 @@ def test_sweep_table_and_schedule_values(tmp_path: Path) -> None:
     assert set(sweep["run"]) == {"week2-sweep-lr3e-3", "week2-sweep-constant", "week2-qlora-seed0"}
     assert page.text["sweep_constant"] == "80.0" and page.text["sweep_cosine"] == "86.0"
     assert page.text["more_n"] == "n/a" and page.text["schedule"] == "cosine"
+    assert page.text["schedule_result"] == ("For M-135M on seed 0, the constant schedule reached 80.0 % with "
+                                            f"{page.text['sweep_constant_positive']} % of the dev sentences predicted "
+                                            "positive, the cosine decay to zero 86.0 % with "
+                                            f"{page.text['sweep_cosine_positive']} % positive (the dev set is "
+                                            f"{page.text['dev_positive']} % positive).")
+    assert page.text["more_result"] == "This profile ran no sweep with more training data, so it has no figures on it."
+    assert "no rate for full fine-tuning (this profile swept none" in page.text["selection_sentence"]
     assert len(page.tables["runs"]) == 17 and "dev accuracy (%)" in page.tables["runs"]
 
 
 def test_no_runs_reads_not_available(tmp_path: Path) -> None:
     page = week2.page([])
     assert page.text["nf4_mean"] == "n/a" and page.text["full_verdict"] == "n/a"
+    assert page.text["schedule_result"] == "This profile ran no schedule sweep, so it has no figures on it."
     assert page.tables["summary"].empty
 
 
@@ -70,6 +78,7 @@ def test_two_models_the_larger_leads_and_each_has_its_own_verdicts(tmp_path: Pat
     assert page.text["full_verdict"] == "supported" and page.text["second_full_verdict"] == "inconclusive"
     assert page.text["lr"] == "0.0003" and page.text["full_lr"] == "1e-05" and page.text["second_lr"] == "0.001"
     assert page.text["selected_lr"] == "0.0003", "chosen on the selection split (80 % > 70 %), not the dev set"
+    assert page.text["selection_sentence"].startswith("For Q-0.5B the selection split picks 0.0003 for QLoRA")
     summary = page.tables["summary"]
     assert list(summary["model"]) == ["Q-0.5B"] * 3 + ["M-135M"] * 3
     assert set(page.tables["verdicts"]["model"]) == {"Q-0.5B", "M-135M"}

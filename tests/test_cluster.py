@@ -17,7 +17,8 @@ import pytest
 from qlora_utils.cluster import (JOBS_FILE, JobSettings, _slurm_parameters, job_parameters, job_records, queued,
                                  submit_profile)
 from qlora_utils.errors import QLoraError
-from qlora_utils.runner import REPO, load_profile, status
+from qlora_utils.profiles import load_profile
+from qlora_utils.runner import REPO, status
 from qlora_utils.runs import RunLock, read_json, run_state
 
 from slurm_cluster import REQUIRE_ENV, local_slurm, missing_tools

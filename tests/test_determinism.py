@@ -45,7 +45,8 @@ def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Pat
 
 def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, data_dir: Path) -> None:
     from qlora_utils.reproduce import reproduce
-    from qlora_utils.runner import load_profile, run_profile
+    from qlora_utils.profiles import load_profile
+    from qlora_utils.runner import run_profile
 
     profile = load_profile("smoke")
     assert run_profile(profile, root=tmp_path / "runs", only=["week2-qlora-seed0"], allow_dirty=True) == {

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.runner import REPO, load_profile, run_profile, status
+from qlora_utils.profiles import load_profile
+from qlora_utils.runner import REPO, run_profile, status
 from qlora_utils.runs import profile_runs_dir, read_json, run_state
 
 SMOKE_RUN = "notebooks/week2_sst2_baseline.md"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 
 from qlora_utils.book import build_book
-from qlora_utils.runner import REPO, load_profile, run_profile, status
+from qlora_utils.profiles import load_profile
+from qlora_utils.runner import REPO, run_profile, status
 from qlora_utils.runs import read_run
 from qlora_utils.svgcheck import is_placeholder, mark_problems
 

@@ -10,14 +10,8 @@ import jupytext
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.runner import (
-    REPO,
-    available_profiles,
-    load_profile,
-    notebook_parameters,
-    run_profile,
-    validate_profile,
-)
+from qlora_utils.profiles import available_profiles, load_profile, notebook_parameters, validate_profile
+from qlora_utils.runner import REPO, run_profile
 from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))

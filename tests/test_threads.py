@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from qlora_utils import threads
-from qlora_utils.runner import load_profile, run_profile
+from qlora_utils.profiles import load_profile
+from qlora_utils.runner import run_profile
 
 
 def test_cores_are_split_evenly_the_remainder_to_the_earliest_run() -> None:

@@ -200,3 +200,25 @@ def _sweep(out: Page, frame: pd.DataFrame, main: pd.DataFrame, models: list[str]
     out.value("more_seeds", len(more), "{:d}")
     out.value("more_mean", more["quality"].mean() if len(more) else None)
     out.value("more_std", more["quality"].std() if len(more) > 1 else None)
+    _sweep_sentences(out)
+
+
+def _sweep_sentences(out: Page) -> None:
+    """The sweep's prose figures as sentences, each saying so where this profile did not sweep it (no n/a)."""
+    t = out.text
+    full = (f"{t['selected_full_lr']} for full fine-tuning" if t["selected_full_lr"] != NA else
+            "no rate for full fine-tuning (this profile swept none: its headline rate is set, not chosen)")
+    out.value("selection_sentence", f"For {t['model']} the selection split picks {t['selected_lr']} for QLoRA (and "
+              f"so 16-bit LoRA, which trains the same adapters) and {full}; the headline runs use {t['lr']} and "
+              f"{t['full_lr']}." if t["selected_lr"] != NA else
+              f"This profile swept no learning rate for {t['model']}: its headline runs use {t['lr']} (QLoRA and "
+              f"16-bit LoRA) and {t['full_lr']} (full fine-tuning), set, not chosen.", "{}")
+    out.value("schedule_result", f"For {t['sweep_model']} on seed 0, the constant schedule reached "
+              f"{t['sweep_constant']} % with {t['sweep_constant_positive']} % of the dev sentences predicted positive, "
+              f"the cosine decay to zero {t['sweep_cosine']} % with {t['sweep_cosine_positive']} % positive (the dev "
+              f"set is {t['dev_positive']} % positive)." if t["sweep_model"] != NA else
+              "This profile ran no schedule sweep, so it has no figures on it.", "{}")
+    out.value("more_result", f"With {t['more_n']} training sentences instead, the plan's QLoRA configuration of "
+              f"{t['sweep_model']} reaches {t['more_mean']} ± {t['more_std']} % over {t['more_seeds']} seeds; the "
+              "comparisons with 16-bit LoRA and full fine-tuning above stay at equal data." if t["more_n"] != NA else
+              "This profile ran no sweep with more training data, so it has no figures on it.", "{}")

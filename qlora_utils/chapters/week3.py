@@ -204,40 +204,50 @@ def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()
                 f"alone are {states / GiB:.1f} GiB) against this machine's "
                 f"{f'{memory:.1f} GiB' if memory else 'memory'}, so it is recorded as not fitting.")
     result.value("scale_full_note", note or "", "{}")
+    v = result.text
+    result.value("scale_result", f"Here the two sizes are {small} and {large}. With QLoRA the larger model scores "
+                 f"{v['scale_nf4_gain']} points more (95 % CI {v['scale_nf4_ci']}, {v['scale_nf4_seeds']} seed "
+                 f"pairs); with 16-bit LoRA {v['scale_bf16_gain']} points ({v['scale_bf16_ci']}, "
+                 f"{v['scale_bf16_seeds']} pairs). {note or ''}".rstrip() if large else "", "{}")
 
 
 def bench_values(result: Page, runs: list[Run]) -> None:
-    """The side-by-side benchmark (a `kind: bench` run): its table, and the speed-ups and scoring times for the
-    prose; "n/a" and an empty table where no benchmark ran."""
+    """The side-by-side benchmark (a `kind: bench` run): its table, and one paragraph of its figures for the prose
+    (the run, its settings and load, the speed-ups, whether the losses agreed, the scoring times), or a sentence
+    saying that the profile ran no benchmark, with an empty table."""
     from ..bench import is_noise_floor, table
 
     run = next((r for r in runs if r.metrics.get("experiment") == "bench"), None)
-    bench = run.metrics["bench"] if run else None
-    shown = table(bench) if bench else pd.DataFrame(columns=["work", "project s", "reference s", "speed-up",
-                                                             "agreement", "load average (1 min)"])
-    result.tables["bench"] = shown
-    summary = bench["summary"] if bench else []
+    result.tables["bench"] = table(run.metrics["bench"]) if run else pd.DataFrame(
+        columns=["work", "project s", "reference s", "speed-up", "agreement", "load average (1 min)"])
+    if run is None:
+        result.value("bench_result", "This profile ran no benchmark (the cpu profile's week3-bench run does), so "
+                     "there are no figures here and the table below is empty.")
+        return
+    bench = run.metrics["bench"]
+    summary = bench["summary"]
     project = {row["checkpointing"]: row for row in summary
                if row["what"] == "training" and row["variant"] == "project"}
     scoring = next((row for row in summary if row["what"] == "scoring"), {})
-    result.value("bench_run", run.name if run else NA)
-    result.value("bench_note", "" if run else "This profile ran no benchmark (the cpu profile's week3-bench run "
-                 "does), so the figures below read n/a.", "{}")
-    result.value("bench_threads", bench["threads"] if bench else None, "{:d}")
-    result.value("bench_examples", bench["settings"]["train_examples"] if bench else None, "{:,d}")
-    result.value("bench_repeats", bench["settings"]["repeats"] if bench else None, "{:d}")
-    for ckpt, key in ((False, "off"), (True, "on")):
-        result.value(f"bench_speedup_{key}", project.get(ckpt, {}).get("speed-up"), "{:.2f}")
-    result.value("bench_score_s", scoring.get("project s"), "{:.1f}")
-    result.value("bench_score_reference_s", scoring.get("reference s"), "{:.1f}")
-    result.value("bench_score_differ", scoring.get("predictions that differ"), "{:d}")
     failed = [row for row in summary if row["what"] == "training" and not is_noise_floor(row["variant"])
               and not row["identical work"]]
-    result.value("bench_agreement", NA if not bench else "met by every training row" if not failed else
-                 "not met by " + ", ".join(f"{r['variant']} with checkpointing {'on' if r['checkpointing'] else 'off'}"
-                                           for r in failed))
-    loads = [row["load_before"] for row in bench["rows"]] if bench else []
-    result.value("bench_load", f"{min(loads):.2f} to {max(loads):.2f}" if loads else NA)
+    agreement = "met by every training row" if not failed else "not met by " + ", ".join(
+        f"{r['variant']} with checkpointing {'on' if r['checkpointing'] else 'off'}" for r in failed)
+    loads = [row["load_before"] for row in bench["rows"]]
+
+    def number(value: Any, fmt: str) -> str:
+        return NA if value is None else fmt.format(value)
+
+    result.value("bench_result", (
+        f"The benchmark run {run.name} trained on {bench['settings']['train_examples']:,d} SST-2 sentences, each "
+        f"side {bench['settings']['repeats']:d} time(s) with {bench['threads']:d} torch thread(s); the 1-minute "
+        f"load average before the timed trainings ranged {min(loads):.2f} to {max(loads):.2f}. The agreement rule "
+        f"was {agreement}. Speed-up with checkpointing off: "
+        f"{number(project.get(False, {}).get('speed-up'), '{:.2f}')}×; on: "
+        f"{number(project.get(True, {}).get('speed-up'), '{:.2f}')}×. Scoring the SST-2 dev set took "
+        f"{number(scoring.get('project s'), '{:.1f}')} s against the reference scorer's "
+        f"{number(scoring.get('reference s'), '{:.1f}')} s, with "
+        f"{number(scoring.get('predictions that differ'), '{:d}')} differing predictions."))
 
 
 def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
