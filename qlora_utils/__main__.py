@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from .adapters import PLACEMENTS, LoraSettings
 from .bench import VARIANTS
@@ -54,17 +55,33 @@ def positive_float(text: str) -> float:
     return value
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, where it has one (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) \
+                and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+def command(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose help shows the defaults."""
+    return sub.add_parser(name, formatter_class=DefaultsShown, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute a profile's grid (done runs are skipped)")
+    run = command(sub, "run", help="execute a profile's grid (done runs are skipped)")
     run.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     run.add_argument("--force", action="store_true", help="re-run runs that are done and current")
     run.add_argument("--only", nargs="+", metavar="PATTERN", help="run names to execute (shell patterns)")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
-    run.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each with cores/jobs threads (default 1)")
+    run.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each with cores/jobs threads")
     run.add_argument("--allow-dirty", action="store_true",
                      help="run with uncommitted changes to tracked code (each run is marked +dirty and keeps the diff)")
     run.add_argument("--no-validate", action="store_true", help=argparse.SUPPRESS)  # children of --jobs
@@ -73,49 +90,50 @@ def build_parser() -> argparse.ArgumentParser:
                           "processes) instead of running them here")
     run.add_argument("--partition", default=None, help="with --executor slurm: the partition to submit to")
     run.add_argument("--no-wait", action="store_true", help="with --executor: return once the jobs are submitted")
-    bench = sub.add_parser("bench", help="time this project's training and scoring against a reference recipe")
-    bench.add_argument("--model", default="smollm2-135m-instruct")
-    bench.add_argument("--train-examples", type=positive_int, default=1000)
-    bench.add_argument("--repeats", type=positive_int, default=2)
+    bench = command(sub, "bench", help="time this project's training and scoring against a reference recipe")
+    bench.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
+    bench.add_argument("--train-examples", type=positive_int, default=1000, help="SST-2 training sentences")
+    bench.add_argument("--repeats", type=positive_int, default=2,
+                       help="timed trainings of each side, alternating; the best counts")
     bench.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
     bench.add_argument("--eval-examples", type=int, default=0, help="dev sentences to score (0: all 872)")
     bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
     bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
-                       help="the project's training with its speed-ups on one at a time (default: all on)")
+                       help="the project's training with its speed-ups switched on one at a time (project: all on)")
     bench.add_argument("--no-noise-floor", action="store_true",
                        help="skip the second reference (the other attention kernel) that measures how far rounding alone moves "
                             "the per-step losses")
-    again = sub.add_parser("reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
-    again.add_argument("profile")
+    again = command(sub, "reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
+    again.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
-    speed = sub.add_parser("speedup", help="one run at an older commit and at a newer one, started together "
+    speed = command(sub, "speedup", help="one run at an older commit and at a newer one, started together "
                                            "(one thread each): both wall times and their ratio")
     speed.add_argument("profile", help="profile name (each commit's own profiles/NAME.yaml)")
     speed.add_argument("run", help="run name, e.g. week2-sweep-lr3e-4")
     speed.add_argument("--old", required=True, help="the earlier commit")
-    speed.add_argument("--new", default="HEAD", help="the later commit (default HEAD)")
+    speed.add_argument("--new", default="HEAD", help="the later commit")
     speed.add_argument("--output", default=None,
                        help="folder for both runs, their logs and speedup.json (default: a temporary folder)")
-    status = sub.add_parser("status", help="list every run of a profile with its state")
-    status.add_argument("profile")
-    validate = sub.add_parser("validate", help="check profiles against the notebooks' parameters cells")
+    status = command(sub, "status", help="list every run of a profile with its state")
+    status.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
+    validate = command(sub, "validate", help="check profiles against the notebooks' parameters cells")
     validate.add_argument("profiles", nargs="*", help="default: every profile in profiles/")
-    book = sub.add_parser("book", help="build the Jupyter Book from a profile's runs")
-    book.add_argument("--profile", default="cpu")
+    book = command(sub, "book", help="build the Jupyter Book from a profile's runs")
+    book.add_argument("--profile", default="cpu", help="profile whose committed runs the book shows")
     book.add_argument("--output", default=None, help="folder that receives _build/ (default: the repository)")
     book.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
     book.add_argument("--partial", action="store_true",
                       help="build although some runs are not finished; the landing page names them")
-    plan = sub.add_parser("plan", help="predict peak training memory and whether it fits a GPU")
+    plan = command(sub, "plan", help="predict peak training memory and whether it fits a GPU")
     plan.add_argument("--model", required=True, help="preset name, e.g. qwen3-8b or random-qwen2.5-7b")
-    plan.add_argument("--mode", default="nf4", choices=MODES)
-    plan.add_argument("--batch", type=positive_int, default=1)
-    plan.add_argument("--seq", type=positive_int, default=512)
-    plan.add_argument("--rank", type=positive_int, default=64)
-    plan.add_argument("--placement", default="attention_mlp", choices=sorted(PLACEMENTS))
+    plan.add_argument("--mode", default="nf4", choices=MODES, help="nf4 (QLoRA), fp4, bf16 (16-bit LoRA) or full")
+    plan.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
+    plan.add_argument("--seq", type=positive_int, default=512, help="tokens per sequence")
+    plan.add_argument("--rank", type=positive_int, default=64, help="LoRA rank")
+    plan.add_argument("--placement", default="attention_mlp", choices=sorted(PLACEMENTS), help="which layers get adapters")
     plan.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
-    plan.add_argument("--optimizer", default="paged_adamw_32bit")
-    plan.add_argument("--gpu-gib", type=positive_float, default=24.0)
+    plan.add_argument("--optimizer", default="paged_adamw_32bit", help="transformers optimizer name (its state's size)")
+    plan.add_argument("--gpu-gib", type=positive_float, default=24.0, help="GPU memory to fit in (GiB)")
     for task in TASKS:
         _add_experiment_parser(sub, task)
     return parser
@@ -124,24 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
     what = {"sst2": "accuracy before/after", "squad": "exact match and F1 before/after",
             "alpaca": "AlpacaEval answers before/after (judge them with a winrates run)"}[task]
-    p = sub.add_parser(task, help=f"fine-tune on {task} and report {what}, memory and throughput")
+    p = command(sub, task, help=f"fine-tune on {task} and report {what}, memory and throughput")
     exp, lora = Experiment(), LoraSettings()  # the defaults are the dataclasses': set once, there
     p.add_argument("--model", default=exp.preset, help="model preset name")
-    p.add_argument("--mode", default=exp.mode, choices=MODES)
-    p.add_argument("--rank", type=positive_int, default=lora.rank)
-    p.add_argument("--alpha", type=positive_int, default=lora.alpha)
-    p.add_argument("--dropout", type=float, default=lora.dropout)
-    p.add_argument("--placement", default=lora.placement, choices=sorted(PLACEMENTS))
-    p.add_argument("--train-examples", type=positive_int, default=exp.train_examples)
+    p.add_argument("--mode", default=exp.mode, choices=MODES, help="nf4 (QLoRA), fp4, bf16 (16-bit LoRA) or full")
+    p.add_argument("--rank", type=positive_int, default=lora.rank, help="LoRA rank")
+    p.add_argument("--alpha", type=positive_int, default=lora.alpha, help="LoRA alpha (scale alpha / rank)")
+    p.add_argument("--dropout", type=float, default=lora.dropout, help="LoRA dropout")
+    p.add_argument("--placement", default=lora.placement, choices=sorted(PLACEMENTS), help="which layers get adapters")
+    p.add_argument("--train-examples", type=positive_int, default=exp.train_examples, help="training records")
     p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
     p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
-    p.add_argument("--lr", type=positive_float, default=exp.train.learning_rate)
+    p.add_argument("--lr", type=positive_float, default=exp.train.learning_rate, help="peak learning rate")
     p.add_argument("--scheduler", default=exp.train.scheduler,
                    help="learning-rate schedule after warmup (the QLoRA paper's constant; the cpu profile uses cosine)")
     p.add_argument("--no-checkpointing", action="store_true", help="train without gradient checkpointing")
-    p.add_argument("--batch-size", type=positive_int, default=exp.train.batch_size)
-    p.add_argument("--epochs", type=positive_float, default=exp.train.epochs)
-    p.add_argument("--seed", type=int, default=exp.train.seed)
+    p.add_argument("--batch-size", type=positive_int, default=exp.train.batch_size, help="sequences per step")
+    p.add_argument("--epochs", type=positive_float, default=exp.train.epochs, help="passes over the training records")
+    p.add_argument("--seed", type=int, default=exp.train.seed, help="seed of data order, adapters and dropout")
     p.add_argument("--data-dir", default=None, help="local data directory (default: $QLORA_DATA_DIR, else the Hub)")
     p.add_argument("--output", default=f"runs/adhoc/{task}", help="folder for metrics.json, history.json, adapter")
 

@@ -1,5 +1,5 @@
 """Data loaders for SST-2, SQuAD v1.1, Alpaca 52K and AlpacaEval: from the Hugging Face Hub by default, from a local
-directory laid out like shared/data when one is configured ($QLORA_DATA_DIR or data_dir=)."""
+directory laid out like ../shared/data when one is configured (io.DATA_DIR_WAYS)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 
 from .errors import DataUnavailableError, QLoraError
-from .io import DATA_DIR_ENV, data_dir as resolve_data_dir
+from .io import DATA_DIR_WAYS, DATA_LAYOUT, data_dir as resolve_data_dir
 
 PathLike = str | os.PathLike[str]
 
@@ -153,8 +153,8 @@ def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, str
     if root is not None:
         path = root / spec.local
         if not path.is_file():
-            raise DataUnavailableError(f"{path} is missing: {DATA_DIR_ENV} (or data_dir=) points at {root}, which "
-                                       f"must hold {spec.local} as in shared/data/README.md")
+            raise DataUnavailableError(f"{path} is missing: the data directory {root} must hold {spec.local}, "
+                                       f"{DATA_LAYOUT}")
         ds = datasets.Dataset.from_list(spec.reader(path))
         source = f"local:{spec.local}"  # relative to the data directory: no machine path in a run record
     else:
@@ -163,8 +163,8 @@ def load_task(task: str, split: str, *, n: int | None = None, seed: int = 0, str
         except Exception as exc:  # offline, rate limits, missing credentials: all end here with one message
             raise DataUnavailableError(
                 f"could not load {task}/{split} from the Hugging Face Hub ({spec.hub}): {type(exc).__name__}: "
-                f"{str(exc)[:200]}. Set {DATA_DIR_ENV}=/path/to/shared/data (or pass data_dir=) to read a local "
-                "copy") from exc
+                f"{str(exc)[:200]}. To read a local copy instead, name a folder {DATA_LAYOUT} ({DATA_DIR_WAYS})"
+                ) from exc
         ds = ds.map(lambda r: {"sentence": r["sentence"].strip()}) if task == "sst2" else ds
         source = f"hub:{spec.hub}"
     if missing := [c for c in COLUMNS[task] if c not in ds.column_names]:

@@ -13,6 +13,8 @@ from .errors import QLoraError
 DATA_DIR_ENV = "QLORA_DATA_DIR"
 CACHE_DIR_ENV = "QLORA_CACHE_DIR"
 RUNS_ENV = "QLORA_RUNS_DIR"  # where run directories go (default runs/); the book needs them inside the repository
+DATA_DIR_WAYS = f"${DATA_DIR_ENV}, --data-dir on the command line or data_dir= in Python"  # how to name the folder
+DATA_LAYOUT = "laid out like ../shared/data (sst2/, squad_v1.1/, alpaca_train/, alpaca_eval/; see its README)"
 
 
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path | None:
@@ -22,10 +24,9 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path | None:
         return None
     path = Path(value).expanduser().resolve()
     if not path.is_dir():
-        raise QLoraError(
-            f"data directory {str(value)!r} does not exist; point {DATA_DIR_ENV} (or data_dir=) at a folder laid out "
-            f"like shared/data (sst2/, squad_v1.1/, alpaca_train/, alpaca_eval/), or unset it to use the Hub"
-        )
+        given = "--data-dir / data_dir=" if override is not None else f"${DATA_DIR_ENV}"
+        raise QLoraError(f"data directory {str(value)!r} (from {given}) does not exist; name a folder {DATA_LAYOUT} "
+                         f"({DATA_DIR_WAYS}), or set none to use the Hub")
     return path
 
 

@@ -237,19 +237,39 @@ def best_configuration(frame: pd.DataFrame, mode: str = "nf4") -> dict[str, Any]
 MODE_WORDS = {"nf4": "QLoRA", "bf16": "16-bit LoRA", "full": "full fine-tuning"}
 
 
-def sentence(row: dict[str, Any]) -> str:
-    """A verdict row in one sentence: effect, interval, seeds, margin, verdict (and the seeds that would settle it)."""
-    if row.get("verdict") == NOT_TESTABLE or pd.isna(row.get("seeds")) or pd.isna(row.get("effect")):
-        return f"{row.get('verdict', NOT_TESTABLE)}: {row.get('comparison', '')}"
+def _measured(row: dict[str, Any]) -> bool:
+    return row.get("verdict") != NOT_TESTABLE and not pd.isna(row.get("seeds")) and not pd.isna(row.get("effect"))
+
+
+def _effect(row: dict[str, Any]) -> str:
+    """Effect, interval, paired seeds and margin of a measured verdict row."""
     rule = next((r for r in RULES if r.expectation == row["expectation"]), None)
     names = (MODE_WORDS[rule.reference], MODE_WORDS[rule.treatment]) if rule else ("reference", "treatment")
     interval_text = "no interval from one seed" if pd.isna(row.get("low")) else \
         f"95 % CI {row['low']:+.1f} to {row['high']:+.1f}"
-    text = (f"{names[0]} − {names[1]} = {row['effect']:+.1f} points ({interval_text}, {int(row['seeds'])} paired seeds) "
-            f"against a margin of {row['margin']:.1f} points: {row['verdict']}")
-    if not pd.isna(row.get("seeds to settle")) and row.get("seeds to settle"):
-        text += f" (about {int(row['seeds to settle'])} seeds would settle it at this spread)"
-    return text
+    return (f"{names[0]} − {names[1]} = {row['effect']:+.1f} points ({interval_text}, {int(row['seeds'])} paired "
+            f"seeds) against a margin of {row['margin']:.1f} points")
+
+
+def _settle(row: dict[str, Any]) -> str | None:
+    seeds = row.get("seeds to settle")
+    return None if pd.isna(seeds) or not seeds else f"about {int(seeds)} seeds would settle it at this spread"
+
+
+def sentence(row: dict[str, Any]) -> str:
+    """A verdict row in one sentence: effect, interval, seeds, margin, verdict (and the seeds that would settle it)."""
+    if not _measured(row):
+        return f"{row.get('verdict', NOT_TESTABLE)}: {row.get('comparison', '')}"
+    settle = _settle(row)
+    return f"{_effect(row)}: {row['verdict']}" + (f" ({settle})" if settle else "")
+
+
+def evidence(row: dict[str, Any]) -> str:
+    """What a verdict rests on, without the verdict word (for prose that names the verdict just before it)."""
+    if not _measured(row):
+        return str(row.get("comparison", ""))
+    settle = _settle(row)
+    return _effect(row) + (f"; {settle}" if settle else "")
 
 
 def verdict_for(table: pd.DataFrame, expectation_start: str, model: str | None = None) -> dict[str, Any] | None:

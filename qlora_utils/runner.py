@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from .environment import COMMIT_ENV, RESULTS_DIR, changed_files
 from .errors import QLoraError
-from .io import CACHE_DIR_ENV, DATA_DIR_ENV, atomic_write_text
+from .io import CACHE_DIR_ENV, DATA_DIR_ENV, DATA_LAYOUT, atomic_write_text
 from .paths import scrub, scrub_file
 from .runs import (REPO, RUNS_ENV, UNCOMMITTED, RunLock, corruption, mark_finished, mark_started, read_json, recover,
                    replace_run, run_state, staging_dir)
-from .profiles import Entry, Profile, notebook_node, pattern_match, prerequisites, validate_profile
+from .profiles import (PROFILES_DIR, Entry, Profile, notebook_node, pattern_match, prerequisites,
+                       validate_profile)
 from .threads import THREADS_FILE_ENV, assign, shares
 
 
@@ -206,7 +207,7 @@ def check_inputs(entries: list[Entry]) -> None:
     missing = sorted({SOURCES[s].local for s in needed if not (root / SOURCES[s].local).is_file()})
     if missing:
         raise QLoraError(f"the data directory {root} ({DATA_DIR_ENV}) lacks {', '.join(missing)}, which these runs "
-                         "read; point it at a copy laid out like shared/data, or unset it to use the Hub")
+                         f"read; point it at a copy {DATA_LAYOUT}, or unset it to use the Hub")
 
 
 def check_committed(allow_dirty: bool = False) -> None:
@@ -244,7 +245,9 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
         validate_profile(profile)
     entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
     if only and not entries:
-        raise QLoraError(f"no run of profile {profile.name!r} matches {only}")
+        named = profile.name if profile.path.parent == PROFILES_DIR else profile.path
+        raise QLoraError(f"no run of profile {profile.name!r} matches {only}; `python -m qlora_utils status {named}` "
+                         "lists its runs")
     check_inputs(entries)
     for variable in (DATA_DIR_ENV, CACHE_DIR_ENV):  # kernels run inside run directories: make paths absolute
         if os.environ.get(variable):

@@ -233,11 +233,11 @@ def mark_finished(run_dir: Path, status: dict[str, Any], started: float, error: 
 class RunRecorder:
     """What a notebook calls to record its results into its run directory (atomic JSON files)."""
 
-    run_dir: Path = field(default_factory=lambda: Path("."))
+    run_dir: Path = field(default_factory=lambda: Path("."))  # created by the first write: a run that fails before
+    # it records anything leaves no empty folder behind
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def metrics(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json (merged with what is already there)."""
@@ -317,6 +317,13 @@ def read_runs(profile_dir: Path, notebook: str | None = None, done_only: bool = 
 def summed_seconds(runs: list[Run]) -> float:
     """The runs' recorded wall times added up (runs that overlapped count in full)."""
     return sum(r.status.get("wall_seconds", 0) for r in runs)
+
+
+def span_seconds(runs: list[Run]) -> float:
+    """Seconds from the first run's start to the last run's finish: busy time plus every pause in between."""
+    starts = [datetime.fromisoformat(r.status["started"]) for r in runs if r.status.get("started")]
+    ends = [datetime.fromisoformat(r.status["finished"]) for r in runs if r.status.get("finished")]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
 
 
 def busy_seconds(runs: list[Run]) -> float:

@@ -26,6 +26,22 @@ def test_the_grid_time_is_set_against_the_profiles_budget(tmp_path: Path) -> Non
     assert appendix.budget_sentence(1.0, None) == "This profile states no time budget."
     assert appendix.page([sst2_run(tmp_path, "a", "nf4", 0, 0.8)], budget_hours=0.75).text["budget"].startswith(
         "That is within")
+    assert appendix.budget_sentence(0.63, 0.75, 0.64) == "That is within the profile's budget of 0.75 hours."
+    paused = appendix.budget_sentence(0.63, 0.75, 0.79)
+    assert paused.startswith("That is within the profile's budget of 0.75 hours. From the first start to the last "
+                             "finish 0.79 hours passed")
+    assert paused.endswith("and by that longer measure the budget is not met.")
+    assert appendix.budget_sentence(0.5, 0.75, 0.7).endswith("while a runner was stopped).")
+
+
+def test_span_and_busy_time_differ_by_the_pauses(tmp_path: Path) -> None:
+    from qlora_utils.runs import busy_seconds, span_seconds
+
+    first, second = sst2_run(tmp_path, "a", "nf4", 0, 0.8), sst2_run(tmp_path, "b", "nf4", 1, 0.8)
+    second.status.update(started="2026-11-29T12:10:00+00:00", finished="2026-11-29T12:15:00+00:00")
+    assert busy_seconds([first, second]) == 320 + 300  # 12:00:00-12:05:20 and 12:10-12:15
+    assert span_seconds([first, second]) == 15 * 60
+    assert span_seconds([]) == 0.0
 
 
 def test_the_machines_speed_is_given_per_thread_from_the_runs_that_probed_it(tmp_path: Path) -> None:

@@ -132,7 +132,8 @@ def test_week3_table_shows_threads_load_and_busy_flag(scaling_runs: list[Run]) -
     assert rows.loc[("0.5B", "QLoRA (NF4)"), "load average (1 min)"] == 5.7
     assert rows.loc[("0.5B", "QLoRA (NF4)"), "busy machine"] == "yes"
     assert rows.loc[("1.5B", "QLoRA (NF4)"), "busy machine"] == "no"
-    assert rows.loc[("1.5B", "16-bit LoRA"), "busy machine"] == NA
+    assert rows.loc[("1.5B", "16-bit LoRA"), "busy machine"] == "not recorded", "trained, but its load was not kept"
+    assert pd.isna(rows.loc[("3B", "full fine-tuning"), "busy machine"]), "did not train: a blank, not n/a"
     assert rows.loc[("3B", "full fine-tuning"), "fits in free memory"] == "no: 20 GiB free"
     assert rows.loc[("3B", "16-bit LoRA"), "peak memory (MiB)"] == 7000.0
     assert {"tokens/s", "cores", "predicted peak (GiB)"} <= set(table.columns)

@@ -20,7 +20,9 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
                                           "an 8B model trains with QLoRA within a 24 GB GPU"]
     assert list(table["verdict"]) == ["supported", "not testable here", "supported", "not testable here"]
     assert report.text["full"] == baseline.text["full_verdict"] == "supported"
-    assert report.text["full_sentence"] == baseline.text["full_sentence"]
+    assert baseline.text["full_sentence"] == report.text["full_sentence"] + ": supported", \
+        "week 8 names the verdict before its evidence, so the evidence does not repeat it"
+    assert report.text["gpu_sentence"].startswith("predicted, not measured")
     # differences 1.0, 0.9, 0.8, 0.7, 0.6: mean 0.8, sd 0.158, t(4) 2.776 → ±0.196
     assert table["effect (95 % CI)"].iloc[0] == "+0.8 points (+0.6 to +1.0; 5 seeds)"
     assert "predicted" in table["effect (95 % CI)"].iloc[3]

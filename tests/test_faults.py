@@ -138,7 +138,8 @@ def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
     (["run", "smoke", "--executor", "pbs"], ["--executor: invalid choice: 'pbs'"]),
     (["run", "smoke", "--executor", "local", "--jobs", "2", "--allow-dirty"], ["--force, --jobs and --keep-going do not apply"]),
     (["run", "nope"], ["no profile 'nope'"]),
-    (["run", "smoke", "--only", "week99-*", "--allow-dirty"], ["no run of profile 'smoke' matches"]),
+    (["run", "smoke", "--only", "week99-*", "--allow-dirty"], ["no run of profile 'smoke' matches",
+                                                               "python -m qlora_utils status smoke"]),
     (["status", "nope"], ["no profile 'nope'"]),
     (["book", "--profile", "nope"], ["no profile 'nope'"]),
     (["sst2", "--lr", "-1"], ["--lr: must be above 0"]),
@@ -147,6 +148,14 @@ def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
 def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str], args: list[str],
                                               words: list[str]) -> None:
     one_clear_error(main_in_process(capsys, *args), *words)
+
+
+def test_a_failed_experiment_leaves_no_empty_output_folder(capsys: pytest.CaptureFixture[str],
+                                                            tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    one_clear_error(main_in_process(capsys, "sst2", "--model", "nope", "--output", str(output)),
+                    "unknown model preset 'nope'")
+    assert not output.exists()
 
 
 SST2_HEADER = "sentence\tlabel\n"
@@ -229,7 +238,7 @@ def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) 
     before = metrics.read_text()
     done = cli("run", str(path), "--only", "fast", "--force", "--allow-dirty",
                env={**_runs_env(tmp_path), "QLORA_DATA_DIR": "/nonexistent"})
-    one_clear_error(done, "data directory '/nonexistent' does not exist", "QLORA_DATA_DIR")
+    one_clear_error(done, "data directory '/nonexistent' (from $QLORA_DATA_DIR) does not exist", "--data-dir")
     assert metrics.read_text() == before and run_state(metrics.parent) == "done"
 
 

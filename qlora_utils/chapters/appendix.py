@@ -6,18 +6,29 @@ from __future__ import annotations
 import statistics
 
 from ..report import provenance_frame, wall_time_table
-from ..runs import Run, busy_seconds
+from ..runs import Run, busy_seconds, span_seconds
 from . import Page
 
 
-def budget_sentence(busy_hours: float, budget_hours: float | None) -> str:
-    """The grid's elapsed time against the profile's budget, in words."""
+PAUSE_HOURS = 1 / 60  # a span longer than the busy time by more than this had pauses worth naming
+
+
+def budget_sentence(busy_hours: float, budget_hours: float | None, span_hours: float | None = None) -> str:
+    """The grid's elapsed time (busy: at least one run executing) against the profile's budget, in words, and the
+    span from the first start to the last finish where pauses make it longer."""
     if budget_hours is None:
-        return "This profile states no time budget."
-    if busy_hours <= budget_hours:
-        return f"That is within the profile's budget of {budget_hours:g} hours."
-    return (f"That is over the profile's budget of {budget_hours:g} hours by {busy_hours - budget_hours:.2f} hours: "
-            "the budget is not met.")
+        verdict = "This profile states no time budget."
+    elif busy_hours <= budget_hours:
+        verdict = f"That is within the profile's budget of {budget_hours:g} hours."
+    else:
+        verdict = (f"That is over the profile's budget of {budget_hours:g} hours by {busy_hours - budget_hours:.2f} "
+                   "hours: the budget is not met.")
+    if span_hours is None or span_hours - busy_hours <= PAUSE_HOURS:
+        return verdict
+    over = budget_hours is not None and busy_hours <= budget_hours < span_hours
+    return (verdict + f" From the first start to the last finish {span_hours:.2f} hours passed: the busy time leaves "
+            "out the pauses when no run was executing (between sessions, or while a runner was stopped)"
+            + (", and by that longer measure the budget is not met." if over else "."))
 
 
 def speed_sentence(runs: list[Run]) -> str:
@@ -54,7 +65,7 @@ def page(runs: list[Run], budget_hours: float | None = None) -> Page:
     """Everything the appendix shows, from every finished run of the profile and its time budget (hours)."""
     out = Page("appendix")
     busy = out.value("busy_hours", busy_seconds(runs) / 3600, "{:.2f}")
-    out.value("budget", budget_sentence(busy, budget_hours), "{}")
+    out.value("budget", budget_sentence(busy, budget_hours, span_seconds(runs) / 3600), "{}")
     out.value("speed", speed_sentence(runs), "{}")
     out.value("hosts", hosts_sentence(runs), "{}")
     out.markdown["wall_time"] = wall_time_table(runs)

@@ -24,7 +24,7 @@ def page(runs: list[Run], profile: str) -> Page:
     out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
     baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
-                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples",
+                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples",
                 "model"):
         out.text[key] = baseline.text[key]
     t = baseline.text
@@ -32,7 +32,8 @@ def page(runs: list[Run], profile: str) -> Page:
                    == t["model"] and r.metrics["model"].get("source")), None)
     out.value("model_source", source, "{}")
     out.value("second", f"It repeats the comparisons on {t['second_model']} as a second model family, which goes "
-              f"from {t['second_nf4_zero_shot']} % zero-shot to {t['second_nf4_mean']} % (QLoRA), "
+              f"from {t['second_nf4_zero_shot']} % zero-shot in NF4 ({t['second_bf16_zero_shot']} % in 16 bits) to "
+              f"{t['second_nf4_mean']} % (QLoRA), "
               f"{t['second_bf16_mean']} % (16-bit LoRA) and {t['second_full_mean']} % (full fine-tuning); its verdicts "
               f"on the first two expectations read {t['second_full_verdict']} and {t['second_lora_verdict']}."
               if t["second_model"] != NA else "", "{}")

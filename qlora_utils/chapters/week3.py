@@ -76,10 +76,11 @@ def efficiency_table(runs: list[Run]) -> pd.DataFrame:
         load, cores = load_and_cores(run)
         flag = busy(load, cores)
         extra.append({"torch threads": training_threads(run), "cores": cores, "load average (1 min)": load,
-                      "busy machine": NA if flag is None else "yes" if flag else "no"})
+                      "busy machine": "not recorded" if flag is None else "yes" if flag else "no"})
     frame = pd.concat([frame.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     frame = frame.rename(columns={"trainable %": "trainable (%)", "peak MiB": PEAK, "predicted GiB":
                                   "predicted peak (GiB)", "fits": "fits in free memory"})
+    frame.loc[frame[PEAK].isna(), "busy machine"] = None  # a run that did not train has no load to judge: a blank
     for column in columns:
         if column not in frame:
             frame[column] = None

@@ -85,7 +85,7 @@ def page(runs: list[Run]) -> Page:
             row = protocol.verdict_for(table, words, None if key == "gpu" else model) if model or key == "gpu" \
                 else None
             out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
-            out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
+            out.value(f"{prefix}{key}_sentence", protocol.evidence(row) if row else None, "{}")
     t = out.text
     out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
               f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
