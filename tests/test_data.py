@@ -71,7 +71,7 @@ def test_data_directory_without_the_file_names_it(tmp_path: Path) -> None:
 def test_unreachable_hub_gives_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QLORA_DATA_DIR", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataUnavailableError, match=r"Hugging Face Hub .*Set QLORA_DATA_DIR"):
+    with pytest.raises(DataUnavailableError, match=r"Hugging Face Hub .*local copy .*\$QLORA_DATA_DIR, --data-dir"):
         load_task("sst2", "validation")
 
 
