@@ -199,7 +199,7 @@ def memory_verdict(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (
     predicted = gpu_verdicts(presets=("qwen3-8b",), modes=("nf4",), gpu_gib=gpu_gib)[0]["predicted GiB"]
     errors = [v["error %"] for v in validation if v.get("mode") in ("nf4", "fp4") and not math.isnan(v["error %"])]
     row = {"expectation": expectation, "rule": rule, "verdict": NOT_TESTABLE, "effect": predicted, "margin": gpu_gib,
-           "comparison": f"predicted, not measured (no GPU here): Qwen3-8B QLoRA {predicted:.1f} GiB"}
+           "comparison": f"predicted, not measured, since no GPU ran here: Qwen3-8B QLoRA {predicted:.1f} GiB"}
     if errors:
         # error % = (predicted − measured) / measured, so measured = predicted / (1 + error)
         low, high = (predicted / (1 + max(errors) / 100), predicted / (1 + min(errors) / 100))
