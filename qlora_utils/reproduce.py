@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from .environment import git_commit
 from .errors import QLoraError
 from .profiles import Profile
-from .runner import check_committed, execute_entry, kernel_environment
+from .runner import check_committed, execute_entry, kernel_environment, one_entry_command
 from .runs import REPO, RUNS_ENV, read_json, read_run, run_state
 
 
@@ -55,7 +54,7 @@ def runner_in(tree: Path, spec: str, name: str, runs: Path, force: bool = False,
     """The command line and environment (`base`, default this process's, plus the runs folder and the checkout's
     code first on the path) that run one profile entry with the runner of the checkout in `tree`, into `runs`."""
     env = {**(os.environ if base is None else base), RUNS_ENV: str(runs), "PYTHONPATH": str(tree)}
-    return [sys.executable, "-m", "qlora_utils", "run", spec, "--only", name] + (["--force"] if force else []), env
+    return one_entry_command(spec, name, *(["--force"] if force else [])), env
 
 
 def rerun_at(commit: str, profile: Profile, name: str, scratch: Path) -> None:

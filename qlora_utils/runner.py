@@ -301,10 +301,15 @@ def _blocked(entry: Entry, profile: Profile, unfinished: set[str]) -> bool:
     return any(e.name in unfinished for e in prerequisites(profile, entry))
 
 
+def one_entry_command(profile: str, name: str, *flags: str) -> list[str]:
+    """The command line that runs one entry of a profile (name or path) with this interpreter's runner."""
+    return [sys.executable, "-m", "qlora_utils", "run", profile, "--only", name, *flags]
+
+
 def runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: bool) -> list[str]:
     """The command line of a one-entry runner (the child of --jobs and of a cluster job)."""
-    return [sys.executable, "-m", "qlora_utils", "run", str(profile.path), "--only", entry.name,
-            "--no-validate"] + (["--force"] if force else []) + (["--allow-dirty"] if allow_dirty else [])
+    return one_entry_command(str(profile.path), entry.name, "--no-validate", *(["--force"] if force else []),
+                             *(["--allow-dirty"] if allow_dirty else []))
 
 
 def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,

@@ -319,18 +319,22 @@ def summed_seconds(runs: list[Run]) -> float:
     return sum(r.status.get("wall_seconds", 0) for r in runs)
 
 
+def _intervals(runs: list[Run]) -> list[tuple[datetime, datetime]]:
+    """(started, finished) of every run that recorded both, earliest start first."""
+    return sorted((datetime.fromisoformat(r.status["started"]), datetime.fromisoformat(r.status["finished"]))
+                  for r in runs if r.status.get("started") and r.status.get("finished"))
+
+
 def span_seconds(runs: list[Run]) -> float:
     """Seconds from the first run's start to the last run's finish: busy time plus every pause in between."""
-    starts = [datetime.fromisoformat(r.status["started"]) for r in runs if r.status.get("started")]
-    ends = [datetime.fromisoformat(r.status["finished"]) for r in runs if r.status.get("finished")]
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    spans = _intervals(runs)
+    return (max(end for _, end in spans) - spans[0][0]).total_seconds() if spans else 0.0
 
 
 def busy_seconds(runs: list[Run]) -> float:
     """Wall-clock seconds during which at least one of the runs was executing (overlapping runs count once): the
     grid's elapsed time without the pauses between sessions."""
-    spans = sorted((datetime.fromisoformat(r.status["started"]), datetime.fromisoformat(r.status["finished"]))
-                   for r in runs if r.status.get("started") and r.status.get("finished"))
+    spans = _intervals(runs)
     total, current = 0.0, None
     for start, end in spans:
         if current and start <= current[1]:

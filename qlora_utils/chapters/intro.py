@@ -24,8 +24,8 @@ def page(runs: list[Run], profile: str) -> Page:
     out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
     baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
-                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds", "train_examples",
-                "model"):
+                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds",
+                "train_examples", "model"):
         out.text[key] = baseline.text[key]
     t = baseline.text
     source = next((r.metrics["model"].get("source") for r in runs if r.metrics.get("model", {}).get("label")

@@ -71,16 +71,17 @@ def efficiency_table(runs: list[Run]) -> pd.DataFrame:
         return pd.DataFrame(columns=columns + ["mode code"])
     by_name = {r.name: r for r in runs}
     extra = []
-    for name in frame["run"]:
+    peaks = frame["peak MiB"] if "peak MiB" in frame else [None] * len(frame)
+    for name, peak in zip(frame["run"], peaks):
         run = by_name[name]
         load, cores = load_and_cores(run)
         flag = busy(load, cores)
         extra.append({"torch threads": training_threads(run), "cores": cores, "load average (1 min)": load,
-                      "busy machine": "not recorded" if flag is None else "yes" if flag else "no"})
+                      "busy machine": None if pd.isna(peak) else "not recorded" if flag is None  # blank: no training
+                      else "yes" if flag else "no"})
     frame = pd.concat([frame.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     frame = frame.rename(columns={"trainable %": "trainable (%)", "peak MiB": PEAK, "predicted GiB":
                                   "predicted peak (GiB)", "fits": "fits in free memory"})
-    frame.loc[frame[PEAK].isna(), "busy machine"] = None  # a run that did not train has no load to judge: a blank
     for column in columns:
         if column not in frame:
             frame[column] = None
@@ -235,20 +236,19 @@ def bench_values(result: Page, runs: list[Run]) -> None:
     agreement = "met by every training row" if not failed else "not met by " + ", ".join(
         f"{r['variant']} with checkpointing {'on' if r['checkpointing'] else 'off'}" for r in failed)
     loads = [row["load_before"] for row in bench["rows"]]
-
-    def number(value: Any, fmt: str) -> str:
-        return NA if value is None else fmt.format(value)
-
+    for ckpt, key in ((False, "off"), (True, "on")):
+        result.value(f"bench_speedup_{key}", project.get(ckpt, {}).get("speed-up"), "{:.2f}")
+    result.value("bench_score_s", scoring.get("project s"), "{:.1f}")
+    result.value("bench_score_reference_s", scoring.get("reference s"), "{:.1f}")
+    result.value("bench_score_differ", scoring.get("predictions that differ"), "{:d}")
+    v = result.text
     result.value("bench_result", (
         f"The benchmark run {run.name} trained on {bench['settings']['train_examples']:,d} SST-2 sentences, each "
         f"side {bench['settings']['repeats']:d} time(s) with {bench['threads']:d} torch thread(s); the 1-minute "
         f"load average before the timed trainings ranged {min(loads):.2f} to {max(loads):.2f}. The agreement rule "
-        f"was {agreement}. Speed-up with checkpointing off: "
-        f"{number(project.get(False, {}).get('speed-up'), '{:.2f}')}×; on: "
-        f"{number(project.get(True, {}).get('speed-up'), '{:.2f}')}×. Scoring the SST-2 dev set took "
-        f"{number(scoring.get('project s'), '{:.1f}')} s against the reference scorer's "
-        f"{number(scoring.get('reference s'), '{:.1f}')} s, with "
-        f"{number(scoring.get('predictions that differ'), '{:d}')} differing predictions."))
+        f"was {agreement}. Speed-up with checkpointing off: {v['bench_speedup_off']}×; on: {v['bench_speedup_on']}×. "
+        f"Scoring the SST-2 dev set took {v['bench_score_s']} s against the reference scorer's "
+        f"{v['bench_score_reference_s']} s, with {v['bench_score_differ']} differing predictions."))
 
 
 def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
