@@ -212,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
             from .reproduce import reproduce
 
             with tempfile.TemporaryDirectory(prefix="qlora-reproduce-") as scratch:
-                differences = reproduce(load_profile(args.profile), args.run, Path(scratch))
-            for line in differences:
+                found = reproduce(load_profile(args.profile), args.run, Path(scratch))
+            for line in found.differences:
                 print(f"differs: {line}")
+            print(found.machines)
             print(f"{args.run}: " + ("reproduced exactly (headline numbers, per-step losses, every per-example output)"
-                                     if not differences else f"{len(differences)} difference(s)"))
-            if differences:
+                                     if not found.differences else f"{len(found.differences)} difference(s)"))
+            if found.differences:
                 return 1
         elif args.command == "speedup":
             import tempfile

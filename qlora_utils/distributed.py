@@ -75,7 +75,7 @@ def train_steps(preset: str, global_batch: int, steps: int, seed: int, output: P
     result = train(model, loaded.tokenizer, examples, settings, output / f"rank{rank}", show_progress=False)
     trainable = parameter_report(model).trainable
     record = {"world_size": world, "global_batch": global_batch, "per_process_batch": global_batch // world,
-              "losses": result.train_losses(), "trainable_parameters": trainable,
+              "losses": result.train_losses(), "trainable_parameters": trainable, "settings": result.settings,
               "communicated_elements": sum(counter.elements), "buckets": len(counter.elements),
               "quantized_layers": sum("Linear4bit" in type(m).__name__ for m in model.modules()),
               "adapter_checksum": sum(float(p.detach().double().abs().sum()) for p in model.parameters()

@@ -30,10 +30,22 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as the kernel reports it (Linux), else None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+
+
 def hardware() -> dict[str, Any]:
     """CPU, memory and GPU of this machine, and the threads this process uses (with any changes a parallel grid made:
-    `threads.follow`)."""
+    `threads.follow`). The CPU's model and the vector instructions torch's kernels use matter for reproduction: the
+    same seed gives the same numbers only on the same kind of CPU at the same thread count (bf16 products round
+    differently with other kernels or another split of the work)."""
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                            "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "thread_changes": changes(),
                             "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),

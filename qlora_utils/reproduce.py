@@ -4,18 +4,21 @@ worktree when that is not the checked-out one) and list how its outcome differs 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .environment import git_commit
 from .errors import QLoraError
 from .profiles import Profile
-from .runner import check_committed, execute_entry, kernel_environment, one_entry_command
+from .runner import check_committed, one_entry_command, thread_environment
 from .runs import REPO, RUNS_ENV, read_json, read_run, run_state
+from .threads import REPLAY_ENV, THREADS_FILE_ENV
 
 
 TIMING = ("peak MiB", "tokens/s", "train s")  # measurements of the machine, not results of the seed
@@ -49,32 +52,74 @@ def checkout_at(commit: str) -> Any:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def runner_in(tree: Path, spec: str, name: str, runs: Path, force: bool = False,
-              base: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment (`base`, default this process's, plus the runs folder and the checkout's
-    code first on the path) that run one profile entry with the runner of the checkout in `tree`, into `runs`."""
-    env = {**(os.environ if base is None else base), RUNS_ENV: str(runs), "PYTHONPATH": str(tree)}
-    return one_entry_command(spec, name, *(["--force"] if force else [])), env
+def runner_in(tree: Path, spec: str, name: str, runs: Path, threads: int | None = None,
+              flags: tuple[str, ...] = ("--force",), replay: list[dict[str, Any]] | None = None,
+              ) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run one profile entry with the runner of the checkout in `tree` (its
+    code first on the path) into `runs`, starting at a fixed thread count (None: torch's default): not a parallel
+    grid's child, so the count changes only where `replay` (a run's recorded changes) says."""
+    base = thread_environment(threads) if threads else dict(os.environ)
+    base.pop(THREADS_FILE_ENV, None)
+    base.pop(REPLAY_ENV, None)
+    if replay:
+        base[REPLAY_ENV] = json.dumps(replay)
+    return one_entry_command(spec, name, *flags), {**base, RUNS_ENV: str(runs), "PYTHONPATH": str(tree)}
 
 
-def rerun_at(commit: str, profile: Profile, name: str, scratch: Path) -> None:
-    """Run one entry with the runner and notebooks of another commit (a temporary worktree, its own code first on
-    the path), into scratch."""
-    with checkout_at(commit) as tree:
-        inside = profile.path.resolve().is_relative_to(REPO)
-        spec = str(tree / profile.path.resolve().relative_to(REPO)) if inside else str(profile.path)
-        command, env = runner_in(tree, spec, name, scratch)
-        print(f"re-running {name} with the code of its commit {commit[:12]} (a temporary checkout)")
-        done = subprocess.run(command, cwd=tree, env=env)
-        if done.returncode != 0:
-            raise QLoraError(f"the re-run of {name!r} at commit {commit[:12]} failed (exit {done.returncode})")
+def rerun(tree: Path, profile: Profile, name: str, scratch: Path, hardware: dict[str, Any],
+          flags: tuple[str, ...] = ()) -> None:
+    """Run one entry of a profile with the runner and notebooks of the checkout in `tree` into scratch, at the
+    recorded thread count, making the recorded changes of it at the same points."""
+    inside = profile.path.resolve().is_relative_to(REPO)
+    spec = str(tree / profile.path.resolve().relative_to(REPO)) if inside else str(profile.path)
+    command, env = runner_in(tree, spec, name, scratch, hardware.get("torch_threads"), ("--force", *flags),
+                             hardware.get("thread_changes"))
+    done = subprocess.run(command, cwd=tree, env=env)
+    if done.returncode != 0:
+        raise QLoraError(f"the re-run of {name!r} failed (exit {done.returncode})")
+
+
+def recorded_hardware(run_dir: Path) -> dict[str, Any]:
+    """The machine a run started on (env.json), with the thread-count changes it made (metrics.json)."""
+    start = (read_json(run_dir / "env.json") or {}).get("hardware") or {}
+    end = ((read_json(run_dir / "metrics.json") or {}).get("environment") or {}).get("hardware") or {}
+    return {**start, "thread_changes": end.get("thread_changes") or []}
+
+
+def machine_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
+    """Where the run was recorded and where it was re-run (host, CPU, vector instructions, threads), and whether
+    bit-identical numbers are to be expected: only on the same kind of CPU at the same thread count, since bf16
+    products round differently with other kernels or another split of the work."""
+    def describe(h: dict[str, Any]) -> str:
+        cpu = ", ".join(str(h[k]) for k in ("cpu_model", "cpu_capability") if h.get(k)) or "CPU not recorded"
+        return f"{h.get('platform', '?')} ({cpu}), {h.get('torch_threads', '?')} thread(s)"
+
+    keys = ("platform", "cpu_model", "cpu_capability", "torch_threads")
+    same = all(recorded.get(k) == here.get(k) for k in keys if recorded.get(k) is not None)
+    changes = recorded.get("thread_changes") or []
+    if any("call" not in c for c in changes):  # recorded before changes were numbered: they cannot be repeated
+        verdict = "the run changed its thread count at points that cannot be repeated: expect rounding differences"
+    elif same:
+        verdict = "the same machine as recorded: the numbers should agree exactly"
+    else:
+        verdict = "another machine: expect rounding differences, within the seed-to-seed spread, not identical numbers"
+    moved = f", {len(changes)} thread-count change(s) replayed" if changes else ""
+    return f"recorded on {describe(recorded)}; re-run on {describe(here)}{moved}: {verdict}"
+
+
+@dataclass
+class Reproduction:
+    """What a re-run found: how its outcome differs from the recorded one (empty: identical) and where each ran."""
+
+    differences: list[str]
+    machines: str  # machine_note: the recorded and the re-run machine, and whether identical numbers are expected
 
 
 def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = None,
-              allow_dirty: bool = False) -> list[str]:
+              allow_dirty: bool = False) -> Reproduction:
     """Re-run one finished entry of a profile into scratch, with the code of the commit it records (a temporary
-    checkout when that is not this one), and list how its outcome differs from the recorded one (an empty list:
-    reproduced exactly)."""
+    checkout when that is not this one) and its recorded thread count, and list how its outcome differs from the
+    recorded one."""
     entry = next((e for e in profile.entries if e.name == name), None)
     if entry is None:
         raise QLoraError(f"profile {profile.name!r} has no run {name!r}")
@@ -82,12 +127,15 @@ def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = No
     if run_state(recorded, entry.config_hash) != "done":
         raise QLoraError(f"{recorded} is not a finished, current run; run it first")
     commit = (read_json(recorded / "env.json") or {}).get("git_commit") or ""
+    machine = recorded_hardware(recorded)
     if commit and not commit.endswith("+dirty") and commit != (git_commit(REPO) or "").removesuffix("+dirty"):
-        rerun_at(commit, profile, name, scratch)  # the code that made the run, not today's
+        with checkout_at(commit) as tree:  # the code that made the run, not today's
+            print(f"re-running {name} with the code of its commit {commit[:12]} (a temporary checkout), "
+                  f"{machine.get('torch_threads') or 'default'} thread(s)")
+            rerun(tree, profile, name, scratch, machine)
     else:
         check_committed(allow_dirty)
-        kernel_environment()
-        execute_entry(entry, profile, scratch, force=True)
+        rerun(REPO, profile, name, scratch, machine, ("--allow-dirty",) if allow_dirty else ())
     before, after = outcome(recorded), outcome(profile.runs_dir(scratch) / name)
     differences = [f"{k}: recorded {before['headline'][k]!r}, re-run {after['headline'].get(k)!r}"
                    for k in before["headline"] if before["headline"][k] != after["headline"].get(k)]
@@ -97,4 +145,4 @@ def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = No
     if before["generations"] != after["generations"]:
         rows = sum(a != b for a, b in zip(before["generations"], after["generations"]))
         differences.append(f"{rows} of {len(before['generations'])} per-example outputs differ")
-    return differences
+    return Reproduction(differences, machine_note(machine, recorded_hardware(profile.runs_dir(scratch) / name)))

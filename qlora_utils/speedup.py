@@ -17,9 +17,7 @@ from typing import Any
 from .errors import QLoraError
 from .io import atomic_write_json
 from .reproduce import checkout_at, runner_in
-from .runner import thread_environment
 from .runs import read_json
-from .threads import THREADS_FILE_ENV
 
 SIDES = ("old", "new")
 
@@ -52,9 +50,7 @@ def check_entry(tree: Path, profile: str, name: str, commit: str) -> None:
 def start(tree: Path, profile: str, name: str, runs: Path, log: Path, threads: int) -> subprocess.Popen:
     """The runner of the checkout in `tree` executing one entry of its own copy of the profile into `runs`, with
     `threads` threads (its own process group, so that it and its notebook kernel can be stopped together)."""
-    command, env = runner_in(tree, f"profiles/{profile}.yaml", name, runs, force=True,
-                             base=thread_environment(threads))
-    env.pop(THREADS_FILE_ENV, None)  # not a parallel grid's child: the thread count stays fixed
+    command, env = runner_in(tree, f"profiles/{profile}.yaml", name, runs, threads)
     with log.open("w") as out:
         return subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

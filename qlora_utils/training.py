@@ -98,10 +98,20 @@ class AnswerLossTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.head_on_labels_only, self.share_prefix = head_on_labels_only, share_prefix
 
+    @property
+    def rewrites_apply(self) -> bool:
+        """Whether the lean loss runs: not under several processes, where the rewrites would call the decoder
+        directly, around DDP's and FSDP's forward; there the Trainer's own loss runs instead."""
+        return self.accelerator.num_processes == 1
+
+    def settings_as_run(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The recorded settings, saying what really ran: both rewrites off where the plain loss ran."""
+        return settings if self.rewrites_apply else {**settings, "head_on_labels_only": False, "share_prefix": False}
+
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
-        if self.accelerator.num_processes > 1:  # the rewrites call the decoder directly, around DDP's and FSDP's
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # forward: plain loss
+        if not self.rewrites_apply:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         lm = causal_lm(model)
         ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
         prefix = shared_length(ids, mask, labels) if self.share_prefix else 0
@@ -208,5 +218,8 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     tokens = int(trainer.state.num_input_tokens_seen)
     if any(math.isnan(h.get("loss", 0.0)) for h in history.history):
         raise QLoraError("training loss became NaN; lower the learning rate")
+    ran = asdict(settings)
+    if isinstance(trainer, AnswerLossTrainer):
+        ran = trainer.settings_as_run(ran)
     return TrainResult(history.history, steps, tokens, memory.result["seconds"], memory.result,
-                       effective_optimizer(settings.optim), asdict(settings))
+                       effective_optimizer(settings.optim), ran)

@@ -51,11 +51,23 @@ def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, 
     profile = load_profile("smoke")
     assert run_profile(profile, root=tmp_path / "runs", only=["week2-qlora-seed0"], allow_dirty=True) == {
         "week2-qlora-seed0": "done"}
-    assert reproduce(profile, "week2-qlora-seed0", tmp_path / "scratch", root=tmp_path / "runs",
-                     allow_dirty=True) == []
+    found = reproduce(profile, "week2-qlora-seed0", tmp_path / "scratch", root=tmp_path / "runs", allow_dirty=True)
+    assert found.differences == []
+    assert "thread(s)" in found.machines and "the numbers should agree exactly" in found.machines
     generations = tmp_path / "runs" / "smoke" / "week2-qlora-seed0" / "generations.json"
     rows = json.loads(generations.read_text())
     rows[0]["fine_tuned"] = 1 - rows[0]["fine_tuned"]
     generations.write_text(json.dumps(rows))  # a tampered record is caught
     assert reproduce(profile, "week2-qlora-seed0", tmp_path / "scratch2", root=tmp_path / "runs",
-                     allow_dirty=True) == ["1 of 16 per-example outputs differ"]
+                     allow_dirty=True).differences == ["1 of 16 per-example outputs differ"]
+
+
+def test_the_machine_note_says_when_identical_numbers_are_not_to_be_expected() -> None:
+    from qlora_utils.reproduce import machine_note
+
+    slow = {"platform": "Linux-a", "torch_threads": 1}  # a run from before the CPU's model was recorded
+    here = {"platform": "Linux-b", "cpu_model": "Xeon", "cpu_capability": "AVX512", "torch_threads": 1}
+    assert "CPU not recorded" in machine_note(slow, here) and "expect rounding differences" in machine_note(slow, here)
+    assert "should agree exactly" in machine_note(here, dict(here))
+    assert "expect rounding differences" in machine_note(here, {**here, "torch_threads": 2})
+    assert "expect rounding differences" in machine_note(here, {**here, "cpu_capability": "AVX2"})

@@ -47,6 +47,8 @@ def test_two_processes_train_as_one(tmp_path: Path, data_dir: Path) -> None:
     assert two["quantized_layers"] > 0, "each process holds a 4-bit base"
     assert two["communicated_elements"] == 4 * two["trainable_parameters"], "only adapter gradients, once a step"
     assert one["communicated_elements"] == 0
+    lean = ("head_on_labels_only", "share_prefix")  # the record says which loss ran: lean alone, plain under DDP
+    assert all(one["settings"][k] for k in lean) and not any(two["settings"][k] for k in lean)
 
 
 def test_the_fsdp_launch_stores_4bit_weights_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qlora_utils.__main__ import main
 from qlora_utils.efficiency import PeakMemory
@@ -34,6 +35,10 @@ def test_environment_records_versions_and_hardware() -> None:
     env = environment()
     assert env["versions"]["transformers"] and env["versions"]["bitsandbytes"]
     assert env["hardware"]["cpu_count"] >= 1 and "cuda" in env["hardware"]
+    assert env["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability(), \
+        "the vector instructions torch's kernels use (AVX2, AVX512, ...): part of what reproduces bitwise"
+    if Path("/proc/cpuinfo").is_file():
+        assert env["hardware"]["cpu_model"], "the CPU's model is read from /proc/cpuinfo"
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
