@@ -18,19 +18,12 @@ import json
 import sys
 from typing import Any
 
-from .adapters import PLACEMENTS, LoraSettings
-from .bench import VARIANTS
-from .cluster import EXECUTORS
+from .data import TASKS
 from .errors import QLoraError
-from .experiments import TASKS, Experiment, run_experiment
-from .book import build_book
-from .inventory import config_of
-from .planner import plan_memory, verdict
-from .models import MODES
-from .profiles import available_profiles, load_profile, validate_profile
-from .runner import run_profile, state_detail, status
-from .runs import STATES
-from .training import TrainSettings
+
+# The model stack (torch, transformers, peft) takes seconds to import: each command imports what it uses, and the
+# parser builds the options of the heavy commands (bench, plan, sst2|squad|alpaca, whose defaults come from the model
+# modules) only when that command is asked for. `--help`, `status` and a grid's one-run runners start at once.
 
 
 def positive_int(text: str) -> int:
@@ -71,8 +64,14 @@ def command(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argpar
     return sub.add_parser(name, formatter_class=DefaultsShown, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand; with `only`, the options of the heavy subcommands are added only for
+    that one (the others still parse their name and show their help line)."""
+    from .cluster import EXECUTORS
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
     parser = argparse.ArgumentParser(prog="python -m qlora_utils", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,18 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--partition", default=None, help="with --executor slurm: the partition to submit to")
     run.add_argument("--no-wait", action="store_true", help="with --executor: return once the jobs are submitted")
     bench = command(sub, "bench", help="time this project's training and scoring against a reference recipe")
-    bench.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
-    bench.add_argument("--train-examples", type=positive_int, default=1000, help="SST-2 training sentences")
-    bench.add_argument("--repeats", type=positive_int, default=2,
-                       help="timed trainings of each side, alternating; the best counts")
-    bench.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
-    bench.add_argument("--eval-examples", type=int, default=0, help="dev sentences to score (0: all 872)")
-    bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
-    bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
-                       help="the project's training with its speed-ups switched on one at a time (project: all on)")
-    bench.add_argument("--no-noise-floor", action="store_true",
-                       help="skip the second reference (the other attention kernel) that measures how far rounding alone moves "
-                            "the per-step losses")
+    if wanted("bench"):
+        _add_bench_options(bench)
     again = command(sub, "reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
@@ -125,6 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--partial", action="store_true",
                       help="build although some runs are not finished; the landing page names them")
     plan = command(sub, "plan", help="predict peak training memory and whether it fits a GPU")
+    if wanted("plan"):
+        _add_plan_options(plan)
+    for task in TASKS:
+        _add_experiment_parser(sub, task, options=wanted(task))
+    return parser
+
+
+def _add_bench_options(bench: argparse.ArgumentParser) -> None:
+    from .bench import VARIANTS
+
+    bench.add_argument("--model", default="smollm2-135m-instruct", help="model preset name")
+    bench.add_argument("--train-examples", type=positive_int, default=1000, help="SST-2 training sentences")
+    bench.add_argument("--repeats", type=positive_int, default=2,
+                       help="timed trainings of each side, alternating; the best counts")
+    bench.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
+    bench.add_argument("--eval-examples", type=int, default=0, help="dev sentences to score (0: all 872)")
+    bench.add_argument("--output", default="runs/adhoc/bench", help="folder for the trainers' scratch files")
+    bench.add_argument("--variants", nargs="+", default=["project"], choices=list(VARIANTS),
+                       help="the project's training with its speed-ups switched on one at a time (project: all on)")
+    bench.add_argument("--no-noise-floor", action="store_true",
+                       help="skip the second reference (the other attention kernel) that measures how far rounding alone moves "
+                            "the per-step losses")
+
+
+def _add_plan_options(plan: argparse.ArgumentParser) -> None:
+    from .adapters import PLACEMENTS
+    from .models import MODES
+
     plan.add_argument("--model", required=True, help="preset name, e.g. qwen3-8b or random-qwen2.5-7b")
     plan.add_argument("--mode", default="nf4", choices=MODES, help="nf4 (QLoRA), fp4, bf16 (16-bit LoRA) or full")
     plan.add_argument("--batch", type=positive_int, default=1, help="sequences per step")
@@ -134,15 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     plan.add_argument("--optimizer", default="paged_adamw_32bit", help="transformers optimizer name (its state's size)")
     plan.add_argument("--gpu-gib", type=positive_float, default=24.0, help="GPU memory to fit in (GiB)")
-    for task in TASKS:
-        _add_experiment_parser(sub, task)
-    return parser
 
 
-def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
+def _add_experiment_parser(sub: argparse._SubParsersAction, task: str, options: bool = True) -> None:
     what = {"sst2": "accuracy before/after", "squad": "exact match and F1 before/after",
             "alpaca": "AlpacaEval answers before/after (judge them with a winrates run)"}[task]
     p = command(sub, task, help=f"fine-tune on {task} and report {what}, memory and throughput")
+    if not options:
+        return
+    from .adapters import PLACEMENTS, LoraSettings
+    from .experiments import Experiment
+    from .models import MODES
+
     exp, lora = Experiment(), LoraSettings()  # the defaults are the dataclasses': set once, there
     p.add_argument("--model", default=exp.preset, help="model preset name")
     p.add_argument("--mode", default=exp.mode, choices=MODES, help="nf4 (QLoRA), fp4, bf16 (16-bit LoRA) or full")
@@ -166,8 +186,12 @@ def _add_experiment_parser(sub: argparse._SubParsersAction, task: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad inputs end with one line on stderr and exit status 2."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=argv[0] if argv else "").parse_args(argv)
     try:
+        if args.command in ("run", "status", "validate"):
+            from .profiles import available_profiles, load_profile, validate_profile
+            from .runner import run_profile, state_detail, status
         if args.command == "run" and args.executor:
             from .cluster import JobSettings, submit_profile
 
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
             from pathlib import Path
 
+            from .profiles import load_profile
             from .reproduce import reproduce
 
             with tempfile.TemporaryDirectory(prefix="qlora-reproduce-") as scratch:
@@ -233,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = load_profile(args.profile)
             states = status(profile)
             from .cluster import describe, job_records
+            from .runs import STATES
 
             jobs = job_records(profile)
             for entry, (name, state) in zip(profile.entries, states):
@@ -247,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
                 validate_profile(profile)
                 print(f"{profile.name}: {len(profile.entries)} runs valid")
         elif args.command == "book":
+            from .book import build_book
+
             html = build_book(args.profile, args.output, strict=not args.no_strict, partial=args.partial)
             print(f"book built: {html / 'index.html'}")
         elif args.command == "plan":
+            from .adapters import LoraSettings
+            from .inventory import config_of
+            from .planner import plan_memory, verdict
+
             lora = None if args.mode == "full" else LoraSettings(args.rank, 16, 0.1, args.placement)
             memory = plan_memory(config_of(args.model), args.mode, lora, args.batch, args.seq,
                                  not args.no_checkpointing, args.optimizer)
@@ -260,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.model} {args.mode}: {word} in {args.gpu_gib:g} GiB (margin {fit['margin GiB']:+.2f} GiB, "
                   "1 GiB kept for the CUDA context)")
         elif args.command in TASKS:
+            from .adapters import LoraSettings
+            from .experiments import Experiment, run_experiment
+            from .training import TrainSettings
+
             lora = None if args.mode == "full" else LoraSettings(args.rank, args.alpha, args.dropout, args.placement)
             exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,
                              train_examples=args.train_examples, eval_examples=args.eval_examples,

@@ -1,17 +1,13 @@
 """Value checks of a profile's parameters, made before any run starts: known presets, modes, placements, kinds and
 schedules; positive sizes, ranks and rates; no parameter that means nothing for its mode. Each problem names the
-run, the parameter, the bad value and what would be accepted."""
+run, the parameter, the bad value and what would be accepted. The names accepted come from the modules that define
+them, imported when a profile is first checked (not when a runner starts: they pull in the model stack)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
-
-from transformers import SchedulerType
-
-from .adapters import PLACEMENTS
-from .bench import VARIANTS
-from .models import MODES, PRESETS
 
 KINDS = {"week3_scaling": ("efficiency", "accuracy", "bench"), "week6_alpacaeval_efficiency": ("instruct", "efficiency",
                                                                                        "winrates")}
@@ -36,32 +32,45 @@ def _non_negative(v: Any) -> str | None:
 
 
 def _judge(v: Any) -> str | None:
+    from .models import PRESETS
+
     kind, _, name = str(v).partition(":")
     if kind == "openai" and name:
         return None
     if kind == "local" and name in PRESETS:
         return None
-    return f"must be local:PRESET (a preset of qlora_utils.models) or openai:MODEL"
+    return "must be local:PRESET (a preset of qlora_utils.models) or openai:MODEL"
 
 
 def _presets(v: Any) -> str | None:
+    from .models import PRESETS
+
     bad = [p for p in v if p not in PRESETS] if isinstance(v, list) else [v]
     return f"names unknown preset(s) {bad}" if bad else None
 
 
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "preset": _choice(PRESETS), "model": _choice(PRESETS), "mode": _choice(MODES), "placement": _choice(PLACEMENTS),
-    "scheduler": _choice({t.value for t in SchedulerType}), "learning_rate": _positive, "epochs": _positive,
-    "dropout": lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",
-    "judge": _judge, "table_presets": _presets, "peft_check_presets": _presets,
-    "references": lambda v: None if isinstance(v, list) and v and set(v) <= set(REFERENCES)
-    else f"must be a non-empty list of {list(REFERENCES)}",
-    "variants": lambda v: None if isinstance(v, list) and v and set(v) <= set(VARIANTS)
-    else f"must be a non-empty list of {list(VARIANTS)}",
-    "ranks": lambda v: None if isinstance(v, list) and v and all(_positive(r) is None for r in v)
-    else "must be a non-empty list of positive ranks",
-    **{name: _positive for name in POSITIVE}, **{name: _non_negative for name in NON_NEGATIVE},
-}
+@functools.cache
+def checks() -> dict[str, Callable[[Any], str | None]]:
+    """The check of each parameter's value, by name."""
+    from transformers import SchedulerType
+
+    from .adapters import PLACEMENTS
+    from .bench import VARIANTS
+    from .models import MODES, PRESETS
+
+    return {
+        "preset": _choice(PRESETS), "model": _choice(PRESETS), "mode": _choice(MODES), "placement": _choice(PLACEMENTS),
+        "scheduler": _choice({t.value for t in SchedulerType}), "learning_rate": _positive, "epochs": _positive,
+        "dropout": lambda v: None if isinstance(v, (int, float)) and 0 <= v < 1 else "must be in [0, 1)",
+        "judge": _judge, "table_presets": _presets, "peft_check_presets": _presets,
+        "references": lambda v: None if isinstance(v, list) and v and set(v) <= set(REFERENCES)
+        else f"must be a non-empty list of {list(REFERENCES)}",
+        "variants": lambda v: None if isinstance(v, list) and v and set(v) <= set(VARIANTS)
+        else f"must be a non-empty list of {list(VARIANTS)}",
+        "ranks": lambda v: None if isinstance(v, list) and v and all(_positive(r) is None for r in v)
+        else "must be a non-empty list of positive ranks",
+        **{name: _positive for name in POSITIVE}, **{name: _non_negative for name in NON_NEGATIVE},
+    }
 
 
 def value_problems(name: str, notebook: str, parameters: dict[str, Any], explicit: tuple[str, ...],
@@ -70,7 +79,7 @@ def value_problems(name: str, notebook: str, parameters: dict[str, Any], explici
     stem = Path(notebook).stem
     problems = []
     for key, value in parameters.items():
-        check = CHECKS.get(key)
+        check = checks().get(key)
         if key == "kind" and stem in KINDS:
             check = _choice(KINDS[stem])
         if key == "instruct_runs":

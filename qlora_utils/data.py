@@ -16,6 +16,8 @@ import numpy as np
 from .errors import DataUnavailableError, QLoraError
 from .io import DATA_DIR_WAYS, DATA_LAYOUT, data_dir as resolve_data_dir
 
+TASKS = ("sst2", "squad", "alpaca")  # the tasks a run fine-tunes on (AlpacaEval is only judged)
+
 PathLike = str | os.PathLike[str]
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import torch
 
 from .threads import changes
 
@@ -44,6 +43,8 @@ def hardware() -> dict[str, Any]:
     `threads.follow`). The CPU's model and the vector instructions torch's kernels use matter for reproduction: the
     same seed gives the same numbers only on the same kind of CPU at the same thread count (bf16 products round
     differently with other kernels or another split of the work)."""
+    import torch  # here, not at the top: a grid's runner records provenance without loading the model stack
+
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -60,6 +61,8 @@ def speed_probe(seconds: float = 0.3, size: int = 1024) -> dict[str, float | int
     """How fast this machine multiplies now: bf16 GFLOP/s of size x size matrix products for about `seconds` at
     the current thread count (hosts of this shared machine have differed by 2x between sessions; a run's elapsed
     time means little without it)."""
+    import torch
+
     a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
     a @ b  # warm-up
     count, start = 0, time.perf_counter()

@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training, save_adapter
-from .data import SELECTION_SIZE, TaskData, load_task, split_for_selection, subsample
+from .data import SELECTION_SIZE, TASKS, TaskData, load_task, split_for_selection, subsample
 from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
 from .errors import QLoraError
@@ -24,7 +24,6 @@ from .prompts import messages_for, prompt_ids, tokenize_for_training
 from .runs import RunRecorder
 from .training import TrainSettings, train
 
-TASKS = ("sst2", "squad", "alpaca")
 EVAL_SPLITS = {"sst2": ("sst2", "validation"), "squad": ("squad", "validation"),
                "alpaca": ("alpaca_eval", "text_davinci_003")}
 EVAL_SEED = 0  # the evaluation subset is the same for every model and training seed

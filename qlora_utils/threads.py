@@ -15,8 +15,6 @@ import os
 import time
 from pathlib import Path
 
-import torch
-
 from .io import atomic_write_text
 
 THREADS_FILE_ENV = "QLORA_THREADS_FILE"  # set by the parallel runner for each run it starts
@@ -47,6 +45,8 @@ def _schedule(text: str) -> dict[int, int]:
 
 
 def _change(wanted: int) -> None:
+    import torch
+
     torch.set_num_threads(wanted)
     _changes.append({"after_seconds": round(time.time() - _START, 1), "call": _calls, "threads": wanted})
 
@@ -55,6 +55,8 @@ def follow() -> int:
     """Adopt the thread count the runner last assigned to this run (a stat call when nothing changed); the count in
     use. Outside a parallel grid ($QLORA_THREADS_FILE unset or unreadable) nothing changes; in a replay
     ($QLORA_THREADS_REPLAY), the recorded changes are made at the calls that made them."""
+    import torch  # here, not at the top: the runner shares cores without loading torch
+
     global _calls
     _calls += 1
     replay = os.environ.get(REPLAY_ENV)

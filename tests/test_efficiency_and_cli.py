@@ -67,3 +67,19 @@ def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
     assert record["training"]["gradient_checkpointing"] is False
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "history.json").read_text())
+
+
+def test_help_and_status_start_without_the_model_stack() -> None:
+    """`--help`, `status` and a grid's one-run runners import no torch, transformers or peft (seconds each)."""
+    import subprocess
+    import sys
+
+    from qlora_utils.runner import REPO
+
+    probe = ("import sys, contextlib, io\nfrom qlora_utils.__main__ import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n    main(['status', 'smoke'])\n"
+             "    with contextlib.suppress(SystemExit):\n        main(['--help'])\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
