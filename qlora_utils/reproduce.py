@@ -17,7 +17,7 @@ from .environment import git_commit
 from .errors import QLoraError
 from .profiles import Profile
 from .runner import check_committed, one_entry_command, thread_environment
-from .runs import REPO, RUNS_ENV, read_json, read_run, run_state
+from .runs import REPO, RUNS_ENV, read_run, run_state
 from .threads import REPLAY_ENV, THREADS_FILE_ENV
 
 
@@ -79,13 +79,6 @@ def rerun(tree: Path, profile: Profile, name: str, scratch: Path, hardware: dict
         raise QLoraError(f"the re-run of {name!r} failed (exit {done.returncode})")
 
 
-def recorded_hardware(run_dir: Path) -> dict[str, Any]:
-    """The machine a run started on (env.json), with the thread-count changes it made (metrics.json)."""
-    start = (read_json(run_dir / "env.json") or {}).get("hardware") or {}
-    end = ((read_json(run_dir / "metrics.json") or {}).get("environment") or {}).get("hardware") or {}
-    return {**start, "thread_changes": end.get("thread_changes") or []}
-
-
 def machine_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
     """Where the run was recorded and where it was re-run (host, CPU, vector instructions, threads), and whether
     bit-identical numbers are to be expected: only on the same kind of CPU at the same thread count, since bf16
@@ -126,8 +119,8 @@ def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = No
     recorded = profile.runs_dir(root) / name
     if run_state(recorded, entry.config_hash) != "done":
         raise QLoraError(f"{recorded} is not a finished, current run; run it first")
-    commit = (read_json(recorded / "env.json") or {}).get("git_commit") or ""
-    machine = recorded_hardware(recorded)
+    run = read_run(recorded)
+    commit, machine = run.commit or "", run.hardware
     if commit and not commit.endswith("+dirty") and commit != (git_commit(REPO) or "").removesuffix("+dirty"):
         with checkout_at(commit) as tree:  # the code that made the run, not today's
             print(f"re-running {name} with the code of its commit {commit[:12]} (a temporary checkout), "
@@ -145,4 +138,4 @@ def reproduce(profile: Profile, name: str, scratch: Path, root: Path | None = No
     if before["generations"] != after["generations"]:
         rows = sum(a != b for a, b in zip(before["generations"], after["generations"]))
         differences.append(f"{rows} of {len(before['generations'])} per-example outputs differ")
-    return Reproduction(differences, machine_note(machine, recorded_hardware(profile.runs_dir(scratch) / name)))
+    return Reproduction(differences, machine_note(machine, read_run(profile.runs_dir(scratch) / name).hardware))

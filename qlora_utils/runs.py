@@ -282,6 +282,12 @@ class Run:
         return self.env.get("git_commit")
 
     @property
+    def hardware(self) -> dict[str, Any]:
+        """The machine the run started on (env.json), with the thread-count changes it made (its final record)."""
+        end = (self.metrics.get("environment") or {}).get("hardware") or {}
+        return {**(self.env.get("hardware") or {}), "thread_changes": end.get("thread_changes") or []}
+
+    @property
     def notebook(self) -> str:
         """The notebook that produced the run (repository-relative path)."""
         return self.config.get("notebook", "")
