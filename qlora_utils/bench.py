@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from . import cpu_bf16
 from .adapters import LoraSettings, prepare_for_training
 from .data import TaskData, load_task, split_for_selection, subsample
 from .errors import QLoraError
@@ -124,6 +125,7 @@ def reference_training(settings: BenchSettings, checkpointing: bool, output_dir:
                               TrainingArguments, set_seed)
 
     path = str(materialize(get_preset(settings.preset)))
+    cpu_bf16.install()  # a fix of the platform, not of the recipe: both sides get it
     set_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token

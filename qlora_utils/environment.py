@@ -45,8 +45,11 @@ def hardware() -> dict[str, Any]:
     differently with other kernels or another split of the work)."""
     import torch  # here, not at the top: a grid's runner records provenance without loading the model stack
 
+    from .cpu_bf16 import products
+
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "bf16_products": products(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "thread_changes": changes(),
                             "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),
@@ -60,9 +63,12 @@ def hardware() -> dict[str, Any]:
 def speed_probe(seconds: float = 0.3, size: int = 1024) -> dict[str, float | int]:
     """How fast this machine multiplies now: bf16 GFLOP/s of size x size matrix products for about `seconds` at
     the current thread count (hosts of this shared machine have differed by 2x between sessions; a run's elapsed
-    time means little without it)."""
+    time means little without it). bf16 products as the runs make them (`cpu_bf16.install`)."""
     import torch
 
+    from .cpu_bf16 import install
+
+    install()
     a, b = torch.randn(size, size, dtype=torch.bfloat16), torch.randn(size, size, dtype=torch.bfloat16)
     a @ b  # warm-up
     count, start = 0, time.perf_counter()

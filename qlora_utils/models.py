@@ -26,6 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from . import cpu_bf16
 from .errors import QLoraError
 from .io import atomic_write_json, cache_dir
 
@@ -274,6 +275,7 @@ def load_model(preset: str | ModelPreset, mode: str = "nf4", *, cache: str | os.
     trained with bf16 autocast). Safetensors only, never remote code."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     check_mode(mode)
+    cpu_bf16.install()
     start = time.perf_counter()
     if preset.kind == "hub":
         location, source = preset.source, f"hub:{preset.source}"
