@@ -60,17 +60,23 @@ KERNELS = {"mm": _mm, "bmm": _bmm, "addmm": _addmm, "baddbmm": _baddbmm}
 _library: list[torch.library.Library] = []  # kept alive: dropping the Library object would unregister the kernels
 
 
-@functools.cache
-def install() -> bool:
-    """Route this process's CPU bf16 products through fp32 where the CPU has no bf16 kernels (QLORA_BF16_VIA_FP32: "0"
-    never, "1" always); True if it did. Once per process; CUDA is untouched."""
+def wanted() -> bool:
+    """Whether `install` routes bf16 products through fp32 here: QLORA_BF16_VIA_FP32 "1" always, "0" never, unset
+    where the CPU has no bf16 kernels."""
     switch = os.environ.get(SWITCH_ENV, "")
     if switch not in ("", "0", "1"):
         from .errors import QLoraError
 
         raise QLoraError(f"{SWITCH_ENV}={switch!r}: use 1 (always), 0 (never) or leave it unset (where the CPU has no "
                          "bf16 kernels)")
-    if switch == "0" or (switch == "" and has_bf16_kernels()):
+    return switch == "1" or (switch == "" and not has_bf16_kernels())
+
+
+@functools.cache
+def install() -> bool:
+    """Route this process's CPU bf16 products through fp32 where `wanted`; True if it did. Once per process; CUDA is
+    untouched."""
+    if not wanted():
         return False
     import warnings
 

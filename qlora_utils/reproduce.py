@@ -74,9 +74,28 @@ def rerun(tree: Path, profile: Profile, name: str, scratch: Path, hardware: dict
     spec = str(tree / profile.path.resolve().relative_to(REPO)) if inside else str(profile.path)
     command, env = runner_in(tree, spec, name, scratch, hardware.get("torch_threads"), ("--force", *flags),
                              hardware.get("thread_changes"))
+    if (platform := platform_fix(tree)) is not None:
+        print(f"the run's commit predates cpu_bf16 and this CPU has no bf16 kernels: its processes get today's "
+              f"bf16 products through fp32 ({platform.name}/sitecustomize.py), the study's code is the commit's")
+        env["PYTHONPATH"] = os.pathsep.join([str(platform), env["PYTHONPATH"]])
     done = subprocess.run(command, cwd=tree, env=env)
     if done.returncode != 0:
         raise QLoraError(f"the re-run of {name!r} failed (exit {done.returncode})")
+
+
+def platform_fix(tree: Path) -> Path | None:
+    """For a checkout older than `cpu_bf16`, on a CPU where it would route bf16 products through fp32 (without it
+    a re-run there takes PyTorch's bf16 reference loop, 30x slower): a folder whose sitecustomize.py installs today's
+    `cpu_bf16` in every Python process of the re-run (runner, kernel), to be put first on PYTHONPATH. None otherwise."""
+    from . import cpu_bf16
+
+    if (tree / "qlora_utils" / "cpu_bf16.py").exists() or not cpu_bf16.wanted():
+        return None
+    folder = tree / "_platform"  # untracked: the checkout's commit stays clean
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(cpu_bf16.__file__, folder / "_qlora_cpu_bf16.py")
+    (folder / "sitecustomize.py").write_text("import _qlora_cpu_bf16\n\n_qlora_cpu_bf16.install()\n")
+    return folder
 
 
 def machine_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
