@@ -77,3 +77,22 @@ def test_without_bf16_kernels_the_products_are_many_times_faster() -> None:
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout) > 5, f"only {float(out.stdout):.1f}x faster"  # measured 40-70x on an AVX2 EPYC
+
+
+def test_a_rerun_of_an_older_commit_gets_the_route_in_every_python_process(tmp_path, monkeypatch) -> None:
+    from qlora_utils.reproduce import platform_fix
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    (new / "qlora_utils").mkdir(parents=True)
+    (new / "qlora_utils" / "cpu_bf16.py").write_text("")
+    old.mkdir()
+    monkeypatch.setenv(SWITCH_ENV, "0")
+    assert platform_fix(old) is None  # not wanted here
+    monkeypatch.setenv(SWITCH_ENV, "1")
+    assert platform_fix(new) is None  # the commit has it itself
+    folder = platform_fix(old)
+    assert folder is not None and folder.parent == old
+    code = "import sys; print(bool(sys.modules['_qlora_cpu_bf16']._library))"  # installed at start-up
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH_ENV: "1", "PYTHONPATH": str(folder)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-3000:]
