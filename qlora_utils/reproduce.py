@@ -98,15 +98,18 @@ def platform_fix(tree: Path) -> Path | None:
     return folder
 
 
+CPU_KEYS = ("cpu_model", "cpu_capability", "bf16_products")  # what rounds a run's products (`environment.hardware`)
+
+
 def machine_note(recorded: dict[str, Any], here: dict[str, Any]) -> str:
     """Where the run was recorded and where it was re-run (host, CPU, vector instructions, threads), and whether
     bit-identical numbers are to be expected: only on the same kind of CPU at the same thread count, since bf16
     products round differently with other kernels or another split of the work."""
     def describe(h: dict[str, Any]) -> str:
-        cpu = ", ".join(str(h[k]) for k in ("cpu_model", "cpu_capability") if h.get(k)) or "CPU not recorded"
+        cpu = ", ".join(str(h[k]) for k in CPU_KEYS if h.get(k)) or "CPU not recorded"
         return f"{h.get('platform', '?')} ({cpu}), {h.get('torch_threads', '?')} thread(s)"
 
-    keys = ("platform", "cpu_model", "cpu_capability", "torch_threads")
+    keys = ("platform", *CPU_KEYS, "torch_threads")
     same = all(recorded.get(k) == here.get(k) for k in keys if recorded.get(k) is not None)
     changes = recorded.get("thread_changes") or []
     if any("call" not in c for c in changes):  # recorded before changes were numbered: they cannot be repeated

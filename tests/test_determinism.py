@@ -71,6 +71,9 @@ def test_the_machine_note_says_when_identical_numbers_are_not_to_be_expected() -
     assert "should agree exactly" in machine_note(here, dict(here))
     assert "expect rounding differences" in machine_note(here, {**here, "torch_threads": 2})
     assert "expect rounding differences" in machine_note(here, {**here, "cpu_capability": "AVX2"})
+    routed = {**here, "bf16_products": "fp32 products of bf16 inputs"}  # QLORA_BF16_VIA_FP32=1 on the same CPU
+    assert "expect rounding differences" in machine_note({**here, "bf16_products": "bf16 kernels"}, routed)
+    assert "fp32 products of bf16 inputs" in machine_note(routed, routed)
     unnumbered = {**here, "thread_changes": [{"after_seconds": 163.7, "threads": 2}]}  # before calls were numbered
     assert "cannot be repeated" in machine_note(unnumbered, here)
     numbered = {**here, "thread_changes": [{"after_seconds": 163.7, "call": 40, "threads": 2}]}
