@@ -90,7 +90,8 @@ def install() -> bool:
 
 
 def products() -> str:
-    """How this process multiplies bf16 matrices on the CPU, for a run's hardware record."""
-    if _library:
+    """How this process multiplies bf16 matrices on the CPU once `install` has been called (as loading a model and
+    the speed probe do), for a run's hardware record: the same answer before and after the call."""
+    if wanted():
         return "fp32 products of bf16 inputs" + ("" if has_bf16_kernels() else " (no bf16 kernels for this CPU)")
     return "bf16 kernels" if has_bf16_kernels() else "PyTorch's bf16 reference loop (no bf16 kernels for this CPU)"

@@ -19,7 +19,9 @@ CHECK = textwrap.dedent("""
     a, b = torch.randn(7, 33), torch.randn(33, 5)
     bias, a3, b3 = torch.randn(5), torch.randn(3, 7, 33), torch.randn(3, 33, 5)
     fp32_before = a @ b  # PyTorch's own fp32 kernel, before the kernels are replaced
+    said = products()  # a run's record says the same before and after the call
     assert install() and install(), "installed once, then remembered"
+    assert products() == said
     assert products().startswith("fp32 products"), products()
     def rounded(x):
         return x.to(bf)
