@@ -46,10 +46,11 @@ def hardware() -> dict[str, Any]:
     import torch  # here, not at the top: a grid's runner records provenance without loading the model stack
 
     from .cpu_bf16 import products
+    from .dequant import route
 
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                            "bf16_products": products(),
+                            "bf16_products": products(), "eval_weights": route(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "thread_changes": changes(),
                             "memory_gib": round(psutil.virtual_memory().total / 1024 ** 3, 1),

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import TaskData
+from .dequant import prepared_once
 from .prefix import common_prefix, decoder_hidden, prefix_cache
 from .prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids
 from .threads import follow
@@ -19,7 +20,8 @@ from .training import causal_lm
 
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, padding_side: str) -> Iterator[None]:
-    """Eval mode, no grad, bf16 autocast (as in training), KV cache on and a padding side, all restored afterwards."""
+    """Eval mode, no grad, bf16 autocast (as in training), KV cache on, a padding side and, on CPUs without the fused
+    kernels, frozen weights converted once instead of in every forward (`dequant.py`), all restored afterwards."""
     was_training, side = model.training, tokenizer.padding_side
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
@@ -28,7 +30,8 @@ def evaluating(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, paddi
     if config is not None:
         config.use_cache = True
     try:
-        with torch.inference_mode(), torch.autocast(_device(model).type, dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(_device(model).type, dtype=torch.bfloat16), \
+                prepared_once(model, _device(model)):
             yield
     finally:
         tokenizer.padding_side = side
@@ -75,7 +78,7 @@ def token_logprobs(head: torch.nn.Module, hidden: torch.Tensor, token_ids: Seque
     weight = head.weight
     with torch.autocast(hidden.device.type, enabled=False):
         chosen = hidden.float() @ weight[list(token_ids)].float().T
-        normaliser = torch.logsumexp((hidden.to(weight.dtype) @ weight.T).float(), dim=-1, keepdim=True)
+        normaliser = torch.logsumexp(head(hidden.to(weight.dtype)).float(), dim=-1, keepdim=True)
     return chosen - normaliser
 
 

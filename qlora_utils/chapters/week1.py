@@ -27,7 +27,8 @@ def hardware_table(env: dict[str, Any]) -> pd.DataFrame:
     """The machine and commit of the setup run as (setting, value) rows; absent fields are left out."""
     hardware = env.get("hardware", {})
     fields = (("platform", "platform"), ("processor", "processor"), ("cpu_model", "CPU model"),
-              ("cpu_capability", "torch's CPU kernels"), ("bf16_products", "bf16 products"), ("cpu_count", "CPU cores"),
+              ("cpu_capability", "torch's CPU kernels"), ("bf16_products", "bf16 products"),
+              ("eval_weights", "weights in evaluation"), ("cpu_count", "CPU cores"),
               ("torch_threads", "torch threads"), ("memory_gib", "memory (GiB)"), ("cuda", "CUDA available"),
               ("gpu", "GPU"), ("gpu_memory_gib", "GPU memory (GiB)"))
     rows = [{"setting": name, "value": str(hardware[key])} for key, name in fields if key in hardware]
