@@ -156,6 +156,10 @@ run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.a
 started = time.perf_counter()
 state = mark_started(run_dir, notebook, parameters, "ptest")
 begin = time.time()
+(run_dir / "begun").write_text("")
+peer = run_dir.parent / {"a": "b", "b": "a"}.get(run_dir.name, "-")  # a and b wait for each other (30 s at most),
+while peer.name != "-" and not (peer / "begun").exists() and time.time() < begin + 30:  # so a slow start of one
+    time.sleep(0.05)  # cannot make them miss each other; run one after the other, they do not overlap
 time.sleep(0.8)
 (run_dir / "notebook.ipynb").write_text("{}")
 (run_dir / "metrics.json").write_text("{}")
