@@ -60,15 +60,21 @@ KERNELS = {"mm": _mm, "bmm": _bmm, "addmm": _addmm, "baddbmm": _baddbmm}
 _library: list[torch.library.Library] = []  # kept alive: dropping the Library object would unregister the kernels
 
 
-def wanted() -> bool:
-    """Whether `install` routes bf16 products through fp32 here: QLORA_BF16_VIA_FP32 "1" always, "0" never, unset
-    where the CPU has no bf16 kernels."""
-    switch = os.environ.get(SWITCH_ENV, "")
+def read_switch(name: str, unset: str) -> str:
+    """A three-way switch from the environment: "1", "0" or "" (unset, meaning `unset`); anything else is one clear
+    error. Here, not in `io`, because this file also runs alone in re-runs of older commits (`reproduce`)."""
+    switch = os.environ.get(name, "")
     if switch not in ("", "0", "1"):
         from .errors import QLoraError
 
-        raise QLoraError(f"{SWITCH_ENV}={switch!r}: use 1 (always), 0 (never) or leave it unset (where the CPU has no "
-                         "bf16 kernels)")
+        raise QLoraError(f"{name}={switch!r}: use 1 (always), 0 (never) or leave it unset ({unset})")
+    return switch
+
+
+def wanted() -> bool:
+    """Whether `install` routes bf16 products through fp32 here: QLORA_BF16_VIA_FP32 "1" always, "0" never, unset
+    where the CPU has no bf16 kernels."""
+    switch = read_switch(SWITCH_ENV, "where the CPU has no bf16 kernels")
     return switch == "1" or (switch == "" and not has_bf16_kernels())
 
 
@@ -87,6 +93,11 @@ def install() -> bool:
             library.impl(name, kernel, "CPU")
     _library.append(library)
     return True
+
+
+def installed() -> bool:
+    """Whether this process's CPU bf16 products go through fp32 now (`install` called, and it routed them)."""
+    return install.cache_info().currsize > 0 and install()
 
 
 def products() -> str:

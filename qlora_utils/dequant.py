@@ -12,11 +12,12 @@ cap keep converting per forward."""
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
 
 import psutil
 import torch
+
+from . import cpu_bf16
 
 SWITCH_ENV = "QLORA_DEQUANTIZE_ONCE"  # unset: where the CPU lacks the fused kernels; "0": never; "1": on any CPU
 MEMORY_SHARE = 0.25  # of the memory available on entry, at most, for the prepared copies
@@ -33,13 +34,7 @@ def has_fused_kernel() -> bool:
 
 
 def _switch() -> str:
-    switch = os.environ.get(SWITCH_ENV, "")
-    if switch not in ("", "0", "1"):
-        from .errors import QLoraError
-
-        raise QLoraError(f"{SWITCH_ENV}={switch!r}: use 1 (on any CPU), 0 (never) or leave it unset (on CPUs "
-                         "without bitsandbytes' fused 4-bit kernel or bf16 kernels)")
-    return switch
+    return cpu_bf16.read_switch(SWITCH_ENV, "on CPUs without bitsandbytes' fused 4-bit kernel or bf16 kernels")
 
 
 def wanted(device: torch.device) -> bool:
@@ -49,13 +44,6 @@ def wanted(device: torch.device) -> bool:
     if device.type != "cpu" or switch == "0":
         return False
     return switch == "1" or not has_fused_kernel()
-
-
-def _fp32_products() -> bool:
-    """Whether this process multiplies bf16 matrices through fp32 (`cpu_bf16` installed): weights kept in fp32."""
-    from .cpu_bf16 import install
-
-    return install.cache_info().currsize > 0 and install()
 
 
 def dequantize(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -73,9 +61,8 @@ def dequantize(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fp32: bool) -> torch.Tensor:
     """`F.linear` of bf16 `x` with a prepared weight: in fp32 with one rounding to bf16 (what `cpu_bf16` does to the
     same bf16 values), or as it is."""
-    if not fp32 or x.dtype != BF16:
-        return torch.nn.functional.linear(x, weight.to(x.dtype) if weight.dtype != x.dtype else weight,
-                                          None if bias is None else bias.to(x.dtype))
+    if not fp32 or x.dtype != BF16:  # the weight was expanded in x's dtype, the bias cast to it
+        return torch.nn.functional.linear(x, weight, bias)
     with torch.autocast("cpu", enabled=False):
         return torch.nn.functional.linear(x.float(), weight, None if bias is None else bias.float()).to(BF16)
 
@@ -134,7 +121,7 @@ def prepared_once(model: torch.nn.Module, device: torch.device) -> Iterator[int]
     if device.type != "cpu" or _switch() == "0":
         yield 0
         return
-    fp32, expand = _fp32_products(), wanted(device)
+    fp32, expand = cpu_bf16.installed(), wanted(device)
     budget = MEMORY_SHARE * psutil.virtual_memory().available
     layers = []
     for module in model.modules():
@@ -167,11 +154,9 @@ def prepared_once(model: torch.nn.Module, device: torch.device) -> Iterator[int]
 def route() -> str:
     """How this process's CPU evaluations treat frozen weights, for a run's hardware record (CUDA runs use
     bitsandbytes' and PyTorch's CUDA kernels whatever this says)."""
-    from .cpu_bf16 import wanted as fp32_products
-
     if _switch() == "0":
         return "converted in every forward"
-    expand, copies = wanted(torch.device("cpu")), fp32_products()
+    expand, copies = wanted(torch.device("cpu")), cpu_bf16.wanted()
     once = [what for what, yes in (("4-bit weights expanded", expand), ("fp32 copies of bf16 weights", copies)) if yes]
     parts = [" and ".join(once) + " once per evaluation"] if once else []
     if not expand:
