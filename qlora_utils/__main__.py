@@ -8,6 +8,7 @@
   speedup P RUN    one run at an older commit and at this one, started together on this machine: new/old time
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
+  gpu-check        on a GPU: the planner's verdict rows trained for real, SST-2 and SQuAD end to end on CUDA
   plan             predict peak training memory of a model/mode/shape and whether it fits a GPU
   sst2|squad|alpaca  one experiment from the command line, printing its figures"""
 
@@ -113,6 +114,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     book.add_argument("--no-strict", action="store_true", help="do not treat warnings as errors")
     book.add_argument("--partial", action="store_true",
                       help="build although some runs are not finished; the landing page names them")
+    gpu = command(sub, "gpu-check", help="measure the CUDA code paths and the planner's verdicts on a GPU")
+    gpu.add_argument("--output", required=True, help="folder of the checks' run records (resumable)")
+    gpu.add_argument("--only", default=None, help="run only the checks whose name contains this")
+    gpu.add_argument("--budget", type=positive_float, default=None,
+                     help="seconds after which no further check starts")
     plan = command(sub, "plan", help="predict peak training memory and whether it fits a GPU")
     if wanted("plan"):
         _add_plan_options(plan)
@@ -277,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
 
             html = build_book(args.profile, args.output, strict=not args.no_strict, partial=args.partial)
             print(f"book built: {html / 'index.html'}")
+        elif args.command == "gpu-check":
+            from .gpucheck import run_checks
+
+            rows = run_checks(args.output, only=args.only, budget_seconds=args.budget)
+            print(json.dumps(rows, indent=1))
+            return 0 if all(r["state"].startswith("done") for r in rows) else 1
         elif args.command == "plan":
             from .adapters import LoraSettings
             from .inventory import config_of

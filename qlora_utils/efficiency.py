@@ -49,7 +49,9 @@ def total_rss() -> int:
 class PeakMemory:
     """Context manager measuring one phase's peak memory and wall time.
 
-    On CUDA: max allocated and reserved bytes, reset at the start of the phase. On CPU: the process's resident
+    On CUDA: max allocated and reserved bytes, reset at the start of the phase, and the whole device's used memory
+    sampled with the CPU measure (`cudaMemGetInfo`: also the CUDA context and what bypasses torch's allocator, such as
+    bitsandbytes' paged optimizer states; other processes' memory too). On CPU: the process's resident
     anonymous memory (`process_memory`: tensors and heap, not memory-mapped checkpoint files) sampled every `interval`
     seconds; `cpu_peak_above_baseline_mib` subtracts the value at the start of the phase, or `baseline_rss` when given
     (for example the process before the model was loaded)."""
@@ -62,6 +64,7 @@ class PeakMemory:
         self.peak_rss = self.peak_total = 0
         self.baseline_total = baseline_total
         self.samples = 0
+        self.device_used = self.device_used_peak = 0
         self.result: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,6 +75,8 @@ class PeakMemory:
         rss = fields.get("RssAnon") or process_memory()
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_total = max(self.peak_total, fields.get("VmRSS") or total_rss())
+        if self.cuda:
+            self.device_used_peak = max(self.device_used_peak, device_used())
         self.samples += 1
         return rss
 
@@ -89,6 +94,7 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.device_used = self.device_used_peak = device_used()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         self._start = time.perf_counter()
@@ -112,11 +118,19 @@ class PeakMemory:
         if self.cuda:
             self.result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MiB, 1)
             self.result["cuda_max_reserved_mib"] = round(torch.cuda.max_memory_reserved() / MiB, 1)
+            self.result["cuda_device_used_at_start_mib"] = round(self.device_used / MiB, 1)
+            self.result["cuda_device_used_peak_mib"] = round(self.device_used_peak / MiB, 1)  # sampled
 
     @property
     def peak_mib(self) -> float:
         """The headline peak: CUDA max allocated on a GPU, else CPU memory above the baseline."""
         return float(headline_peak_mib(self.result))
+
+
+def device_used() -> int:
+    """Bytes in use on GPU 0 as the driver counts them (total minus free), whoever allocated them."""
+    free, total = torch.cuda.mem_get_info(0)
+    return total - free
 
 
 def headline_peak_mib(memory: dict[str, Any]) -> float | None:

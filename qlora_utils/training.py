@@ -165,6 +165,7 @@ class TrainResult:
     memory: dict[str, Any]
     optimizer: str
     settings: dict[str, Any] = field(default_factory=dict)
+    optimizer_states: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:
@@ -180,7 +181,24 @@ class TrainResult:
         return {"steps": self.steps, "tokens": self.tokens, "seconds": round(self.seconds, 2),
                 "threads": sorted({h["threads"] for h in self.history if "threads" in h}),
                 "tokens_per_second": round(self.tokens_per_second, 1), "optimizer": self.optimizer,
-                "memory": self.memory, "settings": self.settings}
+                "memory": self.memory, "settings": self.settings, "optimizer_states": self.optimizer_states}
+
+
+def optimizer_states(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """What the optimizer's state holds after training: tensors and MiB, and how many of them bitsandbytes paged
+    (allocated in CUDA unified memory that can spill to the host). bitsandbytes pages only tensors of at least
+    100,000 elements (`Optimizer8bit.get_state_buffer`): LoRA matrices of rank r are r x width, so small adapters keep
+    their states in ordinary GPU memory even under paged AdamW."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer the Trainer made
+    tensors = [t for state in getattr(inner, "state", {}).values() for t in state.values()
+               if isinstance(t, torch.Tensor) and t.numel() > 1]  # moments, not step counters
+    paged = [t for t in tensors if getattr(t, "is_paged", False)]
+
+    def mib(chosen: list[torch.Tensor]) -> float:
+        return round(sum(t.numel() * t.element_size() for t in chosen) / 1024 ** 2, 1)
+
+    return {"class": type(inner).__name__, "tensors": len(tensors), "mib": mib(tensors), "paged_tensors": len(paged),
+            "paged_mib": mib(paged)}
 
 
 def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data: datasets.Dataset,
@@ -222,4 +240,4 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
     if isinstance(trainer, AnswerLossTrainer):
         ran = trainer.settings_as_run(ran)
     return TrainResult(history.history, steps, tokens, memory.result["seconds"], memory.result,
-                       effective_optimizer(settings.optim), ran)
+                       effective_optimizer(settings.optim), ran, optimizer_states(trainer.optimizer))

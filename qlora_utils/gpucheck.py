@@ -1,0 +1,140 @@
+"""The CUDA code paths, measured on a GPU: the memory planner's verdict rows trained for real on random weights of the
+same architectures (the CUDA allocator's and the device's peak memory against the prediction, paged optimizer states
+counted), and SST-2 and SQuAD end to end on CUDA (4-bit loading, paged AdamW, scoring and generation)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .adapters import LoraSettings
+from .errors import QLoraError
+from .experiments import EfficiencyRun, Experiment, run_efficiency, run_experiment
+from .planner import PLAN_GPU_SETTINGS, PLAN_LORA, plan_for_record
+from .training import TrainSettings
+
+STEPS = 8  # training steps per efficiency check: the peak is reached in the first; the rest time throughput
+END_TO_END_PRESET = "random-qwen2.5-0.5b"  # the architecture of Qwen2.5-Coder-0.5B-Instruct, the CPU study's model
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measurement: a fixed-shape efficiency run or an end-to-end experiment, under a folder name."""
+
+    name: str
+    work: EfficiencyRun | Experiment
+
+
+def plan_check(preset: str, mode: str) -> Check:
+    """A planner verdict row (`planner.gpu_verdicts`: the plan's adapters, batch and sequence length) on random
+    weights of the preset's architecture."""
+    work = EfficiencyRun(preset=f"random-{preset}", mode=mode, lora=None if mode == "full" else PLAN_LORA,
+                         batch_size=PLAN_GPU_SETTINGS["batch_size"], seq_len=PLAN_GPU_SETTINGS["seq_len"], steps=STEPS,
+                         gradient_checkpointing=PLAN_GPU_SETTINGS["gradient_checkpointing"],
+                         optim=PLAN_GPU_SETTINGS["optimizer"])
+    return Check(f"plan-{preset}-{mode}", work)
+
+
+def default_checks() -> list[Check]:
+    """The GPU check, most important first: the plan's 8B model in each mode, SST-2 end to end (QLoRA and full
+    fine-tuning, whose large optimizer states are the ones bitsandbytes pages), the 4B model, SQuAD end to end."""
+    sst2 = dict(task="sst2", preset=END_TO_END_PRESET, train_examples=1000, eval_examples=None,
+                train=TrainSettings(learning_rate=2e-4, batch_size=16, scheduler="cosine"))
+    return [*(plan_check("qwen3-8b", m) for m in ("nf4", "bf16", "full")),
+            Check("sst2-qlora", Experiment(mode="nf4", lora=LoraSettings(), **sst2)),
+            Check("sst2-full", Experiment(mode="full", lora=None, **{**sst2, "train": TrainSettings(
+                learning_rate=2e-5, batch_size=16, scheduler="cosine")})),
+            *(plan_check("qwen3-4b", m) for m in ("nf4", "bf16", "full")),
+            Check("squad-qlora", Experiment(task="squad", preset=END_TO_END_PRESET, mode="nf4",
+                                            lora=LoraSettings(placement="attention_mlp"), train_examples=200,
+                                            eval_examples=50, train=TrainSettings(batch_size=8)))]
+
+
+def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = None, only: str | None = None,
+               budget_seconds: float | None = None, require_cuda: bool = True) -> list[dict[str, Any]]:
+    """Run each check into output/NAME (resumable: a check with metrics.json is done; an attempt runs in a staging
+    folder renamed into place when it finishes). A failing check leaves NAME.error.txt and the others still run;
+    checks that would start after `budget_seconds` are skipped. Returns one summary row per check."""
+    import torch
+
+    if require_cuda and not torch.cuda.is_available():
+        raise QLoraError("gpu-check measures the CUDA code paths and this machine has no CUDA device; run it on a GPU "
+                         "machine (make setup there installs the CUDA build of torch)")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    chosen = [c for c in (default_checks() if checks is None else checks) if only is None or only in c.name]
+    if not chosen:
+        raise QLoraError(f"no check matches {only!r}; the checks are: {', '.join(c.name for c in default_checks())}")
+    started, rows = time.perf_counter(), []
+    for number, check in enumerate(chosen, 1):
+        target, staging = output / check.name, output / f".{check.name}.staging"
+        error = output / f"{check.name}.error.txt"
+        state = "done before"
+        if not (target / "metrics.json").is_file():
+            if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
+                rows.append({"check": check.name, "state": "skipped: over the time budget"})
+                continue
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                if isinstance(check.work, EfficiencyRun):
+                    run_efficiency(check.work, staging)
+                else:
+                    run_experiment(check.work, staging)
+            except Exception:  # one check's failure is a result too; the others still run
+                error.write_text(traceback.format_exc(), encoding="utf-8")
+                rows.append({"check": check.name, "state": "failed", "error": error.name})
+                print(f"[{number}/{len(chosen)}] {check.name}: failed ({error})", flush=True)
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+            error.unlink(missing_ok=True)
+            state = "done"
+        row = {"check": check.name, "state": state, **summary_row(_read(target / "metrics.json"))}
+        rows.append(row)
+        print(f"[{number}/{len(chosen)}] {check.name}: {state} "
+              f"({time.perf_counter() - started:.0f} s so far) {row}", flush=True)
+    return rows
+
+
+def _read(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def summary_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one check's metrics.json: memory (predicted, torch's allocator, the whole device, paged
+    optimizer states), throughput, and for end-to-end runs the metric and the loss's first and last values."""
+    from .planner import GiB
+
+    row: dict[str, Any] = {"model": record["model"]["preset"], "mode": record["model"]["mode"],
+                           "wall_s": record.get("wall_seconds")}
+    fit = record.get("fit")
+    if fit:
+        row.update(predicted_gib=fit["predicted_gib"], fits_this_gpu=fit["fits"])
+    training = record.get("training")
+    if not training:
+        return row
+    memory = training["memory"]
+    states = training.get("optimizer_states", {})
+    row.update(allocated_gib=_gib(memory.get("cuda_max_allocated_mib")),
+               reserved_gib=_gib(memory.get("cuda_max_reserved_mib")),
+               device_peak_gib=_gib(memory.get("cuda_device_used_peak_mib")),
+               paged_states_gib=_gib(states.get("paged_mib")), paged_tensors=states.get("paged_tensors"),
+               state_tensors=states.get("tensors"), tokens_per_s=training.get("tokens_per_second"))
+    if record.get("experiment") == "efficiency":
+        row["planner_gib"] = round(plan_for_record(record).total / GiB, 2)
+    else:
+        metrics = ("accuracy", "exact_match", "f1")
+        for phase in ("zero_shot", "fine_tuned"):
+            row.update({f"{phase}_{k}": v for k, v in (record.get(phase) or {}).items() if k in metrics})
+    return row
+
+
+def _gib(mib: float | None) -> float | None:
+    return None if mib is None else round(mib / 1024, 2)
