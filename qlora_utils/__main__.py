@@ -119,6 +119,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     gpu.add_argument("--only", default=None, help="run only the checks whose name contains this")
     gpu.add_argument("--budget", type=positive_float, default=None,
                      help="seconds after which no further check starts")
+    gpu.add_argument("--drop-models", action="store_true",
+                     help="delete each random-weight model from the cache after its last check")
     plan = command(sub, "plan", help="predict peak training memory and whether it fits a GPU")
     if wanted("plan"):
         _add_plan_options(plan)
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "gpu-check":
             from .gpucheck import run_checks
 
-            rows = run_checks(args.output, only=args.only, budget_seconds=args.budget)
+            rows = run_checks(args.output, only=args.only, budget_seconds=args.budget, drop_models=args.drop_models)
             print(json.dumps(rows, indent=1))
             return 0 if all(r["state"].startswith("done") for r in rows) else 1
         elif args.command == "plan":

@@ -30,36 +30,41 @@ class Check:
     work: EfficiencyRun | Experiment
 
 
-def plan_check(preset: str, mode: str) -> Check:
+def plan_check(preset: str, mode: str, gradient_checkpointing: bool = True) -> Check:
     """A planner verdict row (`planner.gpu_verdicts`: the plan's adapters, batch and sequence length) on random
-    weights of the preset's architecture."""
+    weights of the preset's architecture; optionally without gradient checkpointing."""
     work = EfficiencyRun(preset=f"random-{preset}", mode=mode, lora=None if mode == "full" else PLAN_LORA,
                          batch_size=PLAN_GPU_SETTINGS["batch_size"], seq_len=PLAN_GPU_SETTINGS["seq_len"], steps=STEPS,
-                         gradient_checkpointing=PLAN_GPU_SETTINGS["gradient_checkpointing"],
+                         gradient_checkpointing=gradient_checkpointing and PLAN_GPU_SETTINGS["gradient_checkpointing"],
                          optim=PLAN_GPU_SETTINGS["optimizer"])
-    return Check(f"plan-{preset}-{mode}", work)
+    return Check(f"plan-{preset}-{mode}" + ("" if gradient_checkpointing else "-no-checkpointing"), work)
 
 
 def default_checks() -> list[Check]:
-    """The GPU check, most important first: the plan's 8B model in each mode, SST-2 end to end (QLoRA and full
-    fine-tuning, whose large optimizer states are the ones bitsandbytes pages), the 4B model, SQuAD end to end."""
+    """The GPU check, most important first: the plan's 8B model in each mode (and QLoRA without checkpointing), SST-2
+    end to end (QLoRA and full fine-tuning, whose large optimizer states are the ones bitsandbytes pages), the 4B
+    model, SQuAD end to end, the third verdict model (Qwen2.5-7B)."""
     sst2 = dict(task="sst2", preset=END_TO_END_PRESET, train_examples=1000, eval_examples=None,
                 train=TrainSettings(learning_rate=2e-4, batch_size=16, scheduler="cosine"))
-    return [*(plan_check("qwen3-8b", m) for m in ("nf4", "bf16", "full")),
+    return [plan_check("qwen3-8b", "nf4"), plan_check("qwen3-8b", "nf4", gradient_checkpointing=False),
+            *(plan_check("qwen3-8b", m) for m in ("bf16", "full")),
             Check("sst2-qlora", Experiment(mode="nf4", lora=LoraSettings(), **sst2)),
             Check("sst2-full", Experiment(mode="full", lora=None, **{**sst2, "train": TrainSettings(
                 learning_rate=2e-5, batch_size=16, scheduler="cosine")})),
             *(plan_check("qwen3-4b", m) for m in ("nf4", "bf16", "full")),
             Check("squad-qlora", Experiment(task="squad", preset=END_TO_END_PRESET, mode="nf4",
                                             lora=LoraSettings(placement="attention_mlp"), train_examples=200,
-                                            eval_examples=50, train=TrainSettings(batch_size=8)))]
+                                            eval_examples=50, train=TrainSettings(batch_size=8))),
+            *(plan_check("qwen2.5-7b", m) for m in ("nf4", "bf16", "full"))]
 
 
 def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = None, only: str | None = None,
-               budget_seconds: float | None = None, require_cuda: bool = True) -> list[dict[str, Any]]:
+               budget_seconds: float | None = None, require_cuda: bool = True,
+               drop_models: bool = False) -> list[dict[str, Any]]:
     """Run each check into output/NAME (resumable: a check with metrics.json is done; an attempt runs in a staging
     folder renamed into place when it finishes). A failing check leaves NAME.error.txt and the others still run;
-    checks that would start after `budget_seconds` are skipped. Returns one summary row per check."""
+    checks that would start after `budget_seconds` are skipped; with `drop_models`, each random-weight model leaves
+    the cache after its last check (an 8B model is 16 GB on disk). Returns one summary row per check."""
     import torch
 
     if require_cuda and not torch.cuda.is_available():
@@ -72,33 +77,62 @@ def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = 
         raise QLoraError(f"no check matches {only!r}; the checks are: {', '.join(c.name for c in default_checks())}")
     started, rows = time.perf_counter(), []
     for number, check in enumerate(chosen, 1):
-        target, staging = output / check.name, output / f".{check.name}.staging"
-        error = output / f"{check.name}.error.txt"
-        state = "done before"
-        if not (target / "metrics.json").is_file():
-            if budget_seconds is not None and time.perf_counter() - started > budget_seconds:
-                rows.append({"check": check.name, "state": "skipped: over the time budget"})
-                continue
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                if isinstance(check.work, EfficiencyRun):
-                    run_efficiency(check.work, staging)
-                else:
-                    run_experiment(check.work, staging)
-            except Exception:  # one check's failure is a result too; the others still run
-                error.write_text(traceback.format_exc(), encoding="utf-8")
-                rows.append({"check": check.name, "state": "failed", "error": error.name})
-                print(f"[{number}/{len(chosen)}] {check.name}: failed ({error})", flush=True)
-                continue
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(staging, target)
-            error.unlink(missing_ok=True)
-            state = "done"
-        row = {"check": check.name, "state": state, **summary_row(_read(target / "metrics.json"))}
+        if budget_seconds is not None and time.perf_counter() - started > budget_seconds \
+                and not (output / check.name / "metrics.json").is_file():
+            rows.append({"check": check.name, "state": "skipped: over the time budget"})
+            continue
+        row = run_check(check, output)
+        if drop_models and all(later.work.preset != check.work.preset for later in chosen[number:]):
+            drop_model(check)
         rows.append(row)
-        print(f"[{number}/{len(chosen)}] {check.name}: {state} "
+        print(f"[{number}/{len(chosen)}] {check.name}: {row['state']} "
               f"({time.perf_counter() - started:.0f} s so far) {row}", flush=True)
     return rows
+
+
+def run_check(check: Check, output: Path) -> dict[str, Any]:
+    """One check into output/NAME through a staging folder (skipped when done); its summary row, or the failure
+    with its traceback in output/NAME.error.txt."""
+    target, staging = output / check.name, output / f".{check.name}.staging"
+    error = output / f"{check.name}.error.txt"
+    state = "done before"
+    if not (target / "metrics.json").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        release_memory()
+        try:
+            if isinstance(check.work, EfficiencyRun):
+                run_efficiency(check.work, staging)
+            else:
+                run_experiment(check.work, staging)
+        except Exception:  # one check's failure is a result too; the others still run
+            error.write_text(traceback.format_exc(), encoding="utf-8")
+            return {"check": check.name, "state": "failed", "error": error.name}
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        error.unlink(missing_ok=True)
+        state = "done"
+    return {"check": check.name, "state": state, **summary_row(_read(target / "metrics.json"))}
+
+
+def drop_model(check: Check) -> None:
+    """Delete a random-weight model the check materialized from the cache (GGUF and Hub models stay)."""
+    from .models import get_preset, model_folder
+
+    if get_preset(check.work.preset).kind == "random":
+        seed = check.work.seed if isinstance(check.work, EfficiencyRun) else 0  # experiments load seed 0
+        shutil.rmtree(model_folder(check.work.preset, seed=seed), ignore_errors=True)
+
+
+def release_memory() -> None:
+    """Free what earlier checks of this process left (unreachable models and optimizers, bitsandbytes' paged states,
+    the CUDA allocator's cached blocks), so that each check's whole-device peak is its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _read(path: Path) -> dict[str, Any]:

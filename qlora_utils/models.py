@@ -170,13 +170,19 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "qlora_materialized.json").is_file() and (folder / "model.safetensors").is_file()
 
 
+def model_folder(preset: ModelPreset | str, cache: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
+    """Where `materialize` keeps a GGUF/random/tiny preset's safetensors folder in the cache."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    return cache_dir(cache) / "models" / (preset.name if preset.kind == "gguf" else f"{preset.name}-seed{seed}")
+
+
 def materialize(preset: ModelPreset | str, cache: str | os.PathLike[str] | None = None, seed: int = 0) -> Path:
     """A safetensors folder for a GGUF/random/tiny preset in the cache, built once (idempotent, atomic)."""
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if preset.kind == "hub":
         raise QLoraError(f"preset {preset.name!r} is loaded from the Hub by id, not materialized")
-    root = cache_dir(cache) / "models"
-    target = root / (preset.name if preset.kind == "gguf" else f"{preset.name}-seed{seed}")
+    target = model_folder(preset, cache, seed)
+    root = target.parent
     if _is_complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
