@@ -152,8 +152,9 @@ def prepared_once(model: torch.nn.Module, device: torch.device) -> Iterator[int]
 
 
 def route() -> str:
-    """How this process's CPU evaluations treat frozen weights, for a run's hardware record (CUDA runs use
-    bitsandbytes' and PyTorch's CUDA kernels whatever this says)."""
+    """How this process's evaluations treat frozen weights, for a run's hardware record."""
+    if torch.cuda.is_available():
+        return "on the GPU: bitsandbytes' and PyTorch's CUDA kernels (nothing is prepared once)"
     if _switch() == "0":
         return "converted in every forward"
     expand, copies = wanted(torch.device("cpu")), cpu_bf16.wanted()

@@ -4,6 +4,7 @@ counted), and SST-2 and SQuAD end to end on CUDA (4-bit loading, paged AdamW, sc
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import time
@@ -18,6 +19,7 @@ from .experiments import EfficiencyRun, Experiment, run_efficiency, run_experime
 from .planner import PLAN_GPU_SETTINGS, PLAN_LORA, plan_for_record
 from .training import TrainSettings
 
+RESULTS = "gpu-check"  # runs/gpu-check/<commit>-<gpu>/<check>/: the committed GPU checks the book reads
 STEPS = 8  # training steps per efficiency check: the peak is reached in the first; the rest time throughput
 END_TO_END_PRESET = "random-qwen2.5-0.5b"  # the architecture of Qwen2.5-Coder-0.5B-Instruct, the CPU study's model
 
@@ -60,11 +62,12 @@ def default_checks() -> list[Check]:
 
 def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = None, only: str | None = None,
                budget_seconds: float | None = None, require_cuda: bool = True,
-               drop_models: bool = False) -> list[dict[str, Any]]:
+               drop_models: bool = False, isolate: bool = True) -> list[dict[str, Any]]:
     """Run each check into output/NAME (resumable: a check with metrics.json is done; an attempt runs in a staging
     folder renamed into place when it finishes). A failing check leaves NAME.error.txt and the others still run;
     checks that would start after `budget_seconds` are skipped; with `drop_models`, each random-weight model leaves
-    the cache after its last check (an 8B model is 16 GB on disk). Returns one summary row per check."""
+    the cache after its last check (an 8B model is 16 GB on disk). Each check runs in a process of its own unless
+    `isolate` is off (`run_check`). Returns one summary row per check."""
     import torch
 
     if require_cuda and not torch.cuda.is_available():
@@ -81,7 +84,7 @@ def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = 
                 and not (output / check.name / "metrics.json").is_file():
             rows.append({"check": check.name, "state": "skipped: over the time budget"})
             continue
-        row = run_check(check, output)
+        row = run_check(check, output, isolate)
         if drop_models and all(later.work.preset != check.work.preset for later in chosen[number:]):
             drop_model(check)
         rows.append(row)
@@ -90,22 +93,28 @@ def run_checks(output: str | os.PathLike[str], checks: Sequence[Check] | None = 
     return rows
 
 
-def run_check(check: Check, output: Path) -> dict[str, Any]:
-    """One check into output/NAME through a staging folder (skipped when done); its summary row, or the failure
-    with its traceback in output/NAME.error.txt."""
+def run_check(check: Check, output: Path, isolate: bool = True) -> dict[str, Any]:
+    """One check into output/NAME through a staging folder (skipped when done), in a process of its own unless
+    `isolate` is off; its summary row, or the failure with its traceback in output/NAME.error.txt.
+
+    A process per check because some memory outlives a check's objects: bitsandbytes' page manager keeps every paged
+    optimizer state of the process (measured on an H200: the 30 GiB of Qwen3-4B's full fine-tuning stayed on the
+    device for the checks after it)."""
     target, staging = output / check.name, output / f".{check.name}.staging"
     error = output / f"{check.name}.error.txt"
     state = "done before"
     if not (target / "metrics.json").is_file():
         shutil.rmtree(staging, ignore_errors=True)
-        release_memory()
-        try:
-            if isinstance(check.work, EfficiencyRun):
-                run_efficiency(check.work, staging)
-            else:
-                run_experiment(check.work, staging)
-        except Exception:  # one check's failure is a result too; the others still run
-            error.write_text(traceback.format_exc(), encoding="utf-8")
+        error.unlink(missing_ok=True)
+        if isolate:
+            child = multiprocessing.get_context("spawn").Process(target=execute, args=(check, staging, error))
+            child.start()
+            child.join()
+            if child.exitcode and not error.is_file():  # killed (out of memory, a signal) before it could say why
+                error.write_text(f"the check's process ended with exit code {child.exitcode}\n", encoding="utf-8")
+        else:
+            execute(check, staging, error)
+        if error.is_file():
             return {"check": check.name, "state": "failed", "error": error.name}
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
@@ -115,30 +124,43 @@ def run_check(check: Check, output: Path) -> dict[str, Any]:
 
 
 def drop_model(check: Check) -> None:
-    """Delete a random-weight model the check materialized from the cache (GGUF and Hub models stay)."""
-    from .models import get_preset, model_folder
+    """Delete a random-weight (or tiny) model the check materialized from the cache (GGUF and Hub models stay)."""
+    from .models import PRESETS, model_folder
 
-    if get_preset(check.work.preset).kind == "random":
+    preset = PRESETS.get(check.work.preset.lower())
+    if preset is not None and preset.kind in ("random", "tiny"):
         seed = check.work.seed if isinstance(check.work, EfficiencyRun) else 0  # experiments load seed 0
         shutil.rmtree(model_folder(check.work.preset, seed=seed), ignore_errors=True)
 
 
-def release_memory() -> None:
-    """Free what earlier checks of this process left (unreachable models and optimizers, bitsandbytes' paged states,
-    the CUDA allocator's cached blocks), so that each check's whole-device peak is its own."""
-    import gc
+def execute(check: Check, staging: Path, error: Path) -> None:
+    """Run one check's work into the staging folder; a failure's traceback goes to `error` (one check's failure is
+    a result too: the others still run)."""
+    from .models import get_preset, materialize
 
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    try:
+        if get_preset(check.work.preset).kind != "hub":  # built before the load phase, which measures loading only
+            materialize(check.work.preset, seed=check.work.seed if isinstance(check.work, EfficiencyRun) else 0)
+        if isinstance(check.work, EfficiencyRun):
+            run_efficiency(check.work, staging)
+        else:
+            run_experiment(check.work, staging)
+    except Exception:
+        error.write_text(traceback.format_exc(), encoding="utf-8")
 
 
 def _read(path: Path) -> dict[str, Any]:
     import json
 
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_records(root: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Every committed check's metrics.json (runs/gpu-check/*/*/), each with the check's name, in name order."""
+    from .runs import REPO
+
+    base = Path(root) if root is not None else REPO / "runs" / RESULTS
+    return [{**_read(path), "check": path.parent.name} for path in sorted(base.glob("*/*/metrics.json"))]
 
 
 def summary_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +176,15 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
     training = record.get("training")
     if not training:
         return row
-    memory = training["memory"]
+    memory, load = training["memory"], record.get("load_memory", {})
     states = training.get("optimizer_states", {})
+    if "cuda_device_used_peak_mib" in memory and "cuda_device_used_at_start_mib" in load:
+        # the whole device's peak while training, less what was in use before the model was loaded (the CUDA
+        # context; in records made before each check had its own process, other checks' leftovers too). Loading is
+        # apart: in records made before `execute` materialized models first, the first check of each model also drew
+        # its random weights on the GPU inside the load phase.
+        row["device_need_gib"] = _gib(memory["cuda_device_used_peak_mib"] - load["cuda_device_used_at_start_mib"])
+        row["load_allocated_gib"] = _gib(load.get("cuda_max_allocated_mib"))
     row.update(allocated_gib=_gib(memory.get("cuda_max_allocated_mib")),
                reserved_gib=_gib(memory.get("cuda_max_reserved_mib")),
                device_peak_gib=_gib(memory.get("cuda_device_used_peak_mib")),
@@ -168,6 +197,25 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
         for phase in ("zero_shot", "fine_tuned"):
             row.update({f"{phase}_{k}": v for k, v in (record.get(phase) or {}).items() if k in metrics})
     return row
+
+
+def verdict_rows(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
+    """The checks that speak to the plan's "8B within 24 GB" rule (`protocol.memory_verdict`): efficiency checks at
+    the plan's settings with gradient checkpointing, each with the whole device's peak while training (CUDA context
+    and anything else on the device included; PyTorch's peak where a record has no device figure)."""
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        memory = record.get("training", {}).get("memory", {})
+        if record.get("experiment") != "efficiency" or "cuda_max_allocated_mib" not in memory \
+                or not record.get("shape", {}).get("gradient_checkpointing", True):
+            continue
+        rows.append({"run": f"gpu-check {record['check']}" if "check" in record else "gpu-check",
+                     "model": record["model"]["label"], "mode": record["model"]["mode"], "device": "cuda",
+                     "gpu": record.get("environment", {}).get("hardware", {}).get("gpu"),
+                     "peak MiB": memory.get("cuda_device_used_peak_mib", memory["cuda_max_allocated_mib"])})
+    return pd.DataFrame(rows, columns=["run", "model", "mode", "device", "gpu", "peak MiB"])
 
 
 def _gib(mib: float | None) -> float | None:

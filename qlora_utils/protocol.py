@@ -183,18 +183,23 @@ def trainable_verdict(frame: pd.DataFrame, limit_pct: float = TRAINABLE_LIMIT_PC
 
 
 def memory_verdict(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (),
-                   gpu_gib: float = GPU_GIB) -> dict[str, Any]:
-    """An 8B model trained with QLoRA within a 24 GB GPU: measured when a GPU run of an 8B model exists; otherwise
-    not testable here, shown with the planner's prediction and the band its measured 4-bit errors allow."""
+                   gpu_gib: float = GPU_GIB, gpu_checks: pd.DataFrame | None = None) -> dict[str, Any]:
+    """An 8B model trained with QLoRA within a 24 GB GPU: measured when a GPU run of an 8B model exists (a run of
+    the profile, or a committed `gpu-check`: `gpucheck.verdict_rows`); otherwise not testable here, shown with the
+    planner's prediction and the band its measured 4-bit errors allow."""
     from .planner import gpu_verdicts
 
+    if gpu_checks is not None and len(gpu_checks):
+        frame = pd.concat([frame, gpu_checks], ignore_index=True)
     expectation = f"an 8B model trains with QLoRA within a {gpu_gib:g} GB GPU"
     rule = f"measured CUDA peak of QLoRA on an 8B model below {gpu_gib:g} GiB"
     gpu = frame[frame["model"].fillna("").str.contains("8B") & (frame["mode"] == "nf4")
                 & (frame["device"] == "cuda")] if len(frame) and "device" in frame else pd.DataFrame()
     if len(gpu):
         peak = float(gpu["peak MiB"].max()) / 1024
-        return {"expectation": expectation, "rule": rule, "comparison": "measured on a GPU", "effect": peak,
+        where = sorted(set(gpu["gpu"].dropna())) if "gpu" in gpu else []
+        return {"expectation": expectation, "rule": rule,
+                "comparison": f"measured on a GPU{' (' + ', '.join(where) + ')' if where else ''}", "effect": peak,
                 "margin": gpu_gib, "verdict": SUPPORTED if peak < gpu_gib else NOT_SUPPORTED, "runs": list(gpu["run"])}
     predicted = gpu_verdicts(presets=("qwen3-8b",), modes=("nf4",), gpu_gib=gpu_gib)[0]["predicted GiB"]
     errors = [v["error %"] for v in validation if v.get("mode") in ("nf4", "fp4") and not math.isnan(v["error %"])]
@@ -209,11 +214,12 @@ def memory_verdict(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (
     return row
 
 
-def verdict_table(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
+def verdict_table(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (),
+                  gpu_checks: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every expectation of the plan judged by its rule: one row per expectation (and per task and model)."""
     rows = [row for rule in RULES for row in quality_verdict(frame, rule)]
     rows += trainable_verdict(frame)
-    rows.append(memory_verdict(frame, validation))
+    rows.append(memory_verdict(frame, validation, gpu_checks=gpu_checks))
     return pd.DataFrame(rows)
 
 

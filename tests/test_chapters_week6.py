@@ -292,3 +292,46 @@ def test_each_model_reports_the_judge_the_rule_picks(tmp_path: Path) -> None:
     assert p.text["second"].startswith("For Small (the second model family), against AlpacaEval 1.0 reference")
     assert "QLoRA (NF4) 48.0 %, 16-bit LoRA 53.0 %" in p.text["second"]
     assert list(p.tables["lengths"]["model"]) == ["Big", "Big", "Small", "Small"]
+
+
+def gpu_record(mode: str, allocated: float, device_peak: float, load_start: float = 500.0, paged: float = 0.0,
+               checkpointing: bool = True, preset: str = "random-qwen3-8b") -> dict[str, Any]:
+    """A gpu-check efficiency record at the plan's settings (MiB), as `run_efficiency` writes it on CUDA."""
+    lora = None if mode == "full" else {"rank": 8, "alpha": 16, "dropout": 0.1, "placement": "attention"}
+    return {"experiment": "efficiency", "check": f"plan-{mode}", "lora": lora,
+            "model": {"preset": preset, "label": "Qwen3-8B (random weights)", "mode": mode},
+            "fit": {"predicted_gib": 16.0, "fits": True},
+            "shape": {"batch_size": 4, "seq_len": 512, "steps": 8, "gradient_checkpointing": checkpointing},
+            "load_memory": {"cuda_device_used_at_start_mib": load_start, "cuda_max_allocated_mib": 6000.0},
+            "training": {"tokens_per_second": 2000.0, "memory": {"cuda_max_allocated_mib": allocated,
+                                                                   "cuda_device_used_peak_mib": device_peak},
+                         "optimizer_states": {"tensors": 10, "paged_tensors": 4 if paged else 0, "mib": paged,
+                                              "paged_mib": paged}},
+            "environment": {"hardware": {"gpu": "NVIDIA H200"}, "git_commit": "abcdef0123", "versions": {}}}
+
+
+def test_gpu_checks_measure_the_8b_answer_against_24_gb() -> None:
+    records = [gpu_record("nf4", 10 * 1024, 12 * 1024), gpu_record("nf4", 27 * 1024, 28.5 * 1024, checkpointing=False),
+               gpu_record("full", 30 * 1024, 70 * 1024, paged=30 * 1024)]
+    page = week6.Page("week6")
+    week6.gpu_measured(page, records)
+    table = page.tables["gpu"]
+    qlora = table[(table["mode"] == "QLoRA (NF4)") & (table["gradient checkpointing"] == "yes")].iloc[0]
+    assert qlora["whole device while training (GiB)"] == pytest.approx((12 * 1024 - 500) / 1024, abs=0.01)
+    assert qlora["fits 24 GB, measured"] == "yes"
+    full = table[table["mode"] == "full fine-tuning"].iloc[0]
+    assert full["PyTorch's peak (GiB)"] + full["paged optimizer states (GiB)"] == pytest.approx(60.0)
+    assert full["planner error (%)"] == pytest.approx(100 * (16.0 - 60.0) / 60.0, abs=0.1)
+    assert table[table["gradient checkpointing"] == "no"]["fits 24 GB, measured"].iloc[0] == "no"
+    assert page.text["q8_allocated"] == "10.0" and page.text["gpu_name"] == "NVIDIA H200"
+    assert page.text["gpu_lora_paged"] == "0 of 20" and page.text["gpu_context_gib"] == "0.5"
+    assert page.text["gpu_verdicts_agree"] == "1 of the 3"  # these records all predict 16 GiB: "fits", twice wrong
+
+    from qlora_utils import gpucheck, protocol
+
+    verdict = protocol.memory_verdict(pd.DataFrame(), gpu_checks=gpucheck.verdict_rows(records))
+    assert verdict["verdict"] == protocol.SUPPORTED and verdict["effect"] == pytest.approx(12.0)
+    assert verdict["runs"] == ["gpu-check plan-nf4"]  # neither the run without checkpointing nor full fine-tuning
+    over = protocol.memory_verdict(pd.DataFrame(), gpu_checks=gpucheck.verdict_rows(
+        [gpu_record("nf4", 20 * 1024, 25 * 1024)]))
+    assert over["verdict"] == protocol.NOT_SUPPORTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chapter_fixtures import sst2_run
+from test_chapters_week6 import gpu_record
 from qlora_utils.chapters import week2, week8
 
 
@@ -13,7 +14,7 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
     for seed, (full, qlora) in enumerate(zip([0.86, 0.87, 0.88, 0.86, 0.87], [0.85, 0.86, 0.87, 0.85, 0.86])):
         runs.append(sst2_run(tmp_path, f"week2-full-seed{seed}", "full", seed, full))
         runs.append(sst2_run(tmp_path, f"week2-qlora-seed{seed}", "nf4", seed, qlora + 0.001 * seed))
-    report, baseline = week8.page(runs), week2.page(runs)
+    report, baseline = week8.page(runs, gpu=[]), week2.page(runs)
     table = report.tables["verdicts"]
     assert list(table["expectation"]) == ["QLoRA within 3 % of full fine-tuning",
                                           "QLoRA within 1.5 points of 16-bit LoRA", "under 1 % of parameters trainable",
@@ -27,6 +28,8 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
     assert table["effect (95 % CI)"].iloc[0] == "+0.8 points (+0.6 to +1.0; 5 seeds)"
     assert "predicted" in table["effect (95 % CI)"].iloc[3]
     assert report.text["squad_train"] == "n/a"
+    measured = week8.page(runs, gpu=[gpu_record("nf4", 10 * 1024, 12 * 1024)])  # a committed gpu-check decides
+    assert measured.text["gpu"] == "supported" and measured.text["gpu_sentence"].startswith("measured on a GPU")
 
 
 def test_the_judge_limitation_names_the_reported_judge_and_its_trust(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import pandas as pd
 
-from .. import figures, planner
+from .. import figures, gpucheck, planner
 from ..adapters import LoraSettings
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
                         runs_by_size)
@@ -50,9 +50,11 @@ PAPER_BASE_MB, PAPER_LORA_MB = 5048, 26  # QLoRA paper, LLaMA-7B: 4-bit base and
 FACTORY_RULE_GB = {"nf4": 6, "bf16": 16, "full": 120}  # LLaMA-Factory's rule of thumb for 7B models (GB)
 
 
-def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Run] = ()) -> Page:
+def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Run] = (),
+         gpu: Sequence[dict[str, Any]] | None = None) -> Page:
     """Everything the page shows: `runs` are this chapter's, `baseline` week 2's SST-2 runs (the modes compared on
-    the same data and steps), `scaling` week 3's fixed-shape runs (more measurements for the planner)."""
+    the same data and steps), `scaling` week 3's fixed-shape runs (more measurements for the planner), `gpu` the
+    committed GPU checks (`gpucheck.read_records()` when None)."""
     p = Page(PREFIX)
     fams = families(runs)
     instruct = fams[0].instruct
@@ -71,6 +73,7 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     p.tables["efficiency"] = efficiency_table(runs)
     planner_validation(p, [*runs, *scaling])
     gpu_verdicts(p)
+    gpu_measured(p, gpucheck.read_records() if gpu is None else gpu)
     published(p)
     wall_times(p, runs)
     return p
@@ -403,7 +406,7 @@ def miss_note(table: pd.DataFrame, limit: float = WITHIN_PCT) -> str:
     return (f"Every miss is a 4-bit base on a CPU at a small batch ({SMALL_BATCH_TOKENS} tokens per step or fewer). "
             f"{under}{closely}. This looks like a property of the CPU code path (the allocator and bitsandbytes' "
             "CPU kernels) at small batches rather than of QLoRA's memory; it is the planner's open limitation here, "
-            "and its GPU verdicts below assume GPU kernels that no run here could check.")
+            "and the GPU measurements below (Table of GPU checks) say how its verdicts fare on GPU kernels.")
 
 
 def planner_validation(p: Page, runs: Sequence[Run]) -> None:
@@ -467,6 +470,96 @@ def gpu_verdicts(p: Page, gpu_gib: float = 24.0) -> None:
     settings = planner.PLAN_GPU_SETTINGS
     p.value("plan_settings", f"batch {settings['batch_size']} × {settings['seq_len']} tokens, r = "
             f"{planner.PLAN_LORA.rank} on {planner.PLAN_LORA.placement}, gradient checkpointing, paged AdamW 32-bit")
+
+
+GPU_COLUMNS = ["model", "mode", "gradient checkpointing", "predicted (GiB)", "PyTorch's peak (GiB)",
+               "paged optimizer states (GiB)", "planner error (%)", "whole device while training (GiB)",
+               "fits 24 GB, measured", "tokens/s"]
+
+
+def gpu_table(records: Iterable[dict[str, Any]], gpu_gib: float = 24.0, reserve_gib: float = 1.0) -> pd.DataFrame:
+    """The planner's verdict rows as trained on a GPU (`gpu-check`): predicted and measured peak memory (PyTorch's
+    allocator plus bitsandbytes' paged states, and the whole device less what was in use before loading), whether
+    that fits a 24 GB card with the planner's 1 GiB for the CUDA context, and throughput."""
+    rows = []
+    for record in records:
+        if record.get("experiment") != "efficiency":
+            continue
+        row = gpucheck.summary_row(record)
+        trained = "allocated_gib" in row
+        measured = (row["allocated_gib"] + (row.get("paged_states_gib") or 0.0)) if trained else math.nan
+        need = row.get("device_need_gib", math.nan) if trained else math.nan
+        shape = record.get("shape", {})
+        rows.append({"model": record["model"]["label"], "mode": MODE_NAMES.get(row["mode"], row["mode"]),
+                     "gradient checkpointing": "no" if shape.get("gradient_checkpointing") is False else "yes",
+                     "predicted (GiB)": row["predicted_gib"], "PyTorch's peak (GiB)": row.get("allocated_gib"),
+                     "paged optimizer states (GiB)": row.get("paged_states_gib"),
+                     "planner error (%)": 100 * (row["predicted_gib"] - measured) / measured if trained else math.nan,
+                     "whole device while training (GiB)": need,
+                     "fits 24 GB, measured": ("yes" if need <= gpu_gib - reserve_gib else "no") if trained
+                     else "not run: predicted above 85 % of the GPU's free memory",
+                     "tokens/s": row.get("tokens_per_s")})
+    order = {m: i for i, m in enumerate(MODE_NAMES.values())}
+    frame = pd.DataFrame(rows, columns=GPU_COLUMNS)
+    return frame.sort_values(["model", "mode", "gradient checkpointing"], key=lambda c: c.map(order).fillna(0)
+                             if c.name == "mode" else c, ascending=[True, True, False], ignore_index=True)
+
+
+def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
+    """The committed GPU checks: the table, the 8B answers measured, the planner's error there, paging, the
+    end-to-end runs, and the machine and commit they ran on."""
+    table = gpu_table(records)
+    p.tables["gpu"] = table
+    p.value("gpu_checks", len(records), "{:d}")
+    first = records[0] if records else {}
+    env = first.get("environment", {})
+    p.value("gpu_name", env.get("hardware", {}).get("gpu"))
+    p.value("gpu_commit", (env.get("git_commit") or "")[:7] or None)
+    p.value("gpu_torch", env.get("versions", {}).get("torch"))
+
+    def need(label: str, mode: str, checkpointing: str = "yes") -> float:
+        chosen = table[(table["model"] == label) & (table["mode"] == MODE_NAMES[mode])
+                       & (table["gradient checkpointing"] == checkpointing)]
+        return float(chosen["whole device while training (GiB)"].iloc[0]) if len(chosen) else math.nan
+
+    q8 = "Qwen3-8B (random weights)"
+    q8_row = table[(table["model"] == q8) & (table["mode"] == MODE_NAMES["nf4"])
+                   & (table["gradient checkpointing"] == "yes")]
+    p.value("q8_allocated", q8_row["PyTorch's peak (GiB)"].iloc[0] if len(q8_row) else math.nan)
+    p.value("q8_device", need(q8, "nf4"))
+    p.value("q8_device_margin", 24.0 - 1.0 - need(q8, "nf4"))
+    p.value("q8_bf16_device", need(q8, "bf16"))
+    p.value("q8_nockpt_device", need(q8, "nf4", "no"))
+    p.value("q8_bf16_margin", 24.0 - 1.0 - need(q8, "bf16"))
+    trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
+    agree = int(((trained["predicted (GiB)"] <= 24.0 - 1.0) == (trained["fits 24 GB, measured"] == "yes")).sum())
+    p.value("gpu_verdicts_agree", f"{agree} of the {len(trained)}")
+    starts = [r["load_memory"]["cuda_device_used_at_start_mib"] for r in records
+              if "cuda_device_used_at_start_mib" in r.get("load_memory", {})]
+    p.value("gpu_context_gib", min(starts) / 1024 if starts else math.nan)
+    four_bit = table[(table["mode"] == MODE_NAMES["nf4"]) & (table["gradient checkpointing"] == "yes")][
+        "planner error (%)"].dropna()
+    nockpt = table[table["gradient checkpointing"] == "no"]["planner error (%)"].dropna()
+    p.value("gpu_nockpt_error", nockpt.iloc[0] if len(nockpt) else math.nan, "{:+.0f}")
+    p.value("gpu_nf4_error", f"{four_bit.min():+.0f} % to {four_bit.max():+.0f} %" if len(four_bit) else NA)
+    others = table[table["mode"] != MODE_NAMES["nf4"]]["planner error (%)"].dropna()  # all with checkpointing
+    p.value("gpu_other_error", f"{others.min():+.0f} % to {others.max():+.0f} %" if len(others) else NA)
+    paging = []
+    for record in records:
+        states = record.get("training", {}).get("optimizer_states")
+        if states and record.get("experiment") == "efficiency":
+            paging.append((record["model"]["mode"], states["paged_tensors"], states["tensors"], states["paged_mib"]))
+    lora = [x for x in paging if x[0] != "full"]
+    full = [x for x in paging if x[0] == "full"]
+    p.value("gpu_lora_paged", f"{sum(x[1] for x in lora)} of {sum(x[2] for x in lora)}" if lora else NA)
+    p.value("gpu_full_paged", "; ".join(f"{x[1]} of {x[2]} state tensors, {x[3] / 1024:.1f} GiB" for x in full)
+            or NA)
+    sst2 = next((r for r in records if r.get("experiment") == "sst2" and r["model"]["mode"] == "nf4"), None)
+    p.value("gpu_e2e", NA if sst2 is None else
+            f"{sst2['model']['label']}, {sst2['training']['steps']} steps of QLoRA on "
+            f"{sst2['data']['train']['records_used']:,} SST-2 sentences, accuracy {100 * sst2['zero_shot']['accuracy']:.1f} % "
+            f"before and {100 * sst2['fine_tuned']['accuracy']:.1f} % after on the {sst2['fine_tuned']['n']} dev "
+            "sentences")
 
 
 def published(p: Page) -> None:

@@ -3,9 +3,11 @@ to its evidence, and the planner's 24 GB predictions."""
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import pandas as pd
 
-from .. import figures, protocol
+from .. import figures, gpucheck, protocol
 from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
@@ -39,10 +41,12 @@ def _effect(row: pd.Series) -> str:
     return f"{row['effect']:+.1f}{unit} ({row['low']:+.1f} to {row['high']:+.1f}; {row['seeds']:.0f} seeds)"
 
 
-def verdicts_frame(runs: list[Run]) -> pd.DataFrame:
-    """The protocol's verdict table over every run, with readable effect, margin and evidence columns."""
+def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """The protocol's verdict table over every run (and the committed GPU checks: `gpucheck.read_records()` when
+    `gpu` is None), with readable effect, margin and evidence columns."""
     validation = validation_rows([r.metrics for r in runs])
-    table = protocol.verdict_table(experiments_frame(runs), validation)
+    table = protocol.verdict_table(experiments_frame(runs), validation,
+                                   gpucheck.verdict_rows(gpucheck.read_records() if gpu is None else gpu))
     table["effect with interval"] = table.apply(_effect, axis=1)
     table["margin text"] = table.apply(lambda r: "—" if pd.isna(r.get("margin")) else
                                        f"{r['margin']:.1f} GiB" if r["expectation"].startswith("an 8B") else
@@ -69,10 +73,10 @@ def judge_limit(runs: list[Run]) -> str:
             f"{how[0].lower()}{how[1:]}")
 
 
-def page(runs: list[Run]) -> Page:
-    """Everything the week 8 page shows, from every finished run of the profile."""
+def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
+    """Everything the week 8 page shows, from every finished run of the profile and the committed GPU checks."""
     out = Page("week8")
-    table = verdicts_frame(runs)
+    table = verdicts_frame(runs, gpu)
     out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     models = study_models(runs)
     for i, prefix in enumerate(FAMILIES):
