@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import re
 import shutil
 import signal
@@ -65,6 +66,21 @@ def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str
             if finished > started:
                 return "stale"
     return state
+
+
+KERNEL_STARTS = 3  # tries at starting a notebook's kernel before the run fails
+KERNEL_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def kernel_never_started(exc: BaseException, partial: Path) -> bool:
+    """Whether papermill failed because the kernel never came up, before any cell ran: safe to start again. Seen when
+    two runners start kernels at once (the `speedup` sides, a parallel grid): jupyter_client picks free ports by
+    binding and releasing them, so both can pick one port and the second kernel dies on "Address already in use"."""
+    if not any(text in str(exc) for text in KERNEL_START_FAILURES):
+        return False
+    notebook = read_json(partial) if partial.exists() else None
+    cells = (notebook or {}).get("cells", [])
+    return not any(cell.get("execution_count") or cell.get("outputs") for cell in cells)
 
 
 class RunFailed(QLoraError):
@@ -141,8 +157,18 @@ def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) ->
     jupytext.write(notebook_node(entry.notebook), source)
     parameters = {**entry.parameters, "run_dir": ".", "runs_dir": "..", "profile": profile.name}
     try:
-        papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(staging),
-                                   kernel_name=kernel_name, progress_bar=False, request_save_on_cell_execute=True)
+        for start in range(1, KERNEL_STARTS + 1):
+            try:
+                papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(staging),
+                                           kernel_name=kernel_name, progress_bar=False,
+                                           request_save_on_cell_execute=True)
+                break
+            except RuntimeError as exc:
+                if start == KERNEL_STARTS or not kernel_never_started(exc, partial):
+                    raise
+                print(f"{entry.name}: the notebook's kernel did not start ({exc}); starting it again "
+                      f"(attempt {start + 1} of {KERNEL_STARTS})", file=sys.stderr, flush=True)
+                time.sleep(random.uniform(0.5, 3.0))  # runners that picked the same free port start apart
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "ename", None) == "KeyboardInterrupt"
         if partial.exists() and read_json(partial) is not None:

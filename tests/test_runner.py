@@ -379,3 +379,40 @@ def test_a_profile_budget_is_read_and_checked(tmp_path: Path) -> None:
     path.write_text("profile: b\nbudget_hours: soon\nruns:\n  - name: a\n    notebook: notebooks/week7_analysis.md\n")
     with pytest.raises(QLoraError, match="`budget_hours` must be a positive number of hours, not 'soon'"):
         load_profile(path)
+
+
+@pytest.mark.parametrize("cell_ran", [False, True])
+def test_a_kernel_that_never_started_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      cell_ran: bool) -> None:
+    """Two runners that start kernels at once can pick the same free port; the second kernel dies before any cell
+    ran (seen in CI with `speedup`). The runner starts it again; once a cell has run, a failure is the run's."""
+    import nbformat
+    import papermill
+
+    from qlora_utils import runner
+
+    calls = []
+
+    def execute_notebook(source: str, output: str, cwd: str, **_: object) -> None:
+        calls.append(output)
+        notebook = nbformat.read(source, as_version=4)
+        if len(calls) == 1:
+            notebook.cells[0].execution_count = 1 if cell_ran else None
+            nbformat.write(notebook, output)
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        notebook.cells[0].execution_count = 1
+        nbformat.write(notebook, output)
+        (Path(cwd) / "metrics.json").write_text('{"a": 1}')
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: None)
+    profile = load_profile("smoke")
+    entry = next(e for e in profile.entries if e.name == "week1-setup")
+    if cell_ran:
+        with pytest.raises(runner.RunFailed, match="Kernel died"):
+            runner.execute_entry(entry, profile, root=tmp_path)
+        assert len(calls) == 1
+    else:
+        assert runner.execute_entry(entry, profile, root=tmp_path) == "done"
+        assert len(calls) == 2
+        assert run_state(profile.runs_dir(tmp_path) / entry.name, entry.config_hash) == "done"

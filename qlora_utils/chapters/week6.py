@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import figures, gpucheck, planner
 from ..adapters import LoraSettings
+from ..inventory import config_of
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
                         runs_by_size)
 from ..protocol import primary_runs
@@ -539,6 +540,16 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     p.value("gpu_context_gib", min(starts) / 1024 if starts else math.nan)
     four_bit = table[(table["mode"] == MODE_NAMES["nf4"]) & (table["gradient checkpointing"] == "yes")][
         "planner error (%)"].dropna()
+    without = []  # the same 4-bit rows, with the planner's term for 4-bit matmul inputs left out
+    for record in records:
+        row = gpucheck.summary_row(record)
+        if record.get("experiment") == "efficiency" and row["mode"] in ("nf4", "fp4") and "allocated_gib" in row \
+                and record["shape"].get("gradient_checkpointing", True):
+            term = planner.kbit_inputs(config_of(record["model"]["preset"]),
+                                       record["shape"]["batch_size"] * record["shape"]["seq_len"]) / planner.GiB
+            measured = row["allocated_gib"] + (row.get("paged_states_gib") or 0.0)
+            without.append(100 * (row["predicted_gib"] - term - measured) / measured)
+    p.value("gpu_nf4_error_without_term", f"{min(without):+.0f} % to {max(without):+.0f} %" if without else NA)
     nockpt = table[table["gradient checkpointing"] == "no"]["planner error (%)"].dropna()
     p.value("gpu_nockpt_error", nockpt.iloc[0] if len(nockpt) else math.nan, "{:+.0f}")
     p.value("gpu_nf4_error", f"{four_bit.min():+.0f} % to {four_bit.max():+.0f} %" if len(four_bit) else NA)
