@@ -325,6 +325,7 @@ def test_gpu_checks_measure_the_8b_answer_against_24_gb() -> None:
     assert table[table["gradient checkpointing"] == "no"]["fits 24 GB, measured"].iloc[0] == "no"
     assert page.text["q8_allocated"] == "10.0" and page.text["gpu_name"] == "NVIDIA H200"
     assert page.text["gpu_lora_paged"] == "0 of 20" and page.text["gpu_context_gib"] == "0.5"
+    assert page.text["q8_speed_share"] == "n/a"  # no 16-bit LoRA record to compare with
     assert page.text["gpu_verdicts_agree"] == "1 of the 3"  # these records all predict 16 GiB: "fits", twice wrong
 
     from qlora_utils import gpucheck, protocol

@@ -532,6 +532,10 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     p.value("q8_bf16_device", need(q8, "bf16"))
     p.value("q8_nockpt_device", need(q8, "nf4", "no"))
     p.value("q8_bf16_margin", 24.0 - 1.0 - need(q8, "bf16"))
+    speed = {m: table[(table["model"] == q8) & (table["mode"] == MODE_NAMES[m])
+                      & (table["gradient checkpointing"] == "yes")]["tokens/s"] for m in ("nf4", "bf16")}
+    p.value("q8_speed_share", 100 * speed["nf4"].iloc[0] / speed["bf16"].iloc[0]
+            if all(len(v) and v.iloc[0] > 0 for v in speed.values()) else math.nan, "{:.0f}")
     trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
     agree = int(((trained["predicted (GiB)"] <= 24.0 - 1.0) == (trained["fits 24 GB, measured"] == "yes")).sum())
     p.value("gpu_verdicts_agree", f"{agree} of the {len(trained)}")
