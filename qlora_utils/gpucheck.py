@@ -17,6 +17,7 @@ from .adapters import LoraSettings
 from .errors import QLoraError
 from .experiments import EfficiencyRun, Experiment, run_efficiency, run_experiment
 from .planner import PLAN_GPU_SETTINGS, PLAN_LORA, plan_for_record
+from .runs import REPO, read_json
 from .training import TrainSettings
 
 RESULTS = "gpu-check"  # runs/gpu-check/<commit>-<gpu>/<check>/: the committed GPU checks the book reads
@@ -30,6 +31,11 @@ class Check:
 
     name: str
     work: EfficiencyRun | Experiment
+
+    @property
+    def seed(self) -> int:
+        """The seed of the model the check loads (experiments load seed 0's random weights)."""
+        return self.work.seed if isinstance(self.work, EfficiencyRun) else 0
 
 
 def plan_check(preset: str, mode: str, gradient_checkpointing: bool = True) -> Check:
@@ -120,7 +126,7 @@ def run_check(check: Check, output: Path, isolate: bool = True) -> dict[str, Any
         os.replace(staging, target)
         error.unlink(missing_ok=True)
         state = "done"
-    return {"check": check.name, "state": state, **summary_row(_read(target / "metrics.json"))}
+    return {"check": check.name, "state": state, **summary_row(read_json(target / "metrics.json"))}
 
 
 def drop_model(check: Check) -> None:
@@ -129,8 +135,7 @@ def drop_model(check: Check) -> None:
 
     preset = PRESETS.get(check.work.preset.lower())
     if preset is not None and preset.kind in ("random", "tiny"):
-        seed = check.work.seed if isinstance(check.work, EfficiencyRun) else 0  # experiments load seed 0
-        shutil.rmtree(model_folder(check.work.preset, seed=seed), ignore_errors=True)
+        shutil.rmtree(model_folder(check.work.preset, seed=check.seed), ignore_errors=True)
 
 
 def execute(check: Check, staging: Path, error: Path) -> None:
@@ -140,7 +145,7 @@ def execute(check: Check, staging: Path, error: Path) -> None:
 
     try:
         if get_preset(check.work.preset).kind != "hub":  # built before the load phase, which measures loading only
-            materialize(check.work.preset, seed=check.work.seed if isinstance(check.work, EfficiencyRun) else 0)
+            materialize(check.work.preset, seed=check.seed)
         if isinstance(check.work, EfficiencyRun):
             run_efficiency(check.work, staging)
         else:
@@ -149,18 +154,10 @@ def execute(check: Check, staging: Path, error: Path) -> None:
         error.write_text(traceback.format_exc(), encoding="utf-8")
 
 
-def _read(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def read_records(root: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Every committed check's metrics.json (runs/gpu-check/*/*/), each with the check's name, in name order."""
-    from .runs import REPO
-
     base = Path(root) if root is not None else REPO / "runs" / RESULTS
-    return [{**_read(path), "check": path.parent.name} for path in sorted(base.glob("*/*/metrics.json"))]
+    return [{**read_json(path), "check": path.parent.name} for path in sorted(base.glob("*/*/metrics.json"))]
 
 
 def summary_row(record: dict[str, Any]) -> dict[str, Any]:

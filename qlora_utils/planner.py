@@ -119,7 +119,10 @@ def kbit_inputs(config: PretrainedConfig, tokens: int) -> float:
     return config.num_hidden_layers * tokens * (3 * config.hidden_size * 4.0 + config.intermediate_size * 2.0)
 
 
-def verdict(plan: MemoryPlan, gpu_gib: float = 24.0, reserve_gib: float = 1.0) -> dict[str, Any]:
+RESERVE_GIB = 1.0  # GPU memory kept for the CUDA context in every fit verdict
+
+
+def verdict(plan: MemoryPlan, gpu_gib: float = 24.0, reserve_gib: float = RESERVE_GIB) -> dict[str, Any]:
     """Does the plan fit a GPU of gpu_gib (keeping reserve_gib for the CUDA context), and with what margin?"""
     need = plan.total / GiB
     margin = gpu_gib - reserve_gib - need
@@ -147,19 +150,13 @@ def plan_for_record(record: dict[str, Any]) -> MemoryPlan:
 
 def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Predicted against measured peak training memory for every efficiency run that trained, with the relative
-    error. Measured: CUDA max allocated on a GPU, plus the optimizer states bitsandbytes paged; on a CPU the whole resident set above the process before loading
-    (memory-mapped checkpoint pages that the weights stay in count too), or anonymous RSS for older records."""
-    from .efficiency import headline_peak_mib
-
+    error (the measure: `measured_peak_mib`)."""
     rows = []
     for record in records:
         if record.get("experiment") != "efficiency" or "training" not in record:
             continue
         memory = record["training"]["memory"]
-        measured = memory.get("cuda_max_allocated_mib", memory.get("cpu_total_rss_above_baseline_mib",
-                                                                     headline_peak_mib(memory)))
-        if "cuda_max_allocated_mib" in memory:  # bitsandbytes' paged states live outside PyTorch's allocator
-            measured += record["training"].get("optimizer_states", {}).get("paged_mib", 0.0)
+        measured = measured_peak_mib(record)
         predicted = plan_for_record(record).total / MiB
         rows.append({"model": record["model"]["label"], "mode": record["model"]["mode"],
                      "batch × seq": f"{record['shape']['batch_size']} × {record['shape']['seq_len']}",
@@ -168,6 +165,20 @@ def validation_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "predicted MiB": predicted, "measured MiB": measured,
                      "error %": 100 * (predicted - measured) / measured if measured else float("nan")})
     return rows
+
+
+def measured_peak_mib(record: dict[str, Any]) -> float:
+    """The measured peak training memory of a run record, as the planner predicts it: on a GPU, CUDA max allocated
+    plus the optimizer states bitsandbytes paged (they live outside PyTorch's allocator); on a CPU the whole resident
+    set above the process before loading (memory-mapped checkpoint pages that the weights stay in count too), or
+    anonymous RSS for older records."""
+    from .efficiency import headline_peak_mib
+
+    training = record["training"]
+    memory = training["memory"]
+    if "cuda_max_allocated_mib" in memory:
+        return memory["cuda_max_allocated_mib"] + training.get("optimizer_states", {}).get("paged_mib", 0.0)
+    return memory.get("cpu_total_rss_above_baseline_mib", headline_peak_mib(memory))
 
 
 def gpu_verdicts(presets: tuple[str, ...] = VERDICT_PRESETS, modes: tuple[str, ...] = ("nf4", "bf16", "full"),

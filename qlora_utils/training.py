@@ -197,8 +197,8 @@ def optimizer_states(optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     def mib(chosen: list[torch.Tensor]) -> float:
         return round(sum(t.numel() * t.element_size() for t in chosen) / 1024 ** 2, 1)
 
-    return {"class": f"{type(inner).__module__}.{type(inner).__qualname__}", "tensors": len(tensors), "mib": mib(tensors), "paged_tensors": len(paged),
-            "paged_mib": mib(paged)}
+    return {"class": f"{type(inner).__module__}.{type(inner).__qualname__}", "tensors": len(tensors),
+            "mib": mib(tensors), "paged_tensors": len(paged), "paged_mib": mib(paged)}
 
 
 def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data: datasets.Dataset,

@@ -14,7 +14,7 @@ from ..adapters import LoraSettings
 from ..inventory import config_of
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
                         runs_by_size)
-from ..protocol import primary_runs
+from ..protocol import GPU_GIB, primary_runs
 from ..report import chart_or_note
 from ..runs import Run, busy_seconds, summed_seconds
 from ..winrate import REFERENCES, better_judge, judge_trust
@@ -478,7 +478,10 @@ GPU_COLUMNS = ["model", "mode", "gradient checkpointing", "predicted (GiB)", "Py
                "fits 24 GB, measured", "tokens/s"]
 
 
-def gpu_table(records: Iterable[dict[str, Any]], gpu_gib: float = 24.0, reserve_gib: float = 1.0) -> pd.DataFrame:
+FIT_GIB = GPU_GIB - planner.RESERVE_GIB  # what a 24 GB card leaves for training after the CUDA context
+
+
+def gpu_table(records: Iterable[dict[str, Any]], fit_gib: float = FIT_GIB) -> pd.DataFrame:
     """The planner's verdict rows as trained on a GPU (`gpu-check`): predicted and measured peak memory (PyTorch's
     allocator plus bitsandbytes' paged states, and the whole device less what was in use before loading), whether
     that fits a 24 GB card with the planner's 1 GiB for the CUDA context, and throughput."""
@@ -488,7 +491,7 @@ def gpu_table(records: Iterable[dict[str, Any]], gpu_gib: float = 24.0, reserve_
             continue
         row = gpucheck.summary_row(record)
         trained = "allocated_gib" in row
-        measured = (row["allocated_gib"] + (row.get("paged_states_gib") or 0.0)) if trained else math.nan
+        measured = planner.measured_peak_mib(record) / 1024 if trained else math.nan
         need = row.get("device_need_gib", math.nan) if trained else math.nan
         shape = record.get("shape", {})
         rows.append({"model": record["model"]["label"], "mode": MODE_NAMES.get(row["mode"], row["mode"]),
@@ -497,7 +500,7 @@ def gpu_table(records: Iterable[dict[str, Any]], gpu_gib: float = 24.0, reserve_
                      "paged optimizer states (GiB)": row.get("paged_states_gib"),
                      "planner error (%)": 100 * (row["predicted_gib"] - measured) / measured if trained else math.nan,
                      "whole device while training (GiB)": need,
-                     "fits 24 GB, measured": ("yes" if need <= gpu_gib - reserve_gib else "no") if trained
+                     "fits 24 GB, measured": ("yes" if need <= fit_gib else "no") if trained
                      else "not run: predicted above 85 % of the GPU's free memory",
                      "tokens/s": row.get("tokens_per_s")})
     order = {m: i for i, m in enumerate(MODE_NAMES.values())}
@@ -518,26 +521,22 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     p.value("gpu_commit", (env.get("git_commit") or "")[:7] or None)
     p.value("gpu_torch", env.get("versions", {}).get("torch"))
 
-    def need(label: str, mode: str, checkpointing: str = "yes") -> float:
-        chosen = table[(table["model"] == label) & (table["mode"] == MODE_NAMES[mode])
-                       & (table["gradient checkpointing"] == checkpointing)]
-        return float(chosen["whole device while training (GiB)"].iloc[0]) if len(chosen) else math.nan
+    def q8(mode: str, column: str, checkpointing: str = "yes") -> float:
+        """One cell of Qwen3-8B's row in a mode (NaN where the checks have none)."""
+        chosen = table[(table["model"] == "Qwen3-8B (random weights)") & (table["mode"] == MODE_NAMES[mode])
+                       & (table["gradient checkpointing"] == checkpointing)][column].dropna()
+        return float(chosen.iloc[0]) if len(chosen) else math.nan
 
-    q8 = "Qwen3-8B (random weights)"
-    q8_row = table[(table["model"] == q8) & (table["mode"] == MODE_NAMES["nf4"])
-                   & (table["gradient checkpointing"] == "yes")]
-    p.value("q8_allocated", q8_row["PyTorch's peak (GiB)"].iloc[0] if len(q8_row) else math.nan)
-    p.value("q8_device", need(q8, "nf4"))
-    p.value("q8_device_margin", 24.0 - 1.0 - need(q8, "nf4"))
-    p.value("q8_bf16_device", need(q8, "bf16"))
-    p.value("q8_nockpt_device", need(q8, "nf4", "no"))
-    p.value("q8_bf16_margin", 24.0 - 1.0 - need(q8, "bf16"))
-    speed = {m: table[(table["model"] == q8) & (table["mode"] == MODE_NAMES[m])
-                      & (table["gradient checkpointing"] == "yes")]["tokens/s"] for m in ("nf4", "bf16")}
-    p.value("q8_speed_share", 100 * speed["nf4"].iloc[0] / speed["bf16"].iloc[0]
-            if all(len(v) and v.iloc[0] > 0 for v in speed.values()) else math.nan, "{:.0f}")
+    need = "whole device while training (GiB)"
+    p.value("q8_allocated", q8("nf4", "PyTorch's peak (GiB)"))
+    p.value("q8_device", q8("nf4", need))
+    p.value("q8_device_margin", FIT_GIB - q8("nf4", need))
+    p.value("q8_bf16_device", q8("bf16", need))
+    p.value("q8_nockpt_device", q8("nf4", need, "no"))
+    p.value("q8_bf16_margin", FIT_GIB - q8("bf16", need))
+    p.value("q8_speed_share", 100 * q8("nf4", "tokens/s") / q8("bf16", "tokens/s"), "{:.0f}")
     trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
-    agree = int(((trained["predicted (GiB)"] <= 24.0 - 1.0) == (trained["fits 24 GB, measured"] == "yes")).sum())
+    agree = int(((trained["predicted (GiB)"] <= FIT_GIB) == (trained["fits 24 GB, measured"] == "yes")).sum())
     p.value("gpu_verdicts_agree", f"{agree} of the {len(trained)}")
     starts = [r["load_memory"]["cuda_device_used_at_start_mib"] for r in records
               if "cuda_device_used_at_start_mib" in r.get("load_memory", {})]
@@ -546,13 +545,12 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
         "planner error (%)"].dropna()
     without = []  # the same 4-bit rows, with the planner's term for 4-bit matmul inputs left out
     for record in records:
-        row = gpucheck.summary_row(record)
-        if record.get("experiment") == "efficiency" and row["mode"] in ("nf4", "fp4") and "allocated_gib" in row \
-                and record["shape"].get("gradient_checkpointing", True):
+        if record.get("experiment") == "efficiency" and record["model"]["mode"] in ("nf4", "fp4") \
+                and "training" in record and record["shape"].get("gradient_checkpointing", True):
             term = planner.kbit_inputs(config_of(record["model"]["preset"]),
                                        record["shape"]["batch_size"] * record["shape"]["seq_len"]) / planner.GiB
-            measured = row["allocated_gib"] + (row.get("paged_states_gib") or 0.0)
-            without.append(100 * (row["predicted_gib"] - term - measured) / measured)
+            measured = planner.measured_peak_mib(record) / 1024
+            without.append(100 * (record["fit"]["predicted_gib"] - term - measured) / measured)
     p.value("gpu_nf4_error_without_term", f"{min(without):+.0f} % to {max(without):+.0f} %" if without else NA)
     nockpt = table[table["gradient checkpointing"] == "no"]["planner error (%)"].dropna()
     p.value("gpu_nockpt_error", nockpt.iloc[0] if len(nockpt) else math.nan, "{:+.0f}")
@@ -572,8 +570,8 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     sst2 = next((r for r in records if r.get("experiment") == "sst2" and r["model"]["mode"] == "nf4"), None)
     p.value("gpu_e2e", NA if sst2 is None else
             f"{sst2['model']['label']}, {sst2['training']['steps']} steps of QLoRA on "
-            f"{sst2['data']['train']['records_used']:,} SST-2 sentences, accuracy {100 * sst2['zero_shot']['accuracy']:.1f} % "
-            f"before and {100 * sst2['fine_tuned']['accuracy']:.1f} % after on the {sst2['fine_tuned']['n']} dev "
+            f"{sst2['data']['train']['records_used']:,} SST-2 sentences, accuracy "
+            f"{100 * sst2['zero_shot']['accuracy']:.1f} % before and {100 * sst2['fine_tuned']['accuracy']:.1f} % after on the {sst2['fine_tuned']['n']} dev "
             "sentences")
 
 
