@@ -11,13 +11,19 @@ MODE_ORDER = list(MODE_NAMES.values())
 
 
 def rank_tradeoff(summary: pd.DataFrame, metric: str = "SST-2 dev accuracy (%)") -> alt.TopLevelMixin:
-    """Accuracy against LoRA rank per placement: the mean over seeds, with a bar from the lowest to the highest seed."""
+    """Accuracy against LoRA rank per placement: the mean over seeds, with a bar from the lowest to the highest seed;
+    one panel per model when there are several (each on its own accuracy axis)."""
     base = alt.Chart(summary).encode(
         x=alt.X("rank:O", title="LoRA rank r"), color=alt.Color("placement:N", title="adapters on"))
     line = base.mark_line(point=alt.OverlayMarkDef(size=60, filled=True)).encode(
         y=alt.Y("mean:Q", title=metric, scale=alt.Scale(zero=False)),
-        tooltip=["placement", "rank", "seeds", alt.Tooltip("mean:Q", format=".1f"), alt.Tooltip("std:Q", format=".1f")])
+        tooltip=[c for c in ("model", "placement", "rank", "seeds") if c in summary] +
+        [alt.Tooltip("mean:Q", format=".1f"), alt.Tooltip("std:Q", format=".1f")])
     spread = base.mark_rule(strokeWidth=2, opacity=0.5).encode(y="low:Q", y2="high:Q")
+    if "model" in summary and summary["model"].nunique() > 1:
+        return (spread + line).properties(width=300, height=220).facet(
+            column=alt.Column("model:N", title=None, sort=list(dict.fromkeys(summary["model"])))).resolve_scale(
+            y="independent")
     return (spread + line).properties(width=360, height=240)
 
 

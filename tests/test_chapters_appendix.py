@@ -68,8 +68,10 @@ def test_the_hosts_are_named_with_their_runs_elapsed_time_and_dates(tmp_path: Pa
     for run, platform in zip(runs, ["Linux-fast", "Linux-slow", "Linux-slow"]):
         run.env["hardware"]["platform"] = platform
     runs[2].status.update(started="2026-12-02T10:00:00+00:00", finished="2026-12-02T10:30:00+00:00")
+    runs[2].env["hardware"].update(cpu_model="AMD EPYC", cpu_capability="AVX2")  # the older runs did not record it
     assert appendix.hosts_sentence(runs) == (
         "The runs ran on 2 hosts, told apart by their platform string: 1 on Linux-fast (0.09 h elapsed, 2026-11-29); "
-        "2 on Linux-slow (0.59 h elapsed, 2026-11-29 to 2026-12-02). Hosts differ in speed, so a grid spread over "
+        "2 on Linux-slow (AMD EPYC with AVX2, 0.59 h elapsed, 2026-11-29 to 2026-12-02). Hosts differ in speed, so a "
+        "grid spread over "
         "several is timed on none of them alone.")
     assert appendix.page(runs).text["hosts"].startswith("The runs ran on 2 hosts")

@@ -35,6 +35,10 @@ def test_grid_and_best_configuration(tmp_path: Path) -> None:
     assert page.text["best_dev"] == "86.0" and page.text["best_tied"] == "2"
     assert page.text["secondary"].startswith("full fine-tuning − QLoRA = +1.0 points")
     assert page.text["mlp_gain"] == "+5.0"  # mean(r4 90, r8 86, r16 85) − r8 attention 82
+    assert page.text["rank_spread_mlp"] == "5.0" and page.text["rank_spread_att"] == "n/a", "one rank: no spread"
+    assert page.text["reading"].startswith("the placement moved the mean as much as the rank did (+5.0 points "
+                                           "against at most 5.0), unlike the QLoRA paper"), "a tie is not 'less'"
+    assert page.text["second_model"] == "n/a" and page.text["second_findings"] == ""
 
 
 def test_runs_without_a_selection_split_say_so(tmp_path: Path) -> None:
@@ -51,3 +55,27 @@ def test_a_week2_model_without_ablation_runs_is_named(tmp_path: Path) -> None:
     page = week5.page(runs)
     assert page.text["not_ablated"].startswith("Not ablated in this profile: Q-500M (")
     assert page.text["model"] == "M-135M" and len(page.tables["grid"]) == 4
+
+
+def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) -> None:
+    runs = _runs(tmp_path)
+    big = {"label": "Q-500M", "preset": "q", "total": 500_000, "examples": 500}
+    for seed in range(2):
+        runs.append(sst2_run(tmp_path, f"week2-q-qlora-seed{seed}", "nf4", seed, 0.80, selection=0.90, **big))
+        runs.append(sst2_run(tmp_path, f"week2-q-full-seed{seed}", "full", seed, 0.81 + 0.02 * seed, **big))
+        for rank, accuracy in ((4, 0.81), (16, 0.83)):
+            runs.append(sst2_run(tmp_path, f"week5-q-r{rank}-attention-seed{seed}", "nf4", seed, accuracy, rank=rank,
+                                 notebook="week5_ablations", selection=0.80, trainable=500 * rank, **big))
+    page = week5.page(runs)
+    assert page.text["model"] == "Q-500M" and page.text["second_model"] == "M-135M"
+    assert page.text["models"] == "Q-500M, M-135M" and page.text["not_ablated"] == ""
+    assert page.text["mlp_gain"] == "n/a" and page.text["rank_spread_att"] == "3.0"  # r16 83 − r4 81, r8 80
+    assert page.text["reading"] == "needs both placements and more than one rank"
+    assert page.text["best"] == "r = 8 on attention" and page.text["best_dev"] == "80.0", "chosen per model"
+    assert page.text["secondary"].startswith("full fine-tuning − QLoRA = +2.0 points"), "paired within the model"
+    assert page.text["second_best"] == "r = 8 on attention_mlp"
+    assert page.text["second_findings"].startswith("For the second family, M-135M, the placement moved the mean as much")
+    grid = page.tables["grid"]
+    assert list(dict.fromkeys(grid["model"])) == ["Q-500M", "M-135M"] and len(grid) == 7
+    spec = page.figures["rank"].to_dict()
+    assert spec["facet"]["column"]["field"] == "model", "one panel per model"

@@ -1,18 +1,21 @@
-"""Week 5, the rank × placement ablation of QLoRA on SST-2, with the week 2 QLoRA headline as the r=8 attention
-cell; the best configuration is chosen on the selection split, never on the dev set that reports it."""
+"""Week 5, the rank × placement ablation of QLoRA on SST-2, per model, with each model's week 2 QLoRA headline as
+its r=8 attention cell; the best configuration is chosen on the selection split, never on the dev set that reports
+it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .. import figures, protocol
-from ..analysis import experiments_frame, seed_summary
+from ..analysis import experiments_frame, models_by_size, seed_summary
 from ..report import placeholder_chart
 from ..runs import Run
-from . import Page
-from .week2 import headline_frame
+from . import NA, Page
+from .week2 import FAMILIES, headline_frame
 
 GRID_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
                 "std": "std (points)", "selection": "selection-split accuracy (%)", "trainable": "trainable parameters",
@@ -30,42 +33,101 @@ def grid_frame(runs: list[Run]) -> pd.DataFrame:
     return pd.concat([ablation, headline[headline["model"].isin(ablation["model"])]])
 
 
-def page(runs: list[Run]) -> Page:
-    """Everything the week 5 page shows, from every finished run of the profile."""
-    out = Page("week5")
-    frame = grid_frame(runs)
+@dataclass
+class Findings:
+    """One model's ablation in numbers: the grid (one row per configuration: seeds, dev mean and spread, selection
+    split, trainable parameters), what adapting the MLP too gains averaged over the ranks, how far the rank moves
+    the mean within each placement, the mean seed-to-seed sd, and the configuration chosen on the selection split."""
+
+    model: str
+    grid: pd.DataFrame
+    mlp_gain: float
+    rank_spread: dict[str, float]
+    seed_sd: float
+    best: dict[str, Any] | None
+
+    @property
+    def widest_rank_spread(self) -> float:
+        return max(self.rank_spread.values(), default=float("nan"))
+
+    def reading(self) -> str:
+        """Which moved the mean more here, the placement or the rank (a description of the means, not a verdict)."""
+        gain, spread = self.mlp_gain, self.widest_rank_spread
+        if pd.isna(gain) or pd.isna(spread):
+            return "needs both placements and more than one rank"
+        placement, rank = round(abs(gain), 1), round(spread, 1)  # compared as the prose shows them
+        words = "more than" if placement > rank else "less than" if placement < rank else "as much as"
+        return (f"the placement moved the mean {words} the rank did ({gain:+.1f} points against at most "
+                f"{spread:.1f}), {'as in' if placement > rank else 'unlike'} the QLoRA paper, with a seed-to-seed sd "
+                f"of {self.seed_sd:.1f} points")
+
+
+def findings(frame: pd.DataFrame) -> Findings:
+    """The ablation of the one model in `frame` (rows of grid_frame)."""
     keys = [k for k in protocol.CONFIG_KEYS if k in frame]
-    grid = seed_summary(frame, keys) if len(frame) else frame
-    if len(grid):
-        grid = grid.merge(frame.groupby(keys, dropna=False).agg(selection=("selection", "mean"),
-                                                                trainable=("trainable", "first")).reset_index(),
-                          on=keys)
-    out.value("model", ", ".join(sorted(set(frame["model"]))) if len(frame) else None, "{}")
+    grid = seed_summary(frame, keys).merge(
+        frame.groupby(keys, dropna=False).agg(selection=("selection", "mean"),
+                                              trainable=("trainable", "first")).reset_index(), on=keys)
+    by_place = grid.groupby("placement")["mean"].mean()
+    spread = grid.groupby("placement")["mean"].agg(lambda a: a.max() - a.min())
+    return Findings(model=str(frame["model"].iloc[0]), grid=grid,
+                    mlp_gain=by_place.get("attention_mlp", float("nan")) - by_place.get("attention", float("nan")),
+                    rank_spread={place: float(spread[place]) for place in spread.index if (grid["placement"] == place).sum() > 1},
+                    seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame))
+
+
+def ablated_models(runs: list[Run]) -> list[Findings]:
+    """Every model with ablation runs, largest first (the first leads the book, as in week 2)."""
+    frame = grid_frame(runs)
+    return [findings(frame[frame["model"] == model]) for model in models_by_size(frame)] if len(frame) else []
+
+
+def best_text(best: dict[str, Any] | None) -> str:
+    """The configuration the selection split chose, in words."""
+    return f"r = {best['rank']:.0f} on {best['placement']}" if best else \
+        "not available (no ablation run of this profile scored the selection split)"
+
+
+def page(runs: list[Run]) -> Page:
+    """Everything the week 5 page shows, from every finished run of the profile: the grid and figure over every
+    ablated model, the prose's values for the lead model and for a second family."""
+    out = Page("week5")
+    families = ablated_models(runs)
     everything = experiments_frame(runs)
+    for i, prefix in enumerate(FAMILIES):
+        _family_values(out, prefix, families[i] if i < len(families) else None, everything)
+    out.value("models", ", ".join(f.model for f in families) or None, "{}")
     headline = headline_frame(everything) if len(everything) else everything
-    missing = sorted(set(headline["model"]) - set(frame["model"])) if len(headline) else []
+    missing = sorted(set(headline["model"]) - {f.model for f in families}) if len(headline) else []
     out.value("not_ablated", f"Not ablated in this profile: {', '.join(missing)} (week 2's models without ablation "
               "runs; the default profile's time budget goes to their seeds, scaling, SQuAD and instruction tuning "
               "instead)." if missing else "", "{}")
+    t = out.text
+    out.value("second_findings", f"For the second family, {t['second_model']}, {t['second_reading']}; the selection "
+              f"split chose {t['second_best']} ({t['second_best_selection']} % there, {t['second_best_dev']} % on the "
+              f"dev set, mean of {t['second_best_seeds']} seeds), and against full fine-tuning: "
+              f"{t['second_secondary']}." if t["second_model"] != NA else "", "{}")
+    grid = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
     out.tables["grid"] = grid[[c for c in GRID_COLUMNS if c in grid]].rename(columns=GRID_COLUMNS) if len(grid) \
         else grid
     out.figures["rank"] = figures.rank_tradeoff(grid) if len(grid) else placeholder_chart("no ablation runs")
-    by_place = grid.groupby("placement")["mean"].mean() if len(grid) else pd.Series(dtype=float)
-    spread = grid.groupby("placement")["mean"].agg(lambda a: a.max() - a.min()) if len(grid) else pd.Series(dtype=float)
-    out.value("mlp_gain", by_place.get("attention_mlp", float("nan")) - by_place.get("attention", float("nan")),
-              "{:+.1f}")
-    out.value("rank_spread_att", spread.get("attention"))
-    out.value("rank_spread_mlp", spread.get("attention_mlp"))
-    out.value("seed_sd", grid["std"].mean() if len(grid) else None)
-
-    best = protocol.best_configuration(frame)
-    out.value("best", f"r = {best['rank']:.0f} on {best['placement']}" if best else
-              "not available (no run of this profile scored the selection split)", "{}")
-    out.value("best_selection", best["selection"] if best else None)
-    out.value("best_dev", best["dev"] if best else None)
-    out.value("best_seeds", best["seeds"] if best else None, "{:.0f}")
-    out.value("best_tied", best["tied"] if best else None, "{:d}")
-    secondary = protocol.secondary_vs_full(everything, best) if len(everything) else None
-    out.value("secondary", protocol.sentence({**secondary, "expectation": protocol.RULES[0].expectation})
-              if secondary else "not available", "{}")
     return out
+
+
+def _family_values(out: Page, prefix: str, found: Findings | None, everything: pd.DataFrame) -> None:
+    """One model's ablation values for the prose, under `prefix` ("n/a" where the model did not run)."""
+    best = found.best if found else None
+    out.value(f"{prefix}model", found.model if found else None, "{}")
+    out.value(f"{prefix}mlp_gain", found.mlp_gain if found else None, "{:+.1f}")
+    for place, key in (("attention", "att"), ("attention_mlp", "mlp")):
+        out.value(f"{prefix}rank_spread_{key}", found.rank_spread.get(place) if found else None)
+    out.value(f"{prefix}seed_sd", found.seed_sd if found else None)
+    out.value(f"{prefix}reading", found.reading() if found else None, "{}")
+    out.value(f"{prefix}best", best_text(best), "{}")
+    out.value(f"{prefix}best_selection", best["selection"] if best else None)
+    out.value(f"{prefix}best_dev", best["dev"] if best else None)
+    out.value(f"{prefix}best_seeds", best["seeds"] if best else None, "{:.0f}")
+    out.value(f"{prefix}best_tied", best["tied"] if best else None, "{:d}")
+    secondary = protocol.secondary_vs_full(everything, best) if best and len(everything) else None
+    out.value(f"{prefix}secondary", protocol.sentence({**secondary, "expectation": protocol.RULES[0].expectation})
+              if secondary else "not available", "{}")

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import figures, protocol
-from ..analysis import (MODE_NAMES, at_common_setting, disagreements, efficiency_frame, experiments_frame,
-                        mode_comparison, models_by_size, seed_summary)
+from .. import figures
+from ..analysis import (MODE_NAMES, disagreements, efficiency_frame, experiments_frame, mode_comparison,
+                        models_by_size)
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
 from ..winrate import systems_from_runs
-from . import Page
+from . import Page, week5
 from .week2 import headline_frame
 
-RANK_COLUMNS = {"placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
+RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
                 "std": "std (points)", "low": "lowest seed (%)", "high": "highest seed (%)",
                 "trainable_pct": "trainable (%)", "tokens_per_s": "tokens/s"}
 COMPARISON_COLUMNS = {"experiment": "task", "model": "model", "mode name": "mode", "placement": "adapters on",
@@ -28,7 +28,7 @@ def page(runs: list[Run]) -> Page:
     """Everything the week 7 page shows, from every finished run of the profile."""
     out = Page("week7")
     frame = experiments_frame(runs)
-    _ranks(out, frame)
+    _ranks(out, runs)
     _quality_memory(out, frame)
     seed0 = _seed0(runs, frame)
     curves = pd.concat([history_frame(r.history(), run=r.name, system=MODE_NAMES[r.metrics["model"]["mode"]])
@@ -39,29 +39,23 @@ def page(runs: list[Run]) -> Page:
     return out
 
 
-def _ranks(out: Page, frame: pd.DataFrame) -> None:
-    """QLoRA SST-2 accuracy per rank and placement, seeds grouped by the full configuration (never pooled across
-    learning rates, data sizes, schedules or groups)."""
-    sst2 = frame[(frame["experiment"] == "sst2") & (frame["mode"] == "nf4") & frame["group"].isna()] \
-        if len(frame) else frame
-    ablated = frame.loc[frame["notebook"] == "week5_ablations", "model"] if len(frame) else []
-    sst2 = sst2[sst2["model"].isin(ablated)] if len(ablated) else sst2  # the models with a rank x placement grid
-    sst2 = at_common_setting(sst2, protocol.SETTING_KEYS)
-    keys = [k for k in protocol.CONFIG_KEYS if k in sst2]
-    ranks = seed_summary(sst2, keys) if len(sst2) else sst2
+def _ranks(out: Page, runs: list[Run]) -> None:
+    """QLoRA SST-2 accuracy per rank and placement over every ablated model (week 5's grid, seeds grouped by the
+    full configuration), and the lead model's reading of it."""
+    families = week5.ablated_models(runs)
+    ranks = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
     out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no QLoRA SST-2 runs")
     out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
         if len(ranks) else ranks
-    best = protocol.best_configuration(sst2) if len(sst2) else None
+    lead = families[0] if families else None
+    best = lead.best if lead else None
+    out.value("rank_model", lead.model if lead else None, "{}")
     out.value("best", f"r = {best['rank']:.0f} on {best['placement']} ({best['selection']:.1f} % on the selection "
                       f"split; {best['dev']:.1f} % on the dev set, mean of {best['seeds']:.0f} seeds)" if best else
               "not available: no run of this profile scored the selection split", "{}")
-    by_place = ranks.groupby("placement")["mean"].mean() if len(ranks) else pd.Series(dtype=float)
-    out.value("placement_gain", by_place.get("attention_mlp", float("nan")) - by_place.get("attention", float("nan")),
-              "{:+.1f}")
-    spread = ranks.groupby("placement")["mean"].agg(lambda s: s.max() - s.min()) if len(ranks) else pd.Series()
-    out.value("rank_spread", spread.max() if len(spread) else None)
-    out.value("seed_sd", ranks["std"].mean() if len(ranks) else None)
+    out.value("rank_reading", lead.reading() if lead else None, "{}")
+    out.value("rank_others", "".join(f" For {f.model}: {f.reading()}; the selection split chose "
+                                     f"{week5.best_text(f.best)}." for f in families[1:]), "{}")
 
 
 def _quality_memory(out: Page, frame: pd.DataFrame) -> None:
