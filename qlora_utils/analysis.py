@@ -59,7 +59,8 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
         rows.append({"run": run.name, "notebook": Path(run.notebook).stem, "seed": run.parameters.get("seed"),
                      "group": run.group, **headline(run.metrics), "wall s": run.status.get("wall_seconds"),
                      "device": run.metrics["training"].get("memory", {}).get("device", "cpu"),
-                     "threads": training_threads(run), "commit": run.commit})
+                     "threads": training_threads(run), "commit": run.commit,
+                     "host": (run.env.get("hardware") or {}).get("platform")})  # the kernel build tells hosts apart
     return pd.DataFrame(rows)
 
 

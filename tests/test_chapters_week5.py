@@ -39,6 +39,7 @@ def test_grid_and_best_configuration(tmp_path: Path) -> None:
     assert page.text["reading"].startswith("the placement moved the mean as much as the rank did (+5.0 points "
                                            "against at most 5.0), unlike the QLoRA paper"), "a tie is not 'less'"
     assert page.text["second_model"] == "n/a" and page.text["second_findings"] == ""
+    assert page.text["hosts"] == "", "one host: nothing to say"
 
 
 def test_runs_without_a_selection_split_say_so(tmp_path: Path) -> None:
@@ -66,7 +67,12 @@ def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) 
         for rank, accuracy in ((4, 0.81), (16, 0.83)):
             runs.append(sst2_run(tmp_path, f"week5-q-r{rank}-attention-seed{seed}", "nf4", seed, accuracy, rank=rank,
                                  notebook="week5_ablations", selection=0.80, trainable=500 * rank, **big))
+    for run in runs:
+        if run.name.startswith(("week2-q-", "week5-q-")):  # week 2's cell on one host, the ablation on another
+            run.env["hardware"]["platform"] = "Linux-a" if run.name.startswith("week2") else "Linux-b"
     page = week5.page(runs)
+    assert page.text["hosts"] == ("For Q-500M the cell(s) r = 8 on attention ran on another host than the other 2, "
+                                  "so their tokens/s compare with the rest only roughly (the appendix names the hosts).")
     assert page.text["model"] == "Q-500M" and page.text["second_model"] == "M-135M"
     assert page.text["models"] == "Q-500M, M-135M" and page.text["not_ablated"] == ""
     assert page.text["mlp_gain"] == "n/a" and page.text["rank_spread_att"] == "3.0"  # r16 83 − r4 81, r8 80

@@ -50,6 +50,17 @@ class Findings:
     def widest_rank_spread(self) -> float:
         return max(self.rank_spread.values(), default=float("nan"))
 
+    def hosts_note(self) -> str:
+        """Which cells ran on another host than most (their tokens/s compare with the others' only roughly)."""
+        hosts = self.grid["hosts"]
+        usual = hosts.mode().iloc[0] if len(hosts) else ""
+        odd = self.grid[hosts != usual]
+        if odd.empty:
+            return ""
+        cells = ", ".join(f"r = {r.rank:.0f} on {r.placement}" for r in odd.itertuples())
+        return (f"For {self.model} the cell(s) {cells} ran on another host than the other {len(hosts) - len(odd)}, "
+                "so their tokens/s compare with the rest only roughly (the appendix names the hosts).")
+
     def reading(self) -> str:
         """Which moved the mean more here, the placement or the rank (a description of the means, not a verdict)."""
         gain, spread = self.mlp_gain, self.widest_rank_spread
@@ -66,8 +77,9 @@ def findings(frame: pd.DataFrame) -> Findings:
     """The ablation of the one model in `frame` (rows of grid_frame)."""
     keys = [k for k in protocol.CONFIG_KEYS if k in frame]
     grid = seed_summary(frame, keys).merge(
-        frame.groupby(keys, dropna=False).agg(selection=("selection", "mean"),
-                                              trainable=("trainable", "first")).reset_index(), on=keys)
+        frame.groupby(keys, dropna=False).agg(
+            selection=("selection", "mean"), trainable=("trainable", "first"),
+            hosts=("host", lambda h: " + ".join(sorted(set(h.dropna()))))).reset_index(), on=keys)
     by_place = grid.groupby("placement")["mean"].mean()
     spread = grid.groupby("placement")["mean"].agg(lambda a: a.max() - a.min())
     return Findings(model=str(frame["model"].iloc[0]), grid=grid,
@@ -103,6 +115,7 @@ def page(runs: list[Run]) -> Page:
               "runs; the default profile's time budget goes to their seeds, scaling, SQuAD and instruction tuning "
               "instead)." if missing else "", "{}")
     t = out.text
+    out.value("hosts", " ".join(filter(None, (f.hosts_note() for f in families))), "{}")
     out.value("second_findings", f"For the second family, {t['second_model']}, {t['second_reading']}; the selection "
               f"split chose {t['second_best']} ({t['second_best_selection']} % there, {t['second_best_dev']} % on the "
               f"dev set, mean of {t['second_best_seeds']} seeds), and against full fine-tuning: "
