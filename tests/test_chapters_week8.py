@@ -30,6 +30,10 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
     assert report.text["squad_train"] == "n/a"
     measured = week8.page(runs, gpu=[gpu_record("nf4", 10 * 1024, 12 * 1024)])  # a committed gpu-check decides
     assert measured.text["gpu"] == "supported" and measured.text["gpu_sentence"].startswith("measured on a GPU")
+    assert report.text["planner_limit"].endswith("checked against CPU measurements only.")
+    wrong = gpu_record("nf4", 27 * 1024, 28.5 * 1024, checkpointing=False)  # predicted 16 GiB: fits; measured: not
+    limits = week8.page(runs, gpu=[gpu_record("nf4", 10 * 1024, 12 * 1024), wrong]).text["planner_limit"]
+    assert "2 of its rows were trained on a GPU" in limits and limits.endswith("its verdict held in 1 of them.")
 
 
 def test_the_judge_limitation_names_the_reported_judge_and_its_trust(tmp_path: Path) -> None:

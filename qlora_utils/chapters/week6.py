@@ -509,6 +509,14 @@ def gpu_table(records: Iterable[dict[str, Any]], fit_gib: float = FIT_GIB) -> pd
                              if c.name == "mode" else c, ascending=[True, True, False], ignore_index=True)
 
 
+def gpu_agreement(table: pd.DataFrame) -> tuple[int, int]:
+    """Of the rows of `gpu_table` trained on the GPU: how many the planner's predicted 24 GB verdict got right, and
+    how many there are."""
+    trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
+    return int(((trained["predicted (GiB)"] <= FIT_GIB) == (trained["fits 24 GB, measured"] == "yes")).sum()), \
+        len(trained)
+
+
 def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     """The committed GPU checks: the table, the 8B answers measured, the planner's error there, paging, the
     end-to-end runs, and the machine and commit they ran on."""
@@ -535,9 +543,8 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     p.value("q8_nockpt_device", q8("nf4", need, "no"))
     p.value("q8_bf16_margin", FIT_GIB - q8("bf16", need))
     p.value("q8_speed_share", 100 * q8("nf4", "tokens/s") / q8("bf16", "tokens/s"), "{:.0f}")
-    trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
-    agree = int(((trained["predicted (GiB)"] <= FIT_GIB) == (trained["fits 24 GB, measured"] == "yes")).sum())
-    p.value("gpu_verdicts_agree", f"{agree} of the {len(trained)}")
+    agree, trained = gpu_agreement(table)
+    p.value("gpu_verdicts_agree", f"{agree} of the {trained}")
     starts = [r["load_memory"]["cuda_device_used_at_start_mib"] for r in records
               if "cuda_device_used_at_start_mib" in r.get("load_memory", {})]
     p.value("gpu_context_gib", min(starts) / 1024 if starts else math.nan)

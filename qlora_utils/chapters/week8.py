@@ -14,6 +14,7 @@ from ..runs import Run
 from ..winrate import judge_trust
 from . import NA, Page
 from .week2 import FAMILIES, study_models
+from .week6 import gpu_agreement, gpu_table
 
 EVIDENCE = {
     "QLoRA within 3 %": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
@@ -76,6 +77,7 @@ def judge_limit(runs: list[Run]) -> str:
 def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
     """Everything the week 8 page shows, from every finished run of the profile and the committed GPU checks."""
     out = Page("week8")
+    gpu = gpucheck.read_records() if gpu is None else gpu
     table = verdicts_frame(runs, gpu)
     out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     models = study_models(runs)
@@ -101,6 +103,11 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
                        and "records_used" in r.metrics.get("data", {}).get(part, {})})
         out.value(key, " or ".join(f"{n:,}" for n in used) or None, "{}")
     out.value("judge_limit", judge_limit(runs), "{}")
+    agree, trained = gpu_agreement(gpu_table(gpu))
+    out.value("planner_limit", f"The planner's 24 GB verdicts are predictions; {trained} of its rows were trained on a "
+              f"GPU with random weights for a few steps (week 6), and its verdict held in {agree} of them."
+              if trained else "The planner's 24 GB verdicts are predictions, checked against CPU measurements only.",
+              "{}")
     fit = pd.DataFrame(gpu_verdicts())
     fit["mode"] = fit["mode"].map(MODE_NAMES)
     out.figures["fit"] = figures.gpu_fit(fit)
