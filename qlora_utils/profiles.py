@@ -51,6 +51,11 @@ class Profile:
         """Where this profile's run directories live: root, else $QLORA_RUNS_DIR, else runs/."""
         return profile_runs_dir(self.name, root)
 
+    @property
+    def exclusive(self) -> frozenset[str]:
+        """Names of the entries that run alone on every core."""
+        return frozenset(e.name for e in self.entries if e.exclusive)
+
 
 def available_profiles() -> list[str]:
     """Names of the profiles in profiles/."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from .environment import environment, speed_probe
 from .io import RUNS_ENV, atomic_write_json
@@ -335,6 +335,16 @@ def span_seconds(runs: list[Run]) -> float:
     """Seconds from the first run's start to the last run's finish: busy time plus every pause in between."""
     spans = _intervals(runs)
     return (max(end for _, end in spans) - spans[0][0]).total_seconds() if spans else 0.0
+
+
+def packing_floor_seconds(runs: list[Run], exclusive: Collection[str] = (), jobs: int = 2) -> float:
+    """The least elapsed time in which `jobs` runs at a time could finish these runs at their recorded wall times,
+    however scheduled: the `exclusive` ones (by name) one after another, the rest `jobs` at once and none faster
+    than its own wall time."""
+    walls = {r.name: float(r.status.get("wall_seconds") or 0) for r in runs}
+    alone = sum(w for name, w in walls.items() if name in exclusive)
+    shared = [w for name, w in walls.items() if name not in exclusive]
+    return alone + max(sum(shared) / jobs, max(shared, default=0.0))
 
 
 def busy_seconds(runs: list[Run]) -> float:

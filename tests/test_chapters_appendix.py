@@ -6,6 +6,7 @@ from pathlib import Path
 
 from chapter_fixtures import sst2_run
 from qlora_utils.chapters import appendix
+from qlora_utils.runs import packing_floor_seconds
 
 
 def test_dirty_runs_are_shown_as_such(tmp_path: Path) -> None:
@@ -75,3 +76,18 @@ def test_the_hosts_are_named_with_their_runs_elapsed_time_and_dates(tmp_path: Pa
         "grid spread over "
         "several is timed on none of them alone.")
     assert appendix.page(runs).text["hosts"].startswith("The runs ran on 2 hosts")
+
+
+def test_the_least_time_any_schedule_needs_is_set_against_the_budget(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abcd")]  # 320 s each
+    runs[3].status["wall_seconds"] = 1000.0
+    assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 1000, "the longest shared run bounds it"
+    runs[3].status["wall_seconds"] = 320.0
+    assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 3 * 320 / 2
+    assert packing_floor_seconds(runs, jobs=1) == 4 * 320
+    text = appendix.floor_sentence(runs, {"a"}, budget_hours=0.2)  # floor 800 s = 0.22 h
+    assert text == ("However they are scheduled, 2 at a time, these runs need at least 0.22 hours at their recorded "
+                    "wall times (the 1 marked to run alone one after another, the other 3 in 2 parallel streams): "
+                    "0.2 hours needs faster or fewer runs, not a better schedule.")
+    assert appendix.floor_sentence(runs, {"a"}, budget_hours=1).endswith(", within the 1-hour budget.")
+    assert appendix.page(runs, budget_hours=1, exclusive={"a"}).text["floor"].startswith("However they are")

@@ -27,6 +27,12 @@ def test_every_profile_validates_against_the_notebooks(name: str) -> None:
     validate_profile(load_profile(name))
 
 
+def test_a_profile_names_the_runs_that_run_alone() -> None:
+    cpu = load_profile("cpu")
+    assert "week3-bench" in cpu.exclusive and "week2-qwen0.5b-qlora-seed0" not in cpu.exclusive
+    assert "week2-qwen0.5b-full-seed0" in cpu.exclusive, "full fine-tuning runs alone"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_each_notebook_has_one_typed_parameters_cell_seen_whole_by_papermill(path: Path) -> None:
     notebook = jupytext.read(path)

@@ -4,13 +4,15 @@ code outside a commit, mixed commits, machine paths)."""
 from __future__ import annotations
 
 import statistics
+from typing import Collection
 
 from ..report import provenance_frame, wall_time_table
-from ..runs import Run, busy_seconds, span_seconds
+from ..runs import Run, busy_seconds, packing_floor_seconds, span_seconds
 from . import Page
 
 
 PAUSE_HOURS = 1 / 60  # a span longer than the busy time by more than this had pauses worth naming
+BUDGET_JOBS = 2  # runs at a time the profiles' budgets assume (`make book`'s JOBS)
 
 
 def budget_sentence(busy_hours: float, budget_hours: float | None, span_hours: float | None = None) -> str:
@@ -29,6 +31,23 @@ def budget_sentence(busy_hours: float, budget_hours: float | None, span_hours: f
     return (verdict + f" From the first start to the last finish {span_hours:.2f} hours passed: the busy time leaves "
             "out the pauses when no run was executing (between sessions, or while a runner was stopped)"
             + (", and by that longer measure the budget is not met." if over else "."))
+
+
+def floor_sentence(runs: list[Run], exclusive: Collection[str], budget_hours: float | None,
+                   jobs: int = BUDGET_JOBS) -> str:
+    """The least elapsed time any schedule of `jobs` runs at a time could reach at these runs' wall times, and
+    whether the budget then asks for a better schedule or for faster (or fewer) runs."""
+    if not runs:
+        return ""
+    floor = packing_floor_seconds(runs, exclusive, jobs) / 3600
+    alone = [r for r in runs if r.name in exclusive]
+    text = (f"However they are scheduled, {jobs} at a time, these runs need at least {floor:.2f} hours at their "
+            f"recorded wall times (the {len(alone)} marked to run alone one after another, the other "
+            f"{len(runs) - len(alone)} in {jobs} parallel streams)")
+    if budget_hours is None:
+        return text + "."
+    return text + (f": {budget_hours:g} hours needs faster or fewer runs, not a better schedule." if floor > budget_hours
+                   else f", within the {budget_hours:g}-hour budget.")
 
 
 def speed_sentence(runs: list[Run]) -> str:
@@ -64,11 +83,13 @@ def hosts_sentence(runs: list[Run]) -> str:
             + ". Hosts differ in speed, so a grid spread over several is timed on none of them alone.")
 
 
-def page(runs: list[Run], budget_hours: float | None = None) -> Page:
-    """Everything the appendix shows, from every finished run of the profile and its time budget (hours)."""
+def page(runs: list[Run], budget_hours: float | None = None, exclusive: Collection[str] = ()) -> Page:
+    """Everything the appendix shows, from every finished run of the profile, its time budget (hours) and the
+    names of its runs that run alone (`exclusive`)."""
     out = Page("appendix")
     busy = out.value("busy_hours", busy_seconds(runs) / 3600, "{:.2f}")
     out.value("budget", budget_sentence(busy, budget_hours, span_seconds(runs) / 3600), "{}")
+    out.value("floor", floor_sentence(runs, exclusive, budget_hours), "{}")
     out.value("speed", speed_sentence(runs), "{}")
     out.value("hosts", hosts_sentence(runs), "{}")
     out.markdown["wall_time"] = wall_time_table(runs)
