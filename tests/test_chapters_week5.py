@@ -71,8 +71,9 @@ def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) 
         if run.name.startswith(("week2-q-", "week5-q-")):  # week 2's cell on one host, the ablation on another
             run.env["hardware"]["platform"] = "Linux-a" if run.name.startswith("week2") else "Linux-b"
     page = week5.page(runs)
-    assert page.text["hosts"] == ("For Q-500M the cell(s) r = 8 on attention ran on another host than the other 2, "
-                                  "so their tokens/s compare with the rest only roughly (the appendix names the hosts).")
+    assert page.text["hosts"] == (
+        "For Q-500M the cell(s) r = 8 on attention ran on another host than the other 2, so their tokens/s compare "
+        "with the rest only roughly (the appendix names the hosts).")
     assert page.text["model"] == "Q-500M" and page.text["second_model"] == "M-135M"
     assert page.text["models"] == "Q-500M, M-135M" and page.text["not_ablated"] == ""
     assert page.text["mlp_gain"] == "n/a" and page.text["rank_spread_att"] == "3.0"  # r16 83 − r4 81, r8 80
@@ -80,7 +81,8 @@ def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) 
     assert page.text["best"] == "r = 8 on attention" and page.text["best_dev"] == "80.0", "chosen per model"
     assert page.text["secondary"].startswith("full fine-tuning − QLoRA = +2.0 points"), "paired within the model"
     assert page.text["second_best"] == "r = 8 on attention_mlp"
-    assert page.text["second_findings"].startswith("For the second family, M-135M, the placement moved the mean as much")
+    assert page.text["second_findings"].startswith(
+        "For the second family, M-135M, the placement moved the mean as much")
     grid = page.tables["grid"]
     assert list(dict.fromkeys(grid["model"])) == ["Q-500M", "M-135M"] and len(grid) == 7
     spec = page.figures["rank"].to_dict()

@@ -46,8 +46,9 @@ def floor_sentence(runs: list[Run], exclusive: Collection[str], budget_hours: fl
             f"{len(runs) - len(alone)} in {jobs} parallel streams)")
     if budget_hours is None:
         return text + "."
-    return text + (f": {budget_hours:g} hours needs faster or fewer runs, not a better schedule." if floor > budget_hours
-                   else f", within the {budget_hours:g}-hour budget.")
+    if floor > budget_hours:
+        return text + f": {budget_hours:g} hours needs faster or fewer runs, not a better schedule."
+    return text + f", within the {budget_hours:g}-hour budget."
 
 
 def speed_sentence(runs: list[Run]) -> str:

@@ -80,12 +80,12 @@ def findings(frame: pd.DataFrame) -> Findings:
         frame.groupby(keys, dropna=False).agg(
             selection=("selection", "mean"), trainable=("trainable", "first"),
             hosts=("host", lambda h: " + ".join(sorted(set(h.dropna()))))).reset_index(), on=keys)
-    by_place = grid.groupby("placement")["mean"].mean()
-    spread = grid.groupby("placement")["mean"].agg(lambda a: a.max() - a.min())
+    by_place = grid.groupby("placement")["mean"]
+    spread = {place: float(means.max() - means.min()) for place, means in by_place if len(means) > 1}  # ranks
+    mean = by_place.mean()
     return Findings(model=str(frame["model"].iloc[0]), grid=grid,
-                    mlp_gain=by_place.get("attention_mlp", float("nan")) - by_place.get("attention", float("nan")),
-                    rank_spread={place: float(spread[place]) for place in spread.index if (grid["placement"] == place).sum() > 1},
-                    seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame))
+                    mlp_gain=mean.get("attention_mlp", float("nan")) - mean.get("attention", float("nan")),
+                    rank_spread=spread, seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame))
 
 
 def ablated_models(runs: list[Run]) -> list[Findings]:

@@ -14,8 +14,8 @@ from ..winrate import systems_from_runs
 from . import Page, week5
 from .week2 import headline_frame
 
-RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
-                "std": "std (points)", "low": "lowest seed (%)", "high": "highest seed (%)",
+RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds",
+                "mean": "dev accuracy (%)", "std": "std (points)", "low": "lowest seed (%)", "high": "highest seed (%)",
                 "trainable_pct": "trainable (%)", "tokens_per_s": "tokens/s"}
 COMPARISON_COLUMNS = {"experiment": "task", "model": "model", "mode name": "mode", "placement": "adapters on",
                       "rank": "rank r", "seeds": "seeds", "quality": "quality (accuracy % or F1)",
