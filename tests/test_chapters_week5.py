@@ -36,8 +36,11 @@ def test_grid_and_best_configuration(tmp_path: Path) -> None:
     assert page.text["secondary"].startswith("full fine-tuning − QLoRA = +1.0 points")
     assert page.text["mlp_gain"] == "+5.0"  # mean(r4 90, r8 86, r16 85) − r8 attention 82
     assert page.text["rank_spread_mlp"] == "5.0" and page.text["rank_spread_att"] == "n/a", "one rank: no spread"
-    assert page.text["reading"].startswith("the placement moved the mean as much as the rank did (+5.0 points "
-                                           "against at most 5.0), unlike the QLoRA paper"), "a tie is not 'less'"
+    # paired by seed (r = 8 only has both placements): 85 − 82, 86 − 82, 87 − 82 → mean 4, sd 1, t(2) 4.303
+    assert page.text["reading"] == (
+        "the placement moved the mean as much as the rank did (+5.0 points against at most 5.0, with a seed-to-seed "
+        "sd of 0.5); paired by seed, attention + MLP − attention = +4.0 points (95 % CI +1.5 to +6.5, 3 seeds): "
+        "adapting every linear layer helped"), "a tie is not 'less'"
     assert page.text["second_model"] == "n/a" and page.text["second_findings"] == ""
     assert page.text["hosts"] == "", "one host: nothing to say"
 
@@ -87,3 +90,20 @@ def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) 
     assert list(dict.fromkeys(grid["model"])) == ["Q-500M", "M-135M"] and len(grid) == 7
     spec = page.figures["rank"].to_dict()
     assert spec["facet"]["column"]["field"] == "model", "one panel per model"
+
+
+def test_the_placement_is_inconclusive_when_its_paired_interval_holds_zero(tmp_path: Path) -> None:
+    runs = []
+    for seed, (att, mlp) in enumerate([(0.80, 0.82), (0.83, 0.81)]):  # +2 and −2 points: mean 0
+        for rank in (4, 16):
+            runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention-seed{seed}", "nf4", seed, att, rank=rank,
+                                 notebook="week5_ablations"))
+            runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention_mlp-seed{seed}", "nf4", seed, mlp, rank=rank,
+                                 placement="attention_mlp", notebook="week5_ablations"))
+    frame = week5.grid_frame(runs)
+    mean, low, high, seeds = week5.placement_effect(frame)
+    assert seeds == 2 and mean == pytest.approx(0.0, abs=1e-9) and low < 0 < high
+    assert week5.findings(frame).reading().endswith("(95 % CI -25.4 to +25.4, 2 seeds): inconclusive, the interval "
+                                                    "holds zero")
+    one = week5.findings(frame[frame["seed"] == 0]).reading()
+    assert one.endswith("one seed pairs the placements, too few for an interval (+2.0 points)")

@@ -45,6 +45,7 @@ class Findings:
     rank_spread: dict[str, float]
     seed_sd: float
     best: dict[str, Any] | None
+    placement: tuple[float, float, float, int]  # attention + MLP − attention, paired by seed: mean, 95 % CI, seeds
 
     @property
     def widest_rank_spread(self) -> float:
@@ -62,15 +63,33 @@ class Findings:
                 "so their tokens/s compare with the rest only roughly (the appendix names the hosts).")
 
     def reading(self) -> str:
-        """Which moved the mean more here, the placement or the rank (a description of the means, not a verdict)."""
+        """Which moved the mean more here, the placement or the rank (the means, described), and whether the
+        placement's seed-paired interval excludes zero (a rule fixed before the Qwen ablation ran)."""
         gain, spread = self.mlp_gain, self.widest_rank_spread
         if pd.isna(gain) or pd.isna(spread):
             return "needs both placements and more than one rank"
         placement, rank = round(abs(gain), 1), round(spread, 1)  # compared as the prose shows them
         words = "more than" if placement > rank else "less than" if placement < rank else "as much as"
+        mean, low, high, seeds = self.placement
+        if seeds < 2:
+            settled = f"one seed pairs the placements, too few for an interval ({mean:+.1f} points)"
+        else:
+            side = "helped" if low > 0 else "hurt" if high < 0 else None
+            settled = (f"paired by seed, attention + MLP − attention = {mean:+.1f} points (95 % CI {low:+.1f} to "
+                       f"{high:+.1f}, {seeds} seeds): " + (f"adapting every linear layer {side}" if side else
+                                                           "inconclusive, the interval holds zero"))
         return (f"the placement moved the mean {words} the rank did ({gain:+.1f} points against at most "
-                f"{spread:.1f}), {'as in' if placement > rank else 'unlike'} the QLoRA paper, with a seed-to-seed sd "
-                f"of {self.seed_sd:.1f} points")
+                f"{spread:.1f}, with a seed-to-seed sd of {self.seed_sd:.1f}); {settled}")
+
+
+def placement_effect(frame: pd.DataFrame) -> tuple[float, float, float, int]:
+    """Attention + MLP − attention, paired by seed: per seed, the mean difference over the ranks both placements
+    ran at with that seed; then the mean over seeds with its 95 % t interval, and the number of seeds."""
+    cells = frame.groupby(["placement", "rank", "seed"])["quality"].mean().unstack("placement")
+    if not {"attention", "attention_mlp"} <= set(cells.columns):
+        return float("nan"), float("nan"), float("nan"), 0
+    per_seed = (cells["attention_mlp"] - cells["attention"]).dropna().groupby(level="seed").mean()
+    return (*protocol.interval(per_seed.to_list()), len(per_seed))
 
 
 def findings(frame: pd.DataFrame) -> Findings:
@@ -85,7 +104,8 @@ def findings(frame: pd.DataFrame) -> Findings:
     mean = by_place.mean()
     return Findings(model=str(frame["model"].iloc[0]), grid=grid,
                     mlp_gain=mean.get("attention_mlp", float("nan")) - mean.get("attention", float("nan")),
-                    rank_spread=spread, seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame))
+                    rank_spread=spread, seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame),
+                    placement=placement_effect(frame))
 
 
 def ablated_models(runs: list[Run]) -> list[Findings]:
