@@ -73,6 +73,14 @@ def training_threads(run: Run) -> int | str | None:
     return (run.env.get("hardware") or run.metrics.get("environment", {}).get("hardware", {})).get("torch_threads")
 
 
+def divergence_step(history: Sequence[dict[str, Any]]) -> int | None:
+    """The first logged step after the first whose training loss exceeds the first step's (the loss of the model
+    before any update): training diverged there. None when the loss never climbs back that high."""
+    losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    first = losses[0][1] if losses else None
+    return next((step for step, loss in losses[1:] if loss > first), None)
+
+
 def at_common_setting(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """The rows at the most common value of each column (say, the grid's amount of data and schedule), which leaves
     out one-off sweep runs."""

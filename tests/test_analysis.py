@@ -83,3 +83,13 @@ def test_training_threads_give_one_count_or_the_range_a_grid_gave_mid_training()
     assert training_threads(run({"training": {"threads": [1, 2]}}, {})) == "1–2"
     assert training_threads(run({"training": {}}, {"hardware": {"torch_threads": 2}})) == 2, "older records"
     assert training_threads(run({}, {})) is None
+
+
+def test_divergence_is_a_loss_above_the_first_steps() -> None:
+    from qlora_utils.analysis import divergence_step
+
+    assert divergence_step([]) is None and divergence_step([{"step": 1, "loss": 3.0}]) is None
+    falling = [{"step": s, "loss": 3.0 / s} for s in range(1, 6)]
+    assert divergence_step(falling) is None
+    assert divergence_step(falling + [{"step": 6, "eval_loss": 9.0}, {"step": 7, "loss": 3.5}]) == 7, \
+        "evaluation losses are not training losses"

@@ -3,6 +3,7 @@ selection split (not the dev set), ties to fewer parameters."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,16 @@ def test_the_placement_is_inconclusive_when_its_paired_interval_holds_zero(tmp_p
                                                     "holds zero")
     one = week5.findings(frame[frame["seed"] == 0]).reading()
     assert one.endswith("one seed pairs the placements, too few for an interval (+2.0 points)")
+
+
+def test_a_diverged_run_is_named_and_kept(tmp_path: Path) -> None:
+    runs = _runs(tmp_path)
+    assert week5.page(runs).text["diverged"] == ""
+    history = [{"step": 1, "loss": 8.4}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 14.5}, {"step": 4, "loss": 0.7}]
+    (runs[2].path).mkdir(parents=True, exist_ok=True)
+    (runs[2].path / "history.json").write_text(json.dumps(history))  # week5-r4-attention_mlp-seed0
+    page = week5.page(runs)
+    assert page.text["diverged"].startswith("Training diverged in 1 of the grid's 12 runs (a training loss above the "
+                                            "first step's, the loss before any update): week5-r4-attention_mlp-seed0 "
+                                            "at step 3 (90.0 % on the dev set).")
+    assert page.tables["grid"]["seeds"].max() == 3, "kept in the means"

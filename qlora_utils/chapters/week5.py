@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures, protocol
-from ..analysis import experiments_frame, models_by_size, seed_summary
+from ..analysis import divergence_step, experiments_frame, models_by_size, seed_summary
 from ..report import placeholder_chart
 from ..runs import Run
 from . import NA, Page
@@ -108,10 +108,24 @@ def findings(frame: pd.DataFrame) -> Findings:
                     placement=placement_effect(frame))
 
 
-def ablated_models(runs: list[Run]) -> list[Findings]:
-    """Every model with ablation runs, largest first (the first leads the book, as in week 2)."""
-    frame = grid_frame(runs)
+def ablated_models(frame: pd.DataFrame) -> list[Findings]:
+    """Every model of a grid_frame, largest first (the first leads the book, as in week 2)."""
     return [findings(frame[frame["model"] == model]) for model in models_by_size(frame)] if len(frame) else []
+
+
+def divergence_note(runs: list[Run], frame: pd.DataFrame) -> str:
+    """The grid's runs whose training diverged (`analysis.divergence_step`), with their dev accuracy; they stay in
+    the means, as the protocol drops no run."""
+    quality = dict(zip(frame["run"], frame["quality"])) if len(frame) else {}
+    diverged = {r.name: step for r in runs if r.name in quality and (step := divergence_step(r.history()))}
+    if not diverged:
+        return ""
+    named = ", ".join(f"{name} at step {step} ({quality[name]:.1f} % on the dev set)"
+                      for name, step in sorted(diverged.items()))
+    return (f"Training diverged in {len(diverged)} of the grid's {len(quality)} runs (a training loss above the first "
+            f"step's, the loss before any update): {named}. Every cell trains at its model's week 2 learning rate, "
+            "chosen for adapters on attention only and not re-tuned per cell; such runs stay in the means and the "
+            "intervals (no run is dropped after the fact).")
 
 
 def best_text(best: dict[str, Any] | None) -> str:
@@ -124,7 +138,8 @@ def page(runs: list[Run]) -> Page:
     """Everything the week 5 page shows, from every finished run of the profile: the grid and figure over every
     ablated model, the prose's values for the lead model and for a second family."""
     out = Page("week5")
-    families = ablated_models(runs)
+    frame = grid_frame(runs)
+    families = ablated_models(frame)
     everything = experiments_frame(runs)
     for i, prefix in enumerate(FAMILIES):
         _family_values(out, prefix, families[i] if i < len(families) else None, everything)
@@ -136,6 +151,7 @@ def page(runs: list[Run]) -> Page:
               "instead)." if missing else "", "{}")
     t = out.text
     out.value("hosts", " ".join(filter(None, (f.hosts_note() for f in families))), "{}")
+    out.value("diverged", divergence_note(runs, frame), "{}")
     out.value("second_findings", f"For the second family, {t['second_model']}, {t['second_reading']}; the selection "
               f"split chose {t['second_best']} ({t['second_best_selection']} % there, {t['second_best_dev']} % on the "
               f"dev set, mean of {t['second_best_seeds']} seeds), and against full fine-tuning: "

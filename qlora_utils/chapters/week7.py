@@ -42,7 +42,7 @@ def page(runs: list[Run]) -> Page:
 def _ranks(out: Page, runs: list[Run]) -> None:
     """QLoRA SST-2 accuracy per rank and placement over every ablated model (week 5's grid, seeds grouped by the
     full configuration), and the lead model's reading of it."""
-    families = week5.ablated_models(runs)
+    families = week5.ablated_models(week5.grid_frame(runs))
     ranks = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
     out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no QLoRA SST-2 runs")
     out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
