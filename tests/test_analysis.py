@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from qlora_utils.analysis import disagreements, seed_summary, squad_error_kind, squad_error_table
+from qlora_utils.analysis import disagreements, divergence_step, seed_summary, squad_error_kind, squad_error_table
 from qlora_utils.planner import GiB, plan_memory, validation_rows
 from qlora_utils.inventory import config_of
 
@@ -86,8 +86,6 @@ def test_training_threads_give_one_count_or_the_range_a_grid_gave_mid_training()
 
 
 def test_divergence_is_a_loss_above_the_first_steps() -> None:
-    from qlora_utils.analysis import divergence_step
-
     assert divergence_step([]) is None and divergence_step([{"step": 1, "loss": 3.0}]) is None
     falling = [{"step": s, "loss": 3.0 / s} for s in range(1, 6)]
     assert divergence_step(falling) is None
