@@ -74,11 +74,16 @@ def training_threads(run: Run) -> int | str | None:
 
 
 def divergence_step(history: Sequence[dict[str, Any]]) -> int | None:
-    """The first logged step after the first whose training loss exceeds the first step's (the loss of the model
-    before any update): training diverged there. None when the loss never climbs back that high."""
+    """The first logged step where a training loss climbs back above the first step's (the loss of the model before
+    any update) after training had halved it: training diverged there. None when it never does (batches differ, so
+    the early losses before any learning may exceed the first one without counting)."""
     losses = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
-    first = losses[0][1] if losses else None
-    return next((step for step, loss in losses[1:] if loss > first), None)
+    start, learned = (losses[0][1] if losses else None), False
+    for step, loss in losses[1:]:
+        if learned and loss > start:
+            return step
+        learned = learned or loss < start / 2
+    return None
 
 
 def at_common_setting(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

@@ -91,3 +91,6 @@ def test_divergence_is_a_loss_above_the_first_steps() -> None:
     assert divergence_step(falling) is None
     assert divergence_step(falling + [{"step": 6, "eval_loss": 9.0}, {"step": 7, "loss": 3.5}]) == 7, \
         "evaluation losses are not training losses"
+    before_learning = [{"step": 1, "loss": 8.5}, {"step": 2, "loss": 8.7}, {"step": 3, "loss": 0.6}]
+    assert divergence_step(before_learning) is None, "another batch before any update is no divergence"
+    assert divergence_step(before_learning + [{"step": 4, "loss": 14.5}]) == 4

@@ -117,7 +117,7 @@ def test_a_diverged_run_is_named_and_kept(tmp_path: Path) -> None:
     (runs[2].path).mkdir(parents=True, exist_ok=True)
     (runs[2].path / "history.json").write_text(json.dumps(history))  # week5-r4-attention_mlp-seed0
     page = week5.page(runs)
-    assert page.text["diverged"].startswith("Training diverged in 1 of the grid's 12 runs (a training loss above the "
-                                            "first step's, the loss before any update): week5-r4-attention_mlp-seed0 "
-                                            "at step 3 (90.0 % on the dev set).")
+    assert page.text["diverged"].startswith(
+        "Training diverged in 1 of the grid's 12 runs (a training loss back above the first step's, the loss before "
+        "any update, after training had halved it): week5-r4-attention_mlp-seed0 at step 3 (90.0 % on the dev set).")
     assert page.tables["grid"]["seeds"].max() == 3, "kept in the means"

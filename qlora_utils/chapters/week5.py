@@ -17,8 +17,8 @@ from ..runs import Run
 from . import NA, Page
 from .week2 import FAMILIES, headline_frame
 
-GRID_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds", "mean": "dev accuracy (%)",
-                "std": "std (points)", "selection": "selection-split accuracy (%)", "trainable": "trainable parameters",
+GRID_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds",
+                "mean": "dev accuracy (%)", "std": "std (points)", "selection": "selection-split accuracy (%)", "trainable": "trainable parameters",
                 "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s"}
 
 
@@ -122,10 +122,10 @@ def divergence_note(runs: list[Run], frame: pd.DataFrame) -> str:
         return ""
     named = ", ".join(f"{name} at step {step} ({quality[name]:.1f} % on the dev set)"
                       for name, step in sorted(diverged.items()))
-    return (f"Training diverged in {len(diverged)} of the grid's {len(quality)} runs (a training loss above the first "
-            f"step's, the loss before any update): {named}. Every cell trains at its model's week 2 learning rate, "
-            "chosen for adapters on attention only and not re-tuned per cell; such runs stay in the means and the "
-            "intervals (no run is dropped after the fact).")
+    return (f"Training diverged in {len(diverged)} of the grid's {len(quality)} runs (a training loss back above the "
+            f"first step's, the loss before any update, after training had halved it): {named}. Every cell trains at "
+            "its model's week 2 learning rate, chosen for adapters on attention only and not re-tuned per cell; such "
+            "runs stay in the means and the intervals (no run is dropped after the fact).")
 
 
 def best_text(best: dict[str, Any] | None) -> str:
