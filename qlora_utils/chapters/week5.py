@@ -64,7 +64,8 @@ class Findings:
 
     def reading(self) -> str:
         """Which moved the mean more here, the placement or the rank (the means, described), and whether the
-        placement's seed-paired interval excludes zero (a rule fixed before the Qwen ablation ran)."""
+        placement's seed-paired interval excludes zero (a rule fixed before the Qwen model's attention + MLP runs
+        finished)."""
         gain, spread = self.mlp_gain, self.widest_rank_spread
         if pd.isna(gain) or pd.isna(spread):
             return "needs both placements and more than one rank"
