@@ -83,3 +83,10 @@ def test_help_and_status_start_without_the_model_stack() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_only_patterns_add_up_when_the_flag_repeats() -> None:
+    from qlora_utils.__main__ import build_parser
+
+    args = build_parser("run").parse_args(["run", "cpu", "--only", "week7-*", "--only", "week8-report", "x"])
+    assert args.only == ["week7-*", "week8-report", "x"], "a repeated --only once kept only its last patterns"
