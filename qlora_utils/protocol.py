@@ -257,9 +257,17 @@ def _effect(row: dict[str, Any]) -> str:
             f"seeds) against a margin of {row['margin']:.1f} points")
 
 
+SETTLE_WORDS_LIMIT = 100  # beyond this many seeds the count says only that the mean sits on the margin
+
+
 def _settle(row: dict[str, Any]) -> str | None:
     seeds = row.get("seeds to settle")
-    return None if pd.isna(seeds) or not seeds else f"about {int(seeds)} seeds would settle it at this spread"
+    if pd.isna(seeds) or not seeds:
+        return None
+    if seeds > SETTLE_WORDS_LIMIT:
+        return (f"the mean sits {abs(row['effect'] - row['margin']):.1f} points from the margin: more than "
+                f"{SETTLE_WORDS_LIMIT} seeds would be needed at this spread")
+    return f"about {int(seeds)} seeds would settle it at this spread"
 
 
 def sentence(row: dict[str, Any]) -> str:
