@@ -79,7 +79,7 @@ def test_two_ablated_models_are_read_apart_and_the_larger_leads(tmp_path: Path) 
         "For Q-500M the cell(s) r = 8 on attention ran on another host than the other 2, so their tokens/s compare "
         "with the rest only roughly (the appendix names the hosts).")
     assert page.text["model"] == "Q-500M" and page.text["second_model"] == "M-135M"
-    assert page.text["models"] == "Q-500M, M-135M" and page.text["not_ablated"] == ""
+    assert page.text["models"] == "Q-500M and M-135M" and page.text["not_ablated"] == ""
     assert page.text["mlp_gain"] == "n/a" and page.text["rank_spread_att"] == "3.0"  # r16 83 − r4 81, r8 80
     assert page.text["reading"] == "needs both placements and more than one rank"
     assert page.text["best"] == "r = 8 on attention" and page.text["best_dev"] == "80.0", "chosen per model"

@@ -144,7 +144,8 @@ def page(runs: list[Run]) -> Page:
     everything = experiments_frame(runs)
     for i, prefix in enumerate(FAMILIES):
         _family_values(out, prefix, families[i] if i < len(families) else None, everything)
-    out.value("models", ", ".join(f.model for f in families) or None, "{}")
+    names = [f.model for f in families]
+    out.value("models", " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names) or None, "{}")
     headline = headline_frame(everything) if len(everything) else everything
     missing = sorted(set(headline["model"]) - {f.model for f in families}) if len(headline) else []
     out.value("not_ablated", f"Not ablated in this profile: {', '.join(missing)} (week 2's models without ablation "
