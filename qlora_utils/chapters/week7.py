@@ -44,7 +44,7 @@ def _ranks(out: Page, runs: list[Run]) -> None:
     full configuration), and the lead model's reading of it."""
     families = week5.ablated_models(week5.grid_frame(runs))
     ranks = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
-    out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no QLoRA SST-2 runs")
+    out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no rank x placement ablation runs")
     out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
         if len(ranks) else ranks
     lead = families[0] if families else None
