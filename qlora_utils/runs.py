@@ -337,14 +337,13 @@ def span_seconds(runs: list[Run]) -> float:
     return (max(end for _, end in spans) - spans[0][0]).total_seconds() if spans else 0.0
 
 
-def packing_floor_seconds(runs: list[Run], exclusive: Collection[str] = (), jobs: int = 2) -> float:
+def packing_floor_seconds(runs: list[Run], exclusive: Collection[str], jobs: int) -> float:
     """The least elapsed time in which `jobs` runs at a time could finish these runs at their recorded wall times,
     however scheduled: the `exclusive` ones (by name) one after another, the rest `jobs` at once and none faster
     than its own wall time."""
-    walls = {r.name: float(r.status.get("wall_seconds") or 0) for r in runs}
-    alone = sum(w for name, w in walls.items() if name in exclusive)
-    shared = [w for name, w in walls.items() if name not in exclusive]
-    return alone + max(sum(shared) / jobs, max(shared, default=0.0))
+    shared = [r for r in runs if r.name not in exclusive]
+    longest = max((r.status.get("wall_seconds", 0) for r in shared), default=0.0)
+    return summed_seconds([r for r in runs if r.name in exclusive]) + max(summed_seconds(shared) / jobs, longest)
 
 
 def busy_seconds(runs: list[Run]) -> float:

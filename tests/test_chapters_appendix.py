@@ -84,7 +84,7 @@ def test_the_least_time_any_schedule_needs_is_set_against_the_budget(tmp_path: P
     assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 1000, "the longest shared run bounds it"
     runs[3].status["wall_seconds"] = 320.0
     assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 3 * 320 / 2
-    assert packing_floor_seconds(runs, jobs=1) == 4 * 320
+    assert packing_floor_seconds(runs, exclusive=(), jobs=1) == 4 * 320
     text = appendix.floor_sentence(runs, {"a"}, budget_hours=0.2)  # floor 800 s = 0.22 h
     assert text == ("However they are scheduled, 2 at a time, these runs need at least 0.22 hours at their recorded "
                     "wall times (the 1 marked to run alone one after another, the other 3 in 2 parallel streams): "

@@ -129,6 +129,11 @@ def divergence_note(runs: list[Run], frame: pd.DataFrame) -> str:
             "runs stay in the means and the intervals (no run is dropped after the fact).")
 
 
+def combined_grid(families: list[Findings]) -> pd.DataFrame:
+    """The grids of every ablated model in one table, the lead model first."""
+    return pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
+
+
 def best_text(best: dict[str, Any] | None) -> str:
     """The configuration the selection split chose, in words."""
     return f"r = {best['rank']:.0f} on {best['placement']}" if best else \
@@ -158,7 +163,7 @@ def page(runs: list[Run]) -> Page:
               f"split chose {t['second_best']} ({t['second_best_selection']} % there, {t['second_best_dev']} % on the "
               f"dev set, mean of {t['second_best_seeds']} seeds), and against full fine-tuning: "
               f"{t['second_secondary']}." if t["second_model"] != NA else "", "{}")
-    grid = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
+    grid = combined_grid(families)
     out.tables["grid"] = grid[[c for c in GRID_COLUMNS if c in grid]].rename(columns=GRID_COLUMNS) if len(grid) \
         else grid
     out.figures["rank"] = figures.rank_tradeoff(grid) if len(grid) else placeholder_chart("no ablation runs")

@@ -578,8 +578,8 @@ def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:
     p.value("gpu_e2e", NA if sst2 is None else
             f"{sst2['model']['label']}, {sst2['training']['steps']} steps of QLoRA on "
             f"{sst2['data']['train']['records_used']:,} SST-2 sentences, accuracy "
-            f"{100 * sst2['zero_shot']['accuracy']:.1f} % before and {100 * sst2['fine_tuned']['accuracy']:.1f} % after on the {sst2['fine_tuned']['n']} dev "
-            "sentences")
+            f"{100 * sst2['zero_shot']['accuracy']:.1f} % before and {100 * sst2['fine_tuned']['accuracy']:.1f} % "
+            f"after on the {sst2['fine_tuned']['n']} dev sentences")
 
 
 def published(p: Page) -> None:

@@ -43,15 +43,16 @@ def _ranks(out: Page, runs: list[Run]) -> None:
     """QLoRA SST-2 accuracy per rank and placement over every ablated model (week 5's grid, seeds grouped by the
     full configuration), and the lead model's reading of it."""
     families = week5.ablated_models(week5.grid_frame(runs))
-    ranks = pd.concat([f.grid for f in families], ignore_index=True) if families else pd.DataFrame()
-    out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else placeholder_chart("no rank x placement ablation runs")
+    ranks = week5.combined_grid(families)
+    out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else \
+        placeholder_chart("no rank x placement ablation runs")
     out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
         if len(ranks) else ranks
     lead = families[0] if families else None
     best = lead.best if lead else None
     out.value("rank_model", lead.model if lead else None, "{}")
-    out.value("best", f"r = {best['rank']:.0f} on {best['placement']} ({best['selection']:.1f} % on the selection "
-                      f"split; {best['dev']:.1f} % on the dev set, mean of {best['seeds']:.0f} seeds)" if best else
+    out.value("best", f"{week5.best_text(best)} ({best['selection']:.1f} % on the selection split; {best['dev']:.1f} % "
+                      f"on the dev set, mean of {best['seeds']:.0f} seeds)" if best else
               "not available: no run of this profile scored the selection split", "{}")
     out.value("rank_reading", lead.reading() if lead else None, "{}")
     out.value("rank_others", "".join(f" For {f.model}: {f.reading()}; the selection split chose "
