@@ -2,7 +2,7 @@
 
   run PROFILE      execute a profile's grid with papermill (resumable; --force, --only PATTERN, --jobs N,
                    --executor slurm|local: one scheduler job per run)
-  status PROFILE   done / stale / failed / partial / missing for every run of a profile
+  status PROFILE   done / running / stale / failed / interrupted / partial / corrupt / missing, per run
   reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
   bench            time training and scoring side by side with a reference recipe on identical work
   speedup P RUN    one run at an older commit and at this one, started together on this machine: new/old time
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .data import TASKS
@@ -97,6 +98,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     again = command(sub, "reproduce", help="re-run one finished run into a scratch folder and compare its outcome")
     again.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     again.add_argument("run", help="run name, e.g. week2-qlora-seed0")
+    again.add_argument("--allow-dirty", action="store_true",
+                       help="re-run a run of the checked-out commit with uncommitted changes to tracked files")
     speed = command(sub, "speedup", help="one run at an older commit and at a newer one, started together "
                                            "(one thread each): both wall times and their ratio")
     speed.add_argument("profile", help="profile name (each commit's own profiles/NAME.yaml)")
@@ -180,7 +183,8 @@ def _add_experiment_parser(sub: argparse._SubParsersAction, task: str, options: 
     p.add_argument("--dropout", type=float, default=lora.dropout, help="LoRA dropout")
     p.add_argument("--placement", default=lora.placement, choices=sorted(PLACEMENTS), help="which layers get adapters")
     p.add_argument("--train-examples", type=positive_int, default=exp.train_examples, help="training records")
-    p.add_argument("--eval-examples", type=int, default=None, help="default: the whole validation split")
+    p.add_argument("--eval-examples", type=int, default=0, help="evaluation records (0, the default: the whole "
+                   "validation split)")
     p.add_argument("--max-length", type=int, default=None, help="drop training examples longer than this")
     p.add_argument("--lr", type=positive_float, default=exp.train.learning_rate, help="peak learning rate")
     p.add_argument("--scheduler", default=exp.train.scheduler,
@@ -201,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "status", "validate"):
             from .profiles import available_profiles, load_profile, validate_profile
             from .runner import run_profile, state_detail, status
+        if args.command == "run" and not args.executor and (args.partition or args.no_wait):
+            raise QLoraError("--partition and --no-wait apply to jobs submitted with --executor (local or slurm); "
+                             "add --executor slurm, or leave them out to run here")
         if args.command == "run" and args.executor:
             from .cluster import JobSettings, submit_profile
 
@@ -240,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                   "training of that row")
         elif args.command == "reproduce":
             import tempfile
-            from pathlib import Path
 
             from .profiles import load_profile
             from .reproduce import reproduce
 
             with tempfile.TemporaryDirectory(prefix="qlora-reproduce-") as scratch:
-                found = reproduce(load_profile(args.profile), args.run, Path(scratch))
+                found = reproduce(load_profile(args.profile), args.run, Path(scratch), allow_dirty=args.allow_dirty)
             for line in found.differences:
                 print(f"differs: {line}")
             print(found.machines)
@@ -256,7 +262,6 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
         elif args.command == "speedup":
             import tempfile
-            from pathlib import Path
 
             from .speedup import describe, side_by_side
 
@@ -308,17 +313,17 @@ def main(argv: list[str] | None = None) -> int:
                   "1 GiB kept for the CUDA context)")
         elif args.command in TASKS:
             from .adapters import LoraSettings
-            from .experiments import Experiment, run_experiment
+            from .experiments import Experiment
             from .training import TrainSettings
 
             lora = None if args.mode == "full" else LoraSettings(args.rank, args.alpha, args.dropout, args.placement)
             exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,
-                             train_examples=args.train_examples, eval_examples=args.eval_examples,
+                             train_examples=args.train_examples, eval_examples=args.eval_examples or None,
                              max_length=args.max_length, data_dir=args.data_dir,
                              gradient_checkpointing=not args.no_checkpointing,
                              train=TrainSettings(learning_rate=args.lr, batch_size=args.batch_size,
                                                  epochs=args.epochs, seed=args.seed, scheduler=args.scheduler))
-            record = run_experiment(exp, args.output)
+            record = _run_replacing(exp, Path(args.output))
             print(json.dumps(_headline(record), indent=2))
     except QLoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -335,6 +340,23 @@ def main(argv: list[str] | None = None) -> int:
               "command again to resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _run_replacing(exp: Any, output: Path) -> dict:
+    """Run an ad-hoc experiment in a fresh staging folder that replaces `output` only once it has finished: nothing
+    of an earlier run into the same folder mixes with this one's files, and an interrupted run leaves the earlier
+    one intact (its attempt stays in the hidden staging folder beside it)."""
+    import shutil
+
+    from .experiments import run_experiment
+    from .runs import replace_run, staging_dir
+
+    staging = staging_dir(output)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    record = run_experiment(exp, staging)
+    replace_run(staging, output)
+    return record
 
 
 def _headline(record: dict) -> dict:

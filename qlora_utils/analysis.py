@@ -136,10 +136,27 @@ def by_mode(frame: pd.DataFrame) -> pd.DataFrame:
         seeds=("quality", "count"), mean=("quality", "mean"), std=("quality", "std"),
         zero_shot=("zero-shot", "max"), trainable=("trainable", "first"), trainable_pct=("trainable %", "first"),
         peak_mib=("peak MiB", "mean"), tokens_per_s=("tokens/s", "mean"), train_s=("train s", "mean"),
+        threads=("threads", _thread_counts),
     ).reset_index()
     table.insert(0, "system", table["mode"].map(MODE_NAMES))
     order = {mode: i for i, mode in enumerate(MODE_NAMES)}
     return table.sort_values("mode", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def _thread_counts(threads: pd.Series) -> str:
+    """The torch thread counts some runs trained with ("1", or "1/2" when they differ)."""
+    return "/".join(sorted({str(t) for t in threads.dropna()})) or "n/a"
+
+
+def threads_caveat(table: pd.DataFrame) -> str:
+    """Where the modes of a `by_mode` table trained with different thread counts (the full fine-tuning runs run
+    alone on every core for their memory, the others two at a time), a clause saying so; "" where they agree."""
+    if table.empty or "threads" not in table or table["threads"].nunique() < 2:
+        return ""
+    groups = table.groupby("threads", sort=True)["system"].apply(list)
+    parts = [f"{' and '.join(systems)} with {count}" for count, systems in groups.items()]
+    return (f" (trained with different torch thread counts: {'; '.join(parts)}, so these tokens/s compare across "
+            "modes only roughly)")
 
 
 def gap(reference: float, other: float) -> tuple[float, float]:

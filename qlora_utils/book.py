@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import QLoraError
+from .io import RUNS_ENV
 from .report import PROFILE_ENV
 from .profiles import load_profile
 from .runner import REPO, kernel_environment, status
@@ -44,6 +45,10 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
     """Run `jupyter-book build` on the repository for a profile; returns the HTML folder. Every run of the profile
     must be done and whole; with partial, the book builds anyway and its landing page lists what is missing."""
     load_profile(profile)  # fails clearly on an unknown profile
+    runs = profile_runs_dir(profile).resolve()
+    if not runs.is_relative_to((REPO / "runs").resolve()):  # the table of contents globs runs/<profile>/ here
+        raise QLoraError(f"the book reads runs/{profile}/ of this repository, but {RUNS_ENV} points at {runs}; "
+                         f"copy the run directories into runs/{profile}/ and unset {RUNS_ENV} to build it")
     if not profile_runs_dir(profile).is_dir():
         raise QLoraError(f"no runs for profile {profile!r} in {profile_runs_dir(profile)}; run "
                          f"`python -m qlora_utils run {profile}`")

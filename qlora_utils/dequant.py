@@ -33,17 +33,18 @@ def has_fused_kernel() -> bool:
     return bool(has_avx512bf16())
 
 
-def _switch() -> str:
+def switch() -> str:
+    """QLORA_DEQUANTIZE_ONCE: "1", "0" or "" (unset); any other value is one clear error."""
     return cpu_bf16.read_switch(SWITCH_ENV, "on CPUs without bitsandbytes' fused 4-bit kernel or bf16 kernels")
 
 
 def wanted(device: torch.device) -> bool:
     """Whether an evaluation on `device` expands its 4-bit weights once: QLORA_DEQUANTIZE_ONCE "1" on any CPU,
     "0" never, unset on a CPU without bitsandbytes' fused kernel."""
-    switch = _switch()
-    if device.type != "cpu" or switch == "0":
+    value = switch()
+    if device.type != "cpu" or value == "0":
         return False
-    return switch == "1" or not has_fused_kernel()
+    return value == "1" or not has_fused_kernel()
 
 
 def dequantize(layer: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -118,7 +119,7 @@ def prepared_once(model: torch.nn.Module, device: torch.device) -> Iterator[int]
     where bf16 products go through fp32, linear layers by an fp32 copy of their bf16 values made once; yields how
     many layers were prepared. The copies are dropped and the layers restored on exit."""
     four_bit = _four_bit_class()
-    if device.type != "cpu" or _switch() == "0":
+    if device.type != "cpu" or switch() == "0":
         yield 0
         return
     fp32, expand = cpu_bf16.installed(), wanted(device)
@@ -155,7 +156,7 @@ def route() -> str:
     """How this process's evaluations treat frozen weights, for a run's hardware record."""
     if torch.cuda.is_available():
         return "on the GPU: bitsandbytes' and PyTorch's CUDA kernels (nothing is prepared once)"
-    if _switch() == "0":
+    if switch() == "0":
         return "converted in every forward"
     expand, copies = wanted(torch.device("cpu")), cpu_bf16.wanted()
     once = [what for what, yes in (("4-bit weights expanded", expand), ("fp32 copies of bf16 weights", copies)) if yes]

@@ -54,6 +54,9 @@ class Experiment:
             raise QLoraError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.train_examples <= 0:
             raise QLoraError(f"train_examples must be positive, got {self.train_examples}")
+        if self.eval_examples is not None and self.eval_examples <= 0:
+            raise QLoraError(f"eval_examples must be positive, or None for the whole validation split; got "
+                             f"{self.eval_examples}")
 
 
 def evaluate(exp: Experiment, loaded: LoadedModel, model: Any, data: TaskData) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
     `defaults` maps a notebook's stem (week2_sst2_baseline) to parameters every entry of that notebook inherits."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if not path.suffix and not path.is_file():  # a name; a file without a suffix is read as given
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise QLoraError(f"no profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
@@ -177,7 +177,7 @@ def validate_profile(profile: Profile) -> None:
             if name in INJECTED:
                 problems.append(f"run {entry.name!r}: parameter {name!r} is set by the runner, remove it")
             elif name not in declared:
-                close = ", ".join(sorted(declared))
+                close = ", ".join(sorted(set(declared) - set(INJECTED)))
                 problems.append(f"run {entry.name!r}: unknown parameter {name!r} for {entry.notebook} (it takes: {close})")
             elif not _type_ok(declared[name]["inferred_type_name"], value):
                 problems.append(f"run {entry.name!r}: parameter {name!r}={value!r} is not of type "

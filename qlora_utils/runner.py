@@ -247,6 +247,15 @@ def check_committed(allow_dirty: bool = False) -> None:
                          f"marked +dirty and keeps the diff in {UNCOMMITTED})")
 
 
+def check_switches() -> None:
+    """Read the environment's speed switches (QLORA_BF16_VIA_FP32, QLORA_DEQUANTIZE_ONCE) before any run starts:
+    a bad value is one error here, not a run left half-started."""
+    from . import cpu_bf16, dequant
+
+    cpu_bf16.wanted()
+    dequant.switch()
+
+
 def kernel_environment() -> None:
     """Make the notebooks' kernels (children of this process) import this checkout's qlora_utils, whatever the
     virtual environment's editable install points at."""
@@ -266,6 +275,7 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     if jobs < 1:
         raise QLoraError(f"jobs must be at least 1, got {jobs}")
     check_committed(allow_dirty)
+    check_switches()
     kernel_environment()
     if validate:
         validate_profile(profile)
@@ -284,7 +294,7 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
     try:
         if jobs == 1:
-            _run_entries(profile, entries, root, force, keep_going, results)
+            _run_entries(profile, entries, root, force, keep_going, results, allow_dirty)
         else:
             _run_parallel(profile, entries, root, force, keep_going, jobs, results, allow_dirty)
     finally:
@@ -293,13 +303,14 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
 
 
 def _run_entries(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
-                 results: dict[str, str]) -> None:
+                 results: dict[str, str], allow_dirty: bool = False) -> None:
     bar = tqdm(entries, desc=profile.name, unit="run")
     for entry in bar:
         bar.set_postfix_str(entry.name)
         if skipped := skip_reason(profile, entry, root, force):
             results[entry.name] = skipped
             continue
+        check_committed(allow_dirty)  # again before each run: the tree may have changed since the grid started
         try:
             results[entry.name] = execute_entry(entry, profile, root, force=force)
         except KeyboardInterrupt:

@@ -215,6 +215,18 @@ def mark_started(run_dir: Path, notebook: str, parameters: dict[str, Any], profi
     return status
 
 
+ERROR_CHARS = 2000  # how much of a failure's text status.json keeps
+
+
+def clip_error(text: str, limit: int = ERROR_CHARS) -> str:
+    """A failure's text cut to about `limit` characters: its first line (the cause `status` shows) and its end (the
+    innermost frames), never the first line lost to a long traceback."""
+    if len(text) <= limit:
+        return text
+    head = text.splitlines()[0][: limit // 4]
+    return f"{head}\n[…]\n{text[-(limit - len(head) - 5):]}"
+
+
 def mark_finished(run_dir: Path, status: dict[str, Any], started: float, error: str | None = None,
                   interrupted: bool = False) -> None:
     """Close a run's status as done, failed or interrupted (reported as partial), with its wall time."""
@@ -225,7 +237,7 @@ def mark_finished(run_dir: Path, status: dict[str, Any], started: float, error: 
     if error:
         from .paths import scrub
 
-        status["error"] = scrub(error)[-2000:]
+        status["error"] = clip_error(scrub(error))
     atomic_write_json(run_dir / "status.json", status)
 
 

@@ -3,10 +3,13 @@ protocol's rule, one quality figure per metric."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from chapter_fixtures import sst2_run
 from qlora_utils.chapters import week7
+from qlora_utils.runs import Run
 
 
 def test_rank_table_groups_by_full_configuration(tmp_path: Path) -> None:
@@ -27,3 +30,41 @@ def test_rank_table_groups_by_full_configuration(tmp_path: Path) -> None:
     assert set(page.figures) >= {"rank", "quality_memory", "quality_memory_squad", "loss", "speed"}
     sst2_axis = page.figures["quality_memory"].to_dict()["encoding"]["y"]["title"]
     assert sst2_axis == "SST-2 dev accuracy (%)"
+
+
+def _generating_run(tmp: Path, name: str, experiment: str, mode: str, total: int, label: str,
+                    gens: list[dict[str, Any]]) -> Run:
+    """A finished SQuAD or instruction-tuning run of one model, with its per-example outputs."""
+    (tmp / name).mkdir()
+    (tmp / name / "generations.json").write_text(json.dumps(gens))
+    metrics = {"experiment": experiment, "model": {"label": label, "mode": mode, "preset": label.lower()},
+               "parameters": {"total": total}}
+    return Run(tmp / name, {"notebook": "notebooks/week4_squad.md", "parameters": {}}, {"state": "done"}, metrics, {})
+
+
+def test_side_by_side_shows_the_lead_model_and_no_instruction_twice(tmp_path: Path) -> None:
+    def squad(name: str, total: int, label: str, answer: str) -> Run:
+        gens = [{"question": f"q{i}", "answers": ["a"], "zero_shot": "z", "fine_tuned": f"{answer}{i}"}
+                for i in range(3)]
+        return _generating_run(tmp_path, name, "squad", "nf4", total, label, gens)
+
+    def instruct(name: str, mode: str, total: int, label: str, answers: list[str]) -> Run:
+        gens = [{"instruction": f"i{k}", "dataset": "koala" if k < 4 else "oasst", "reference": "r",
+                 "zero_shot": "same", "fine_tuned": a} for k, a in enumerate(answers)]
+        return _generating_run(tmp_path, name, "alpaca", mode, total, label, gens)
+
+    same = ["same"] * 8
+    runs = [squad("week4-squad-qlora-seed0", 100, "Small", "small"),  # sorts first by name: not the lead
+            squad("week4-squad-big-qlora-seed0", 900, "Big", "big"),
+            instruct("week6-instruct-full", "full", 100, "Small", ["x"] * 8),
+            instruct("week6-instruct-qlora", "nf4", 100, "Small", ["y"] * 8),
+            instruct("week6-big-instruct-qlora", "nf4", 900, "Big", ["d0", "d1", "same", "d3", "d4", *same[:3]])]
+    page = week7.page(runs)
+    squad_rows = page.tables["squad_examples"]
+    assert list(squad_rows["QLoRA (NF4)"]) == ["big0", "big1", "big2"], "the largest model's answers, not another's"
+    assert page.text["squad_model"] == "Big"
+    alpaca = page.tables["alpaca_examples"]
+    assert page.text["alpaca_model"] == "Big"
+    assert list(alpaca.columns[2:4]) == ["base", "QLoRA (NF4)"], "one model's systems only, none of Small's"
+    # week 6 shows position 0 (koala) and 4 (oasst); the next disagreements are 1 and 3, then agreeing ones fill up
+    assert list(alpaca["instruction"]) == ["i1", "i3", "i2"]

@@ -51,3 +51,19 @@ def test_the_judge_limitation_names_the_reported_judge_and_its_trust(tmp_path: P
     assert text["judge_limit"].startswith("The AlpacaEval judge reported, local:large, kept its "
                                           "verdict when the answers swapped places in 90.0 % of pairs")
     assert "up to 3.0 points from 50 %. How far to trust it: reasonably:" in text["judge_limit"]
+
+
+def test_each_models_verdicts_link_to_the_chapter_that_ran_them(tmp_path: Path) -> None:
+    runs = []
+    for seed in range(3):
+        for mode in ("full", "nf4", "bf16"):
+            runs.append(sst2_run(tmp_path, f"week2-{mode}-seed{seed}", mode, seed, 0.85 + 0.01 * seed))
+        for mode in ("nf4", "bf16"):
+            runs.append(sst2_run(tmp_path, f"week3-big-{mode}-seed{seed}", mode, seed, 0.90, label="Big",
+                                 preset="big", total=900_000, notebook="week3_scaling"))
+    report = week8.page(runs, gpu=[])
+    table = report.tables["verdicts"]
+    lora = table[table["expectation"] == "QLoRA within 1.5 points of 16-bit LoRA"].set_index("model")
+    assert "week3_scaling.html" in lora.loc["Big", "evidence"], "the larger model's modes were compared in week 3"
+    assert "week2_sst2_baseline.html" in lora.loc["M-135M", "evidence"]
+    assert report.text["seeds_per_model"] in ("M-135M 3; Big 3", "Big 3; M-135M 3")

@@ -67,6 +67,15 @@ def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
     assert record["training"]["gradient_checkpointing"] is False
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "history.json").read_text())
+    code = main(["sst2", "--model", "tiny-qwen2", "--mode", "full", "--train-examples", "8", "--eval-examples", "8",
+                 "--batch-size", "8", "--no-checkpointing", "--output", str(tmp_path / "run")])
+    assert code == 0, "a second run into the same folder replaces the first"
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["lora"] is None and record["fine_tuned"]["n"] == 8 and "zero_shot" in record
+    assert not (tmp_path / "run" / "adapter").exists(), "nothing of the earlier QLoRA run is left beside it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no staging or old folder left behind"
+    assert main(["sst2", "--model", "tiny-qwen2", "--eval-examples", "-1", "--output", str(tmp_path / "x")]) == 2
+    assert "eval_examples must be positive" in capsys.readouterr().err
 
 
 def test_help_and_status_start_without_the_model_stack() -> None:

@@ -268,8 +268,12 @@ def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, mon
     assert "corrupt" in shown.stdout.split("a ", 1)[1].splitlines()[0] and shown.stdout.count("corrupt") >= 2
     import qlora_utils.book as book
 
+    monkeypatch.setenv("QLORA_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(QLoraError, match=r"the book reads runs/smoke/ of this repository, but QLORA_RUNS_DIR"):
+        book.build_book("smoke")  # its table of contents would glob the repository's runs/, not these
+    monkeypatch.delenv("QLORA_RUNS_DIR")
     monkeypatch.setattr(book, "status", lambda prof: [("a", "corrupt"), ("b", "corrupt"), ("c", "done")])
-    monkeypatch.setattr(book, "profile_runs_dir", lambda name: tmp_path)
+    monkeypatch.setattr(book, "profile_runs_dir", lambda name: REPO / "runs")
     with pytest.raises(QLoraError, match=r"needs every run finished; 2 are not: a \(corrupt\), b \(corrupt\).*--partial"):
         book.build_book("smoke")
     again = cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path))
@@ -350,3 +354,17 @@ def test_status_says_why(tmp_path: Path) -> None:
     (state,) = [s for _, s in status(prof, root=tmp_path / "runs")]
     assert state == "corrupt"
     assert state_detail(prof, prof.entries[0], state, root=tmp_path / "runs") == "notebook.ipynb is missing"
+
+
+def test_a_tree_changed_mid_grid_stops_before_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clean-tree check runs again before each run: code edited while a grid runs never passes for the commit
+    (the finished run is kept, the next one does not start)."""
+    from qlora_utils import runner
+
+    answers = iter([[], [], ["qlora_utils/edited.py"]])  # the start, run one, then run two
+    monkeypatch.setattr(runner, "changed_files", lambda repo: next(answers))
+    path = profile(tmp_path, f"  - {{name: one, notebook: {FAST}}}\n  - {{name: two, notebook: {FAST}}}\n")
+    with pytest.raises(QLoraError, match="uncommitted changes to tracked files: qlora_utils/edited.py"):
+        run_profile(load_profile(path), root=tmp_path / "runs")
+    runs = tmp_path / "runs" / "faults"
+    assert run_state(runs / "one") == "done" and not (runs / "two").exists()

@@ -60,6 +60,16 @@ def _profile(tmp_path: Path, runs: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("variable", ["QLORA_BF16_VIA_FP32", "QLORA_DEQUANTIZE_ONCE"])
+def test_a_bad_speed_switch_stops_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 variable: str) -> None:
+    monkeypatch.setenv(variable, "maybe")
+    path = _profile(tmp_path, "  - name: ok\n    notebook: notebooks/week7_analysis.md\n")
+    with pytest.raises(QLoraError, match=f"{variable}='maybe': use 1"):
+        run_profile(load_profile(path), root=tmp_path / "runs", allow_dirty=True)
+    assert not (tmp_path / "runs").exists(), "no run half-started (a staging folder with config.json alone)"
+
+
 def test_mistyped_parameter_name_stops_before_any_run(tmp_path: Path) -> None:
     path = _profile(tmp_path, "  - name: ok\n    notebook: notebooks/week7_analysis.md\n"
                               "  - name: typo-run\n    notebook: notebooks/week2_sst2_baseline.md\n"
@@ -121,6 +131,11 @@ def test_run_states(tmp_path: Path) -> None:
     assert run_state(run_dir, digest) == "failed"
     mark_finished(run_dir, status, 0.0, error="interrupted", interrupted=True)
     assert run_state(run_dir, digest) == "interrupted"
+    long = "QLoraError: cannot take 100000 records\n\n" + "Traceback line\n" * 400 + "innermost frame"
+    mark_finished(run_dir, status, 0.0, error=long)
+    kept = json.loads((run_dir / "status.json").read_text())["error"]
+    assert kept.splitlines()[0] == "QLoraError: cannot take 100000 records", "the cause `status` shows survives"
+    assert kept.endswith("innermost frame") and len(kept) <= 2000
     (run_dir / "status.json").unlink()
     assert run_state(run_dir, digest) == "corrupt", "files without a status are not a finished run"
 

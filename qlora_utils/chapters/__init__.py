@@ -14,6 +14,11 @@ import pandas as pd
 NA = "n/a"
 
 
+def join_words(words: list[str]) -> str:
+    """Words as prose lists them: "a", "a and b", "a, b and c"."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
 @dataclass
 class Page:
     """What one book page shows: text values for its prose, captioned tables and figures, each under a short key;

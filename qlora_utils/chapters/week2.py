@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import figures, protocol
-from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
+from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size, threads_caveat
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
-from . import NA, Page
+from . import NA, Page, join_words
 
 NOTEBOOK = "week2_sst2_baseline"
 SUMMARY_COLUMNS = {"model": "model", "system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
@@ -72,6 +72,13 @@ def page(runs: list[Run]) -> Page:
     for i, prefix in enumerate(FAMILIES):
         model = models[i] if i < len(models) else None
         out.value(f"{prefix}model", model, "{}")
+        if not prefix:
+            out.value("speed_threads", threads_caveat(summary[summary["model"] == model]) if model else "", "{}")
+        gains = gain_sentence(main[main["model"] == model]) if model else None
+        out.value(f"{prefix}gain_sentence", gains and (
+            f"Measured the same way, {model} moved by: {gains}" if prefix else "Measured from where each mode starts "
+            f"(the zero-shot accuracy of its own base, in its own precision), training moved the dev accuracy by: "
+            f"{gains}"), "{}")
         _family_values(out, prefix, summary[summary["model"] == model] if model else pd.DataFrame(),
                        verdicts, model)
     out.value("min_seeds", protocol.MIN_SEEDS, "{:d}")
@@ -129,6 +136,28 @@ def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.D
         out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
         out.value(f"{prefix}{key}_verdict", row["verdict"] if row else None, "{}")
         out.value(f"{prefix}{key}_margin", row.get("margin") if row else None, "{:.1f}")
+
+
+def gain_sentence(rows: pd.DataFrame) -> str | None:
+    """What fine-tuning added to one model per mode, in words: each seed's dev accuracy minus the zero-shot accuracy
+    of the same base in the same precision, with its 95 % t interval over the seeds (None without zero-shot scores)."""
+    parts, settled = [], []
+    for mode, name in MODE_NAMES.items():
+        mine = rows[rows["mode"] == mode]
+        start = mine["zero-shot"].dropna() if "zero-shot" in mine else pd.Series(dtype=float)
+        if mine.empty or start.empty:
+            continue
+        mean, low, high = protocol.interval((mine["quality"] - start.max()).to_list())  # as `by_mode` shows it
+        ci = f"95 % CI {low:+.1f} to {high:+.1f}, " if pd.notna(low) else ""
+        parts.append(f"{name} {mean:+.1f} points ({ci}{len(mine)} seed{'s' * (len(mine) > 1)})")
+        if pd.notna(low) and (low > 0 or high < 0):
+            settled.append(name)
+    if not parts:
+        return None
+    reading = (f"the interval excludes zero for {join_words(settled)}" if settled else
+               "no interval excludes zero: at this amount of training the model ends about where it started, and "
+               "the comparisons between the modes are between runs that moved little")
+    return f"{'; '.join(parts)}. Here {reading}."
 
 
 def _dev_and_setting(out: Page, runs: list[Run], main: pd.DataFrame, models: list[str]) -> None:

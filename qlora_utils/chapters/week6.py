@@ -13,7 +13,7 @@ from .. import figures, gpucheck, planner
 from ..adapters import LoraSettings
 from ..inventory import config_of
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
-                        runs_by_size)
+                        runs_by_size, threads_caveat)
 from ..protocol import GPU_GIB, primary_runs
 from ..report import chart_or_note
 from ..runs import Run, busy_seconds, summed_seconds
@@ -304,21 +304,33 @@ def answers_by_system(instruct: Sequence[Run]) -> tuple[dict[str, list[str]], li
     return {k: answers[k] for k in ranked}, meta
 
 
-def examples_table(instruct: Sequence[Run], limit: int = EXAMPLES) -> pd.DataFrame:
-    """Side-by-side answers: the first instructions, in the seeded evaluation order, where the systems' answers
+def example_positions(answers: dict[str, list[str]], meta: Sequence[dict[str, Any]],
+                      limit: int = EXAMPLES) -> list[int]:
+    """The side-by-side rule: the first positions, in the seeded evaluation order, where the systems' answers
     differ, at most one per AlpacaEval source data set."""
-    answers, meta = answers_by_system(instruct)
-    rows, used = [], set()
+    positions, used = [], set()
     for i in disagreements(answers, limit=len(meta)) if answers else []:
         source = meta[i].get("dataset", NA)
-        if source in used:
-            continue
-        used.add(source)
-        rows.append({"instruction": meta[i].get("instruction", NA), "source data set": source,
-                     **{k: v[i] for k, v in answers.items()}, REFERENCE_COLUMN: meta[i].get("reference", NA)})
-        if len(rows) == limit:
+        if source not in used:
+            used.add(source)
+            positions.append(i)
+        if len(positions) == limit:
             break
-    return pd.DataFrame(rows)
+    return positions
+
+
+def example_rows(answers: dict[str, list[str]], meta: Sequence[dict[str, Any]],
+                 positions: Sequence[int]) -> pd.DataFrame:
+    """The instructions at these positions with each system's answer and the reference."""
+    return pd.DataFrame([{"instruction": meta[i].get("instruction", NA), "source data set": meta[i].get("dataset", NA),
+                          **{k: v[i] for k, v in answers.items()}, REFERENCE_COLUMN: meta[i].get("reference", NA)}
+                         for i in positions])
+
+
+def examples_table(instruct: Sequence[Run], limit: int = EXAMPLES) -> pd.DataFrame:
+    """Side-by-side answers of one model's instruction-tuning runs at `example_positions`."""
+    answers, meta = answers_by_system(instruct)
+    return example_rows(answers, meta, example_positions(answers, meta, limit))
 
 
 def differing_rows(table: pd.DataFrame) -> int:
@@ -357,6 +369,7 @@ def modes(p: Page, baseline: Sequence[Run]) -> None:
     p.value("qlora_vs_lora", lora_comparison(rows))
     p.value("qlora_speed_share", 100 * rows.loc["nf4", "tokens_per_s"] / rows.loc["full", "tokens_per_s"] if both
             else math.nan, "{:.0f}")
+    p.value("speed_threads", threads_caveat(table), "{}")
 
 
 def lora_comparison(rows: pd.DataFrame) -> str:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pandas as pd
 
 from .. import figures
-from ..analysis import (MODE_NAMES, disagreements, efficiency_frame, experiments_frame, mode_comparison,
-                        models_by_size)
+from ..analysis import (MODE_NAMES, by_mode, disagreements, efficiency_frame, experiments_frame,
+                        mode_comparison, models_by_size, runs_by_size, threads_caveat)
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
-from ..winrate import systems_from_runs
-from . import Page, week5
+from . import Page, week5, week6
 from .week2 import headline_frame
 
 RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds",
@@ -22,6 +21,7 @@ COMPARISON_COLUMNS = {"experiment": "task", "model": "model", "mode name": "mode
                       "quality_std": "std", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
                       "trainable_pct": "trainable (%)"}
 LABELS = {0: "negative", 1: "positive"}
+ALPACA_EXAMPLES = 3  # instructions beyond those the week 6 chapter shows
 
 
 def page(runs: list[Run]) -> Page:
@@ -34,6 +34,8 @@ def page(runs: list[Run]) -> Page:
     curves = pd.concat([history_frame(r.history(), run=r.name, system=MODE_NAMES[r.metrics["model"]["mode"]])
                         for r in seed0]) if seed0 else pd.DataFrame()
     out.figures["loss"] = figures.loss_curves(curves) if len(curves) else placeholder_chart("no week 2 runs")
+    evaluated = curves["run"][curves["kind"] != "train"].nunique() if len(curves) else 0
+    out.value("eval_curves", f"{evaluated} of these runs did" if evaluated else "none of these runs did", "{}")
     _speed(out, frame, runs)
     _side_by_side(out, runs, seed0)
     return out
@@ -92,10 +94,11 @@ def _speed(out: Page, frame: pd.DataFrame, runs: list[Run]) -> None:
     week2 = _lead(frame)
     speed = week2.assign(system=week2["mode"].map(MODE_NAMES)) if len(week2) else week2
     out.figures["speed"] = figures.throughput(speed) if len(speed) else placeholder_chart("no week 2 runs")
-    tps = speed.groupby("mode")["tokens/s"].mean() if len(speed) else pd.Series(dtype=float)
-    out.value("tps", ", ".join(f"{MODE_NAMES[m]} {tps[m]:.0f}" for m in MODE_NAMES if m in tps) or None, "{}")
-    threads = speed["threads"].dropna().unique() if len(speed) else []
-    out.value("tps_threads", ", ".join(f"{t:.0f}" for t in sorted(threads)) or None, "{}")
+    modes = by_mode(week2)
+    out.value("tps", ", ".join(f"{r.system} {r.tokens_per_s:.0f} ({r.threads} thread{'s' * (r.threads != '1')})"
+                               for r in modes.itertuples()) or None, "{}")
+    out.value("tps_caveat", "; the thread counts differ, so the modes compare only roughly" if threads_caveat(modes)
+              else "", "{}")
     efficiency = efficiency_frame(runs)
     out.tables["efficiency"] = efficiency.drop(columns=["mode code"], errors="ignore")
     loads = [(r.metrics["training"]["memory"].get("load_average_1min"), r.metrics["training"]["memory"].get("cpu_count"))
@@ -118,24 +121,22 @@ def _side_by_side(out: Page, runs: list[Run], seed0: list[Run]) -> None:
             rows.append({"sentence": first[i]["sentence"], "gold": LABELS[first[i]["label"]],
                          **{k: v[i] for k, v in outputs.items()}})
     out.tables["sst2_examples"] = pd.DataFrame(rows)
-    squad = [r for r in runs if r.metrics.get("experiment") == "squad"]
+    squad = runs_by_size(r for r in runs if r.metrics.get("experiment") == "squad")
+    lead = [r for r in squad if week6.model_of(r) == week6.model_of(squad[0])] if squad else []
     rows = []
-    if squad:
-        gens = squad[0].generations()
+    if lead:
+        gens = lead[0].generations()
         outputs = {"base model": [g["zero_shot"] for g in gens],
-                   MODE_NAMES[squad[0].metrics["model"]["mode"]]: [g["fine_tuned"] for g in gens]}
+                   MODE_NAMES[lead[0].metrics["model"]["mode"]]: [g["fine_tuned"] for g in gens]}
         for i in disagreements(outputs, limit=5):
             rows.append({"question": gens[i]["question"], "gold": " | ".join(dict.fromkeys(gens[i]["answers"])),
                          **{k: v[i] for k, v in outputs.items()}})
     out.tables["squad_examples"] = pd.DataFrame(rows)
-    out.value("squad_modes", ", ".join(sorted({MODE_NAMES[r.metrics["model"]["mode"]] for r in squad})) or "none", "{}")
-    instruct = [r for r in runs if r.metrics.get("experiment") == "alpaca"]
-    rows = []
-    if instruct:
-        answers = {name: [o["output"] for o in outputs]
-                   for name, outputs in systems_from_runs([r.path for r in instruct]).items()}
-        meta = instruct[0].generations()
-        for i in disagreements(answers, limit=len(meta))[4:7]:  # the week 6 chapter shows the first four
-            rows.append({"instruction": meta[i]["instruction"], **{k: v[i] for k, v in answers.items()},
-                         "reference": meta[i]["reference"]})
-    out.tables["alpaca_examples"] = pd.DataFrame(rows)
+    out.value("squad_model", week6.model_of(lead[0]) if lead else None, "{}")
+    out.value("squad_modes", ", ".join(sorted({MODE_NAMES[r.metrics["model"]["mode"]] for r in lead})) or "none", "{}")
+    family = week6.families(runs)[0]
+    answers, meta = week6.answers_by_system(family.instruct)
+    shown = set(week6.example_positions(answers, meta))
+    later = [i for i in disagreements(answers, limit=len(meta)) if i not in shown][:ALPACA_EXAMPLES] if answers else []
+    out.tables["alpaca_examples"] = week6.example_rows(answers, meta, later)
+    out.value("alpaca_model", family.model, "{}")

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import figures, gpucheck, protocol
+from ..protocol import primary_runs
 from ..analysis import MODE_NAMES, experiments_frame
 from ..planner import gpu_verdicts, validation_rows
 from ..runs import Run
@@ -16,9 +17,11 @@ from . import NA, Page
 from .week2 import FAMILIES, study_models
 from .week6 import gpu_agreement, gpu_table
 
+QUALITY_EVIDENCE = {  # where a model's comparisons of the modes live, by the notebook of its primary runs
+    "week2_sst2_baseline": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
+    "week3_scaling": '<a href="week3_scaling.html#tbl-week3-accuracy">week 3 accuracy scaling</a>',
+}
 EVIDENCE = {
-    "QLoRA within 3 %": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
-    "QLoRA within 1.5": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
     "under": '<a href="week1_setup.html">week 1 parameter tables</a>, '
              '<a href="week5_ablations.html#tbl-week5-grid">week 5 grid</a>',
     "an 8B": '<a href="week6_alpacaeval_efficiency.html">planner vs measured (week 6)</a>',
@@ -46,14 +49,21 @@ def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None)
     """The protocol's verdict table over every run (and the committed GPU checks: `gpucheck.read_records()` when
     `gpu` is None), with readable effect, margin and evidence columns."""
     validation = validation_rows([r.metrics for r in runs])
-    table = protocol.verdict_table(experiments_frame(runs), validation,
+    frame = experiments_frame(runs)
+    table = protocol.verdict_table(frame, validation,
                                    gpucheck.verdict_rows(gpucheck.read_records() if gpu is None else gpu))
     table["effect with interval"] = table.apply(_effect, axis=1)
     table["margin text"] = table.apply(lambda r: "—" if pd.isna(r.get("margin")) else
                                        f"{r['margin']:.1f} GiB" if r["expectation"].startswith("an 8B") else
                                        f"{r['margin']:g} %" if r["expectation"].startswith("under") else
                                        f"{r['margin']:.1f} points", axis=1)
-    table["evidence"] = table["expectation"].map(lambda e: next(v for k, v in EVIDENCE.items() if e.startswith(k)))
+    home = {model: primary_runs(rows, "nf4")["notebook"].iloc[0] for model, rows in frame.groupby("model")
+            if len(primary_runs(rows, "nf4"))} if "model" in frame else {}
+    table["evidence"] = [QUALITY_EVIDENCE.get(home.get(model, ""), QUALITY_EVIDENCE["week2_sst2_baseline"])
+                         if expectation.startswith(("QLoRA within 3 %", "QLoRA within 1.5")) else
+                         next(v for k, v in EVIDENCE.items() if expectation.startswith(k))
+                         for expectation, model in zip(table["expectation"],
+                                                       table["model"] if "model" in table else [None] * len(table))]
     return table
 
 
@@ -81,6 +91,10 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
     table = verdicts_frame(runs, gpu)
     out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     models = study_models(runs)
+    quality = table[table["expectation"].str.startswith("QLoRA within") & table["seeds"].notna()] \
+        if {"seeds", "model"} <= set(table) else table.iloc[:0]
+    seeds = quality.groupby("model", sort=False)["seeds"].min() if len(quality) else pd.Series(dtype=float)
+    out.value("seeds_per_model", "; ".join(f"{model} {n:.0f}" for model, n in seeds.items()) or None, "{}")
     for i, prefix in enumerate(FAMILIES):
         model = models[i] if i < len(models) else None
         out.value(f"{prefix}model", model, "{}")
