@@ -88,6 +88,15 @@ def test_the_least_time_any_schedule_needs_is_set_against_the_budget(tmp_path: P
     text = appendix.floor_sentence(runs, {"a"}, budget_hours=0.2)  # floor 800 s = 0.22 h
     assert text == ("However they are scheduled, 2 at a time, these runs need at least 0.22 hours at their recorded "
                     "wall times (the 1 marked to run alone one after another, the other 3 in 2 parallel streams): "
-                    "0.2 hours needs faster or fewer runs, not a better schedule.")
+                    "0.2 hours needs faster or fewer runs, not a better schedule. Leaving out the runs of "
+                    "week2_sst2_baseline would bring it within the budget (0.00 h).")
+    runs[3] = sst2_run(tmp_path, "d", "nf4", 3, 0.8, notebook="week5_ablations")
+    # without week 2: d alone, 320 s (0.09 h); without week 5: a alone, then b and c side by side, 640 s (0.18 h)
+    assert appendix.floor_sentence(runs, {"a"}, budget_hours=0.2).endswith(
+        "Leaving out the runs of week2_sst2_baseline or week5_ablations would bring it within the budget (0.09 h, "
+        "0.18 h).")
+    assert appendix.floor_sentence(runs, {"a"}, budget_hours=0.05).endswith(
+        "Leaving out one week's runs would not be enough either: the least is 0.09 hours, without "
+        "week2_sst2_baseline's.")
     assert appendix.floor_sentence(runs, {"a"}, budget_hours=1).endswith(", within the 1-hour budget.")
     assert appendix.page(runs, budget_hours=1, exclusive={"a"}).text["floor"].startswith("However they are")

@@ -14,9 +14,9 @@ import pandas as pd
 NA = "n/a"
 
 
-def join_words(words: list[str]) -> str:
-    """Words as prose lists them: "a", "a and b", "a, b and c"."""
-    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+def join_words(words: list[str], last: str = "and") -> str:
+    """Words as prose lists them: "a", "a and b", "a, b and c" (or "a, b or c")."""
+    return f" {last} ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
 @dataclass

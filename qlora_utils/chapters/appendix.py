@@ -4,11 +4,12 @@ code outside a commit, mixed commits, machine paths)."""
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 from typing import Collection
 
 from ..report import provenance_frame, wall_time_table
 from ..runs import Run, busy_seconds, packing_floor_seconds, span_seconds
-from . import Page
+from . import Page, join_words
 
 
 PAUSE_HOURS = 1 / 60  # a span longer than the busy time by more than this had pauses worth naming
@@ -47,8 +48,23 @@ def floor_sentence(runs: list[Run], exclusive: Collection[str], budget_hours: fl
     if budget_hours is None:
         return text + "."
     if floor > budget_hours:
-        return text + f": {budget_hours:g} hours needs faster or fewer runs, not a better schedule."
+        return (text + f": {budget_hours:g} hours needs faster or fewer runs, not a better schedule. "
+                + without_one_week(runs, exclusive, budget_hours, jobs))
     return text + f", within the {budget_hours:g}-hour budget."
+
+
+def without_one_week(runs: list[Run], exclusive: Collection[str], budget_hours: float, jobs: int) -> str:
+    """How far leaving out one week's runs (one notebook's) would take the least elapsed time: which weeks would
+    bring it within the budget, or the least it could then be."""
+    floors = {week: packing_floor_seconds([r for r in runs if Path(r.notebook).stem != week], exclusive, jobs) / 3600
+              for week in sorted({Path(r.notebook).stem for r in runs})}
+    fits = [week for week, hours in floors.items() if hours <= budget_hours]
+    if fits:
+        return (f"Leaving out the runs of {join_words(fits, 'or')} would bring it within the budget ("
+                + ", ".join(f"{floors[w]:.2f} h" for w in fits) + ").")
+    week = min(floors, key=floors.get)
+    return (f"Leaving out one week's runs would not be enough either: the least is {floors[week]:.2f} hours, "
+            f"without {week}'s.")
 
 
 def speed_sentence(runs: list[Run]) -> str:
