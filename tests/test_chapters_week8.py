@@ -61,7 +61,13 @@ def test_each_models_verdicts_link_to_the_chapter_that_ran_them(tmp_path: Path) 
         for mode in ("nf4", "bf16"):
             runs.append(sst2_run(tmp_path, f"week3-big-{mode}-seed{seed}", mode, seed, 0.90, label="Big",
                                  preset="big", total=900_000, notebook="week3_scaling"))
+    runs.append(sst2_run(tmp_path, "week5-r16-attention_mlp-seed0", "nf4", 0, 0.86, rank=16,
+                         placement="attention_mlp", notebook="week5_ablations", trainable=6000))
     report = week8.page(runs, gpu=[])
+    assert report.text["trainable_elsewhere"] == ("; the verdict is at the plan's configuration: this profile's other "
+                                                  "QLoRA configurations train up to 3.00 % (M-135M, r = 16 on "
+                                                  "attention_mlp)")
+    assert week8.page(runs[:-1], gpu=[]).text["trainable_elsewhere"] == "", "only the plan's configuration ran"
     table = report.tables["verdicts"]
     lora = table[table["expectation"] == "QLoRA within 1.5 points of 16-bit LoRA"].set_index("model")
     assert "week3_scaling.html" in lora.loc["Big", "evidence"], "the larger model's modes were compared in week 3"

@@ -176,7 +176,8 @@ def target_text(found: Findings) -> str:
         status = f"{side} the target on {seeds} seed{'s' * (seeds > 1)}, fewer than the {TARGET_SEEDS} it asks"
     else:
         status = "met" if dev >= TARGET_ACCURACY else "not met"
-    return f"{found.model}: {best_text(best)} at {dev:.1f} % (mean of {seeds} seeds), {status}"
+    over = f"mean of {seeds} seeds" if seeds > 1 else "one seed"
+    return f"{found.model}: {best_text(best)} at {dev:.1f} % ({over}), {status}"
 
 
 def best_text(best: dict[str, Any] | None) -> str:

@@ -67,6 +67,19 @@ def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None)
     return table
 
 
+def trainable_elsewhere(frame: pd.DataFrame) -> str:
+    """The largest trainable share among the QLoRA runs outside the plan's configuration (the verdict is about the
+    plan's r = 8 on q,k,v), in words; "" where there are none."""
+    qlora = frame[frame["mode"] == "nf4"].dropna(subset=["trainable %"]) if len(frame) else frame
+    plan = set(primary_runs(frame, "nf4")["run"]) if len(frame) else set()
+    other = qlora[~qlora["run"].isin(plan)] if len(qlora) else qlora
+    if other.empty:
+        return ""
+    top = other.loc[other["trainable %"].idxmax()]
+    return (f"; the verdict is at the plan's configuration: this profile's other QLoRA configurations train up to "
+            f"{top['trainable %']:.2f} % ({top['model']}, r = {top['rank']:.0f} on {top['placement']})")
+
+
 def judge_limit(runs: list[Run]) -> str:
     """The lead model's reported AlpacaEval judge and how far it can be trusted, in a sentence or two."""
     from .week6 import families, trust_sentence
@@ -106,6 +119,7 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
                 else None
             out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
             out.value(f"{prefix}{key}_sentence", protocol.evidence(row) if row else None, "{}")
+    out.value("trainable_elsewhere", trainable_elsewhere(experiments_frame(runs)), "{}")
     t = out.text
     out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
               f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
