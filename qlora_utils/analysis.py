@@ -145,7 +145,7 @@ def by_mode(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _thread_counts(threads: pd.Series) -> str:
     """The torch thread counts some runs trained with ("1", or "1/2" when they differ)."""
-    return "/".join(sorted({str(t) for t in threads.dropna()})) or "n/a"
+    return "/".join(sorted({f"{t:g}" if isinstance(t, (int, float)) else str(t) for t in threads.dropna()})) or "n/a"
 
 
 def threads_caveat(table: pd.DataFrame) -> str:

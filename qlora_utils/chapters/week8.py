@@ -57,8 +57,8 @@ def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None)
                                        f"{r['margin']:.1f} GiB" if r["expectation"].startswith("an 8B") else
                                        f"{r['margin']:g} %" if r["expectation"].startswith("under") else
                                        f"{r['margin']:.1f} points", axis=1)
-    home = {model: primary_runs(rows, "nf4")["notebook"].iloc[0] for model, rows in frame.groupby("model")
-            if len(primary_runs(rows, "nf4"))} if "model" in frame else {}
+    home = {model: plan["notebook"].iloc[0] for model, rows in (frame.groupby("model") if "model" in frame else [])
+            if len(plan := primary_runs(rows, "nf4"))}  # the notebook of each model's plan-configuration QLoRA runs
     table["evidence"] = [QUALITY_EVIDENCE.get(home.get(model, ""), QUALITY_EVIDENCE["week2_sst2_baseline"])
                          if expectation.startswith(("QLoRA within 3 %", "QLoRA within 1.5")) else
                          next(v for k, v in EVIDENCE.items() if expectation.startswith(k))
