@@ -158,6 +158,9 @@ def test_an_empty_profile_gives_na_not_an_error() -> None:
     assert p.tables["winrates"].empty and p.tables["examples"].empty and p.tables["modes"].empty
     assert p.text["trust"].startswith("No judge ran")
     assert set(p.figures) == {"winrate_chart", "planner"}  # placeholders that say why nothing is drawn
+    # the planner's LLaMA-7B row against the paper: r = 16 on q, k, v, o is 32 layers x 4 x 16 x (4096 + 4096)
+    # = 16,777,216 of 6,755,192,832 parameters
+    assert p.text["paper_lora_pct"] == "0.25"
 
 
 def test_side_by_side_takes_the_first_disagreement_per_source_base_first(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import pandas as pd
 
 from .. import figures, gpucheck, planner
-from ..adapters import LoraSettings
+from ..adapters import LoraSettings, analytic_parameter_count
 from ..inventory import config_of
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
                         runs_by_size, threads_caveat)
@@ -604,9 +604,11 @@ def published(p: Page) -> None:
     p.tables["paper"] = pd.DataFrame([
         {"quantity": "4-bit base model (weights, constants, bf16 embeddings)", "QLoRA paper (MB)": PAPER_BASE_MB,
          "planner (MB)": (p7.quantized_weights + p7.quantization_constants + p7.unquantized_weights) / mb},
-        {"quantity": "LoRA weights (about 0.2 % of parameters)", "QLoRA paper (MB)": PAPER_LORA_MB,
+        {"quantity": "LoRA weights (the paper: about 0.2 % of parameters)", "QLoRA paper (MB)": PAPER_LORA_MB,
          "planner (MB)": p7.adapters / mb},
     ])
+    count = analytic_parameter_count(llama, lora)
+    p.value("paper_lora_pct", 100 * count.trainable / count.total, "{:.2f}")
     factory = []
     for mode, rule in FACTORY_RULE_GB.items():
         plan = planner.plan_memory(llama, mode, None if mode == "full" else lora, batch_size=1, seq_len=512)
