@@ -148,17 +148,6 @@ def _thread_counts(threads: pd.Series) -> str:
     return "/".join(sorted({f"{t:g}" if isinstance(t, (int, float)) else str(t) for t in threads.dropna()})) or "n/a"
 
 
-def threads_caveat(table: pd.DataFrame) -> str:
-    """Where the modes of a `by_mode` table trained with different thread counts (the full fine-tuning runs run
-    alone on every core for their memory, the others two at a time), a clause saying so; "" where they agree."""
-    if table.empty or "threads" not in table or table["threads"].nunique() < 2:
-        return ""
-    groups = table.groupby("threads", sort=True)["system"].apply(list)
-    parts = [f"{' and '.join(systems)} with {count}" for count, systems in groups.items()]
-    return (f" (trained with different torch thread counts: {'; '.join(parts)}, so these tokens/s compare across "
-            "modes only roughly)")
-
-
 def gap(reference: float, other: float) -> tuple[float, float]:
     """How far `other` falls below `reference`: in points and in percent of the reference."""
     return reference - other, 100 * (reference - other) / reference

@@ -19,6 +19,22 @@ def join_words(words: list[str], last: str = "and") -> str:
     return f" {last} ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
 
 
+def threads_differ(table: pd.DataFrame) -> bool:
+    """Whether the modes of an `analysis.by_mode` table trained with different torch thread counts (the full
+    fine-tuning runs run alone on every core for their memory, the others two at a time)."""
+    return not table.empty and "threads" in table and table["threads"].nunique() > 1
+
+
+def threads_caveat(table: pd.DataFrame) -> str:
+    """Where `threads_differ`, a clause saying which modes used which count; "" where they agree."""
+    if not threads_differ(table):
+        return ""
+    parts = [f"{join_words(systems)} with {count}"
+             for count, systems in table.groupby("threads", sort=True)["system"].apply(list).items()]
+    return (f" (trained with different torch thread counts: {'; '.join(parts)}, so these tokens/s compare across "
+            "modes only roughly)")
+
+
 @dataclass
 class Page:
     """What one book page shows: text values for its prose, captioned tables and figures, each under a short key;

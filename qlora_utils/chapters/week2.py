@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import figures, protocol
-from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size, threads_caveat
+from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
-from . import NA, Page, join_words
+from . import NA, Page, join_words, threads_caveat
 
 NOTEBOOK = "week2_sst2_baseline"
 SUMMARY_COLUMNS = {"model": "model", "system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
@@ -69,11 +69,10 @@ def page(runs: list[Run]) -> Page:
         else verdicts
     out.tables["verdicts"] = quality[[c for c in VERDICT_COLUMNS if c in quality]].rename(
         columns=VERDICT_COLUMNS) if len(quality) else quality
+    out.value("speed_threads", threads_caveat(summaries[0]) if summaries else "", "{}")  # the lead model's modes
     for i, prefix in enumerate(FAMILIES):
         model = models[i] if i < len(models) else None
         out.value(f"{prefix}model", model, "{}")
-        if not prefix:
-            out.value("speed_threads", threads_caveat(summary[summary["model"] == model]) if model else "", "{}")
         gains = gain_sentence(main[main["model"] == model]) if model else None
         out.value(f"{prefix}gain_sentence", gains and (
             f"Measured the same way, {model} moved by: {gains}" if prefix else "Measured from where each mode starts "

@@ -13,12 +13,12 @@ from .. import figures, gpucheck, planner
 from ..adapters import LoraSettings, analytic_parameter_count
 from ..inventory import config_of
 from ..analysis import (MODE_NAMES, at_common_setting, by_mode, disagreements, efficiency_frame, experiments_frame,
-                        runs_by_size, threads_caveat)
+                        runs_by_size)
 from ..protocol import GPU_GIB, primary_runs
 from ..report import chart_or_note
 from ..runs import Run, busy_seconds, summed_seconds
 from ..winrate import REFERENCES, better_judge, judge_trust
-from . import NA, Page
+from . import NA, Page, threads_caveat
 
 PREFIX = "week6"
 WITHIN_PCT = 15.0  # a planner prediction within ±15 % of the measurement counts as agreeing

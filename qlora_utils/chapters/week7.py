@@ -7,10 +7,10 @@ import pandas as pd
 
 from .. import figures
 from ..analysis import (MODE_NAMES, by_mode, disagreements, efficiency_frame, experiments_frame,
-                        mode_comparison, models_by_size, runs_by_size, threads_caveat)
+                        mode_comparison, models_by_size, runs_by_size)
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
-from . import Page, week5, week6
+from . import Page, threads_differ, week5, week6
 from .week2 import headline_frame
 
 RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds",
@@ -97,7 +97,7 @@ def _speed(out: Page, frame: pd.DataFrame, runs: list[Run]) -> None:
     modes = by_mode(week2)
     out.value("tps", ", ".join(f"{r.system} {r.tokens_per_s:.0f} ({r.threads} thread{'s' * (r.threads != '1')})"
                                for r in modes.itertuples()) or None, "{}")
-    out.value("tps_caveat", "; the thread counts differ, so the modes compare only roughly" if threads_caveat(modes)
+    out.value("tps_caveat", "; the thread counts differ, so the modes compare only roughly" if threads_differ(modes)
               else "", "{}")
     efficiency = efficiency_frame(runs)
     out.tables["efficiency"] = efficiency.drop(columns=["mode code"], errors="ignore")

@@ -45,11 +45,13 @@ def _effect(row: pd.Series) -> str:
     return f"{row['effect']:+.1f}{unit} ({row['low']:+.1f} to {row['high']:+.1f}; {row['seeds']:.0f} seeds)"
 
 
-def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> pd.DataFrame:
+def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None,
+                   frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """The protocol's verdict table over every run (and the committed GPU checks: `gpucheck.read_records()` when
-    `gpu` is None), with readable effect, margin and evidence columns."""
+    `gpu` is None), with readable effect, margin and evidence columns; `frame`: `experiments_frame(runs)` when the
+    caller has it already."""
     validation = validation_rows([r.metrics for r in runs])
-    frame = experiments_frame(runs)
+    frame = experiments_frame(runs) if frame is None else frame
     table = protocol.verdict_table(frame, validation,
                                    gpucheck.verdict_rows(gpucheck.read_records() if gpu is None else gpu))
     table["effect with interval"] = table.apply(_effect, axis=1)
@@ -101,7 +103,8 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
     """Everything the week 8 page shows, from every finished run of the profile and the committed GPU checks."""
     out = Page("week8")
     gpu = gpucheck.read_records() if gpu is None else gpu
-    table = verdicts_frame(runs, gpu)
+    frame = experiments_frame(runs)
+    table = verdicts_frame(runs, gpu, frame)
     out.tables["verdicts"] = table[[c for c in COLUMNS if c in table]].rename(columns=COLUMNS)
     models = study_models(runs)
     quality = table[table["expectation"].str.startswith("QLoRA within") & table["seeds"].notna()] \
@@ -119,7 +122,7 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
                 else None
             out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
             out.value(f"{prefix}{key}_sentence", protocol.evidence(row) if row else None, "{}")
-    out.value("trainable_elsewhere", trainable_elsewhere(experiments_frame(runs)), "{}")
+    out.value("trainable_elsewhere", trainable_elsewhere(frame), "{}")
     t = out.text
     out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
               f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
