@@ -80,9 +80,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     run = command(sub, "run", help="execute a profile's grid (done runs are skipped)")
     run.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     run.add_argument("--force", action="store_true", help="re-run runs that are done and current")
-    run.add_argument("--only", nargs="+", action="extend", metavar="PATTERN",
-                     help="run names to execute (shell patterns; the flag may repeat; every word after it is a "
-                          "pattern, so name the profile first: run PROFILE --only PATTERN)")
+    run.add_argument("--only", action="append", metavar="PATTERN",
+                     help="a run name to execute (a shell pattern, quoted: 'week2-*'); repeat the flag for more")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
     run.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each with cores/jobs threads")
     run.add_argument("--allow-dirty", action="store_true",

@@ -94,9 +94,22 @@ def value_problems(name: str, notebook: str, parameters: dict[str, Any], explici
             problem = "has the wrong type"
         if problem is not None:
             problems.append(f"run {name!r}: {key}={value!r} {problem}")
+    problems += _eval_size_problems(name, stem, parameters.get("eval_examples"))
     if parameters.get("mode") == "full":
         meaningless = [k for k in ADAPTER_ONLY if k in explicit]
         if meaningless:
             problems.append(f"run {name!r}: {', '.join(meaningless)} mean(s) nothing for mode 'full' (no adapters); "
                             "remove them")
     return problems
+
+
+def _eval_size_problems(name: str, stem: str, eval_examples: Any) -> list[str]:
+    """eval_examples larger than the evaluation split its notebook reads (0 means the whole split)."""
+    from .data import EVAL_SIZES
+    from .runner import NOTEBOOK_DATA
+
+    sizes = [EVAL_SIZES[split] for split in NOTEBOOK_DATA.get(stem, ()) if split in EVAL_SIZES]
+    if not sizes or not isinstance(eval_examples, int) or eval_examples <= min(sizes):
+        return []
+    return [f"run {name!r}: eval_examples={eval_examples} is more than the {min(sizes)} records of {stem}'s "
+            f"evaluation split; use at most {min(sizes)}, or 0 for all of them"]

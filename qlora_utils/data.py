@@ -115,6 +115,10 @@ SOURCES: dict[tuple[str, str], _Source] = {
         "tatsu-lab/alpaca_eval alpaca_eval_gpt4_baseline.json",
         _hub_json("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")),
 }
+# The published number of records of each evaluation split (the same locally and on the Hub): profiles are checked
+# against them before a run starts, so an eval_examples larger than its split fails there, not hours into a grid.
+EVAL_SIZES = {("sst2", "validation"): 872, ("squad", "validation"): 10570, ("alpaca_eval", "text_davinci_003"): 805,
+              ("alpaca_eval", "gpt4_turbo"): 805}
 COLUMNS = {"sst2": ["sentence", "label"], "squad": ["id", "title", "context", "question", "answers"],
            "alpaca": ["instruction", "input", "output"],
            "alpaca_eval": ["instruction", "output", "generator", "dataset"]}

@@ -75,12 +75,12 @@ def side_by_side(profile: str, name: str, old: str, new: str, scratch: Path, thr
     and log under scratch, `threads` threads each) and return both wall times (the runner's own `wall_seconds`),
     their ratio and the 1-minute load average before and after."""
     commits = {"old": resolve(old), "new": resolve(new)}
-    scratch.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
         trees = {side: stack.enter_context(checkout_at(commits[side])) for side in SIDES}
         for side in SIDES:
             check_entry(trees[side], profile, name, commits[side])
+        scratch.mkdir(parents=True, exist_ok=True)  # only once both sides can run: a refusal leaves no folder
         began = time.perf_counter()
         procs = {side: start(trees[side], profile, name, scratch / side, scratch / f"{side}.log", threads)
                  for side in SIDES}

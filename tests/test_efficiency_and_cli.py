@@ -97,5 +97,8 @@ def test_help_and_status_start_without_the_model_stack() -> None:
 def test_run_only_patterns_add_up_when_the_flag_repeats() -> None:
     from qlora_utils.__main__ import build_parser
 
-    args = build_parser("run").parse_args(["run", "cpu", "--only", "week7-*", "--only", "week8-report", "x"])
-    assert args.only == ["week7-*", "week8-report", "x"], "a repeated --only once kept only its last patterns"
+    args = build_parser("run").parse_args(["run", "cpu", "--only", "week7-*", "--only", "week8-report"])
+    assert args.only == ["week7-*", "week8-report"], "a repeated --only once kept only its last patterns"
+    # --only takes one pattern, so the profile may come before it or after it (it once swallowed a later profile)
+    args = build_parser("run").parse_args(["run", "--only", "week7-*", "cpu", "--only", "week8-report"])
+    assert (args.profile, args.only) == ("cpu", ["week7-*", "week8-report"])

@@ -73,6 +73,7 @@ BAD_PROFILES = [
     ("{batch_size: 0}", ["batch_size=0 must be positive"]),
     ("{train_examples: -5}", ["train_examples=-5 must be positive"]),
     ("{eval_examples: -1}", ["eval_examples=-1 must be 0 or more"]),
+    ("{eval_examples: 873}", ["eval_examples=873 is more than the 872 records", "or 0 for all of them"]),
     ("{epochs: 0.0}", ["epochs=0.0 must be positive"]),
     ("{rank: eight}", ["parameter 'rank'='eight' is not of type int"]),
     ("{ranks: 8}", ["unknown parameter 'ranks'"]),
@@ -84,6 +85,7 @@ BAD_WEEK6 = [
     ("{kind: winrates, references: [nope]}", ["references=['nope'] must be a non-empty list"]),
     ("{kind: winrates, instruct_runs: [ghost]}", ["instruct_runs names ['ghost']"]),
     ("{max_new_tokens: 0}", ["max_new_tokens=0 must be positive"]),
+    ("{kind: instruct, eval_examples: 900}", ["eval_examples=900 is more than the 805 records"]),
 ]
 BAD_FILES = [
     ("profile: x\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),

@@ -29,6 +29,7 @@ def test_both_sides_run_the_same_entry_and_the_ratio_is_their_wall_times(tmp_pat
 
 def test_an_entry_missing_from_a_commits_profile_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(QLoraError, match="has no run 'no-such-run'; its runs: week1-setup"):
-        side_by_side("smoke", "no-such-run", "HEAD", "HEAD", tmp_path)
+        side_by_side("smoke", "no-such-run", "HEAD", "HEAD", tmp_path / "out")
     with pytest.raises(QLoraError, match="commit 'not-a-commit' not found"):
-        side_by_side("smoke", "week2-qlora-seed0", "not-a-commit", "HEAD", tmp_path)
+        side_by_side("smoke", "week2-qlora-seed0", "not-a-commit", "HEAD", tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "a refused speedup left its output folder behind"
