@@ -148,11 +148,6 @@ def _thread_counts(threads: pd.Series) -> str:
     return "/".join(sorted({f"{t:g}" if isinstance(t, (int, float)) else str(t) for t in threads.dropna()})) or "n/a"
 
 
-def gap(reference: float, other: float) -> tuple[float, float]:
-    """How far `other` falls below `reference`: in points and in percent of the reference."""
-    return reference - other, 100 * (reference - other) / reference
-
-
 def efficiency_frame(runs: Iterable[Run]) -> pd.DataFrame:
     """One row per efficiency run: model, mode, shape, trainable share, peak memory and tokens/s, or the planner's
     prediction for a run that was not started because it would not fit."""

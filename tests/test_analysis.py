@@ -93,4 +93,8 @@ def test_divergence_is_a_loss_above_the_first_steps() -> None:
         "evaluation losses are not training losses"
     before_learning = [{"step": 1, "loss": 8.5}, {"step": 2, "loss": 8.7}, {"step": 3, "loss": 0.6}]
     assert divergence_step(before_learning) is None, "another batch before any update is no divergence"
+    halved = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 1.9}, {"step": 3, "loss": 4.5}]
+    assert divergence_step(halved) == 3, "1.9 is below half of 4.0: learned, then above the start"
+    back = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 1.0}, {"step": 3, "loss": 4.0}]
+    assert divergence_step(back) is None, "back at the first loss is not above it"
     assert divergence_step(before_learning + [{"step": 4, "loss": 14.5}]) == 4

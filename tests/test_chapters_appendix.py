@@ -82,6 +82,10 @@ def test_the_least_time_any_schedule_needs_is_set_against_the_budget(tmp_path: P
     runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abcd")]  # 320 s each
     runs[3].status["wall_seconds"] = 1000.0
     assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 1000, "the longest shared run bounds it"
+    runs[0].status["wall_seconds"], runs[3].status["wall_seconds"] = 1000.0, 320.0
+    assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 1000 + 3 * 320 / 2, \
+        "a long run alone bounds nothing of the shared streams"
+    runs[0].status["wall_seconds"] = 320.0
     runs[3].status["wall_seconds"] = 320.0
     assert packing_floor_seconds(runs, exclusive={"a"}, jobs=2) == 320 + 3 * 320 / 2
     assert packing_floor_seconds(runs, exclusive=(), jobs=1) == 4 * 320

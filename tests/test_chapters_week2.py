@@ -90,3 +90,16 @@ def test_two_models_the_larger_leads_and_each_has_its_own_verdicts(tmp_path: Pat
     one = week2.page(_runs(tmp_path))  # one model: no second-family prose at all, rather than "n/a" in sentences
     assert one.text["families"] == "The model is M-135M." and one.text["second_summary"] == ""
     assert one.text["second_verdicts"] == "" and one.text["second_setting"] == ""
+
+
+def test_gain_over_zero_shot_is_judged_on_both_sides_of_zero() -> None:
+    import pandas as pd
+
+    def rows(quality: list[float], zero: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({"mode": "nf4", "quality": quality, "zero-shot": zero})
+
+    worse = week2.gain_sentence(rows([50.0, 51.0, 52.0], [60.0] * 3))  # gains -10, -9, -8
+    assert worse.startswith("QLoRA (NF4) -9.0 points (95 % CI") and "interval excludes zero for QLoRA (NF4)" in worse
+    # zero-shot scores that differ between runs (other hosts): gains from the higher one, as `by_mode` shows it
+    assert week2.gain_sentence(rows([80.0, 82.0], [70.0, 60.0])).startswith("QLoRA (NF4) +11.0 points")
+    assert week2.gain_sentence(rows([80.0, 82.0], [float("nan")] * 2)) is None

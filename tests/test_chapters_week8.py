@@ -68,6 +68,10 @@ def test_each_models_verdicts_link_to_the_chapter_that_ran_them(tmp_path: Path) 
                                                   "QLoRA configurations train up to 3.00 % (M-135M, r = 16 on "
                                                   "attention_mlp)")
     assert week8.page(runs[:-1], gpu=[]).text["trainable_elsewhere"] == "", "only the plan's configuration ran"
+    smaller = sst2_run(tmp_path, "week5-r4-attention-seed0", "nf4", 0, 0.86, rank=4, notebook="week5_ablations",
+                       trainable=500)
+    assert week8.page(runs + [smaller], gpu=[]).text["trainable_elsewhere"].endswith(
+        "up to 3.00 % (M-135M, r = 16 on attention_mlp)"), "the largest share, not the last or the smallest"
     table = report.tables["verdicts"]
     lora = table[table["expectation"] == "QLoRA within 1.5 points of 16-bit LoRA"].set_index("model")
     assert "week3_scaling.html" in lora.loc["Big", "evidence"], "the larger model's modes were compared in week 3"

@@ -45,6 +45,7 @@ def test_sst2_accuracy_counts_agreement(tiny, data_dir: Path, monkeypatch: pytes
     monkeypatch.setattr("qlora_utils.metrics.score_candidates", lambda *a, **k: fake)
     result = sst2_accuracy(tiny.model, tiny.tokenizer, data)
     assert result["accuracy"] == pytest.approx(0.7) and result["predictions"] == wanted
+    assert sum(wanted) == 6 and result["predicted_positive_share"] == pytest.approx(0.6)  # 6 of 10 predicted positive
 
 
 def test_squad_scores_on_hand_made_cases() -> None:

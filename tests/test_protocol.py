@@ -35,7 +35,9 @@ def test_interval_matches_a_hand_computed_t_interval() -> None:
 
 
 @pytest.mark.parametrize("low,high,verdict", [(-1.0, 2.0, SUPPORTED), (3.5, 6.0, NOT_SUPPORTED),
-                                              (1.0, 4.0, INCONCLUSIVE), (float("nan"), float("nan"), INCONCLUSIVE)])
+                                              (1.0, 4.0, INCONCLUSIVE), (float("nan"), float("nan"), INCONCLUSIVE),
+                                              # wholly below / above the margin is strict: touching it settles nothing
+                                              (-1.0, 3.0, INCONCLUSIVE), (3.0, 5.0, INCONCLUSIVE)])
 def test_decide(low: float, high: float, verdict: str) -> None:
     assert protocol.decide(low, high, 3.0) == verdict
 
@@ -46,6 +48,7 @@ def test_quality_verdicts_reach_each_outcome() -> None:
     supported = protocol.quality_verdict(_frame(full, [f - 1 + 0.1 * i for i, f in enumerate(full)]), rule)[0]
     assert supported["verdict"] == SUPPORTED and supported["seeds"] == 5
     assert supported["margin"] == pytest.approx(0.03 * 86.8)
+    assert protocol.PairedRule("x", "nf4", "bf16", 1.5, relative=False).margin_points(86.8) == 1.5, "points stay points"
     against = protocol.quality_verdict(_frame(full, [f - 6 - 0.1 * i for i, f in enumerate(full)]), rule)[0]
     assert against["verdict"] == NOT_SUPPORTED
     unsure = protocol.quality_verdict(_frame(full, [f - d for f, d in zip(full, [0, 5, 1, 4, 2])]), rule)[0]
@@ -71,6 +74,22 @@ def test_no_pairs_is_not_testable() -> None:
 def test_trainable_share_at_the_plans_configuration() -> None:
     rows = protocol.trainable_verdict(_frame([86.0], [85.0]))
     assert rows[0]["verdict"] == SUPPORTED and rows[0]["effect"] == 0.5
+    at_limit = _frame([86.0], [85.0]).assign(**{"trainable %": 1.0})
+    assert protocol.trainable_verdict(at_limit)[0]["verdict"] == NOT_SUPPORTED, "the rule is below 1 %, not at it"
+
+
+def test_seeds_to_settle_is_the_first_n_whose_half_width_is_below_the_distance() -> None:
+    # sd 1, distance 1: n = 6 gives t(0.975, 5) / sqrt 6 = 2.5706 / 2.4495 = 1.049 (not below 1);
+    # n = 7 gives t(0.975, 6) / sqrt 7 = 2.4469 / 2.6458 = 0.925
+    assert protocol.seeds_to_settle(0.0, 1.0, 1.0) == 7
+    assert protocol.seeds_to_settle(1.0, 1.0, 1.0) is None, "a mean on the margin is never settled"
+
+
+def test_memory_on_a_gpu_is_judged_on_the_highest_peak() -> None:
+    runs = pd.DataFrame([{"run": f"8b-{i}", "model": "Qwen3-8B", "mode": "nf4", "device": "cuda",
+                          "peak MiB": gib * 1024} for i, gib in enumerate((12.0, 25.0))])
+    row = protocol.memory_verdict(runs)
+    assert row["effect"] == pytest.approx(25.0) and row["verdict"] == NOT_SUPPORTED
 
 
 def test_memory_without_a_gpu_is_not_testable_and_shows_the_planners_band() -> None:

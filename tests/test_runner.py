@@ -230,6 +230,7 @@ def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
     # 10:00-10:10 and 10:05-10:20 overlap (20 min), then a pause, then 11:00-11:01
     assert busy_seconds([run("11:00:00", "11:01:00"), run("10:00:00", "10:10:00"), run("10:05:00", "10:20:00")]) == 1260
     assert busy_seconds([]) == 0
+    assert busy_seconds([run("10:00:00", "10:30:00"), run("10:05:00", "10:10:00")]) == 1800, "a run inside another"
 
 
 def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ def test_judge_trust_is_mean_consistency_and_worst_sanity_gap():
     trust = winrate.judge_trust(_judged([0.2, 0.6], [47.0, 58.0]))
     assert trust["position_consistency"] == pytest.approx(40.0)
     assert trust["sanity_gap"] == pytest.approx(8.0)
+    assert winrate.judge_trust(_judged([0.5], [40.0, 55.0]))["sanity_gap"] == pytest.approx(10.0), \
+        "a sanity pair below 50 % is as far off as one above it"
     assert all(math.isnan(v) for v in winrate.judge_trust({}).values())
 
 
@@ -124,4 +126,6 @@ def test_better_judge_prefers_consistency_then_sanity():
     assert winrate.better_judge([small, large]) is large
     tie_far, tie_near = _judged([0.5], [70.0]), _judged([0.5], [52.0])
     assert winrate.better_judge([tie_far, tie_near]) is tie_near
+    first, second = _judged([0.5], [52.0]), _judged([0.5], [52.0])
+    assert winrate.better_judge([first, second]) is first, "a tie on both goes to the first judge named"
     assert winrate.better_judge([{}, {"win_rates": []}]) is None
