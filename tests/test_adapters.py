@@ -43,6 +43,26 @@ def test_parameter_report_equals_analytic_count(preset: str, mode: str, placemen
     assert 0 < report.percent < 100
 
 
+def test_placements_and_counts_by_hand() -> None:
+    """The placements and the analytic count checked against hand-worked numbers, not against themselves."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qlora_utils.planner import llama_7b_config
+
+    assert PLACEMENTS["attention"] == ("q_proj", "k_proj", "v_proj")  # the plan's: q, k, v
+    assert set(PLACEMENTS["attention_mlp"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"}
+    # LLaMA-7B, r = 8 on every linear layer: 32 x 8 x (4 x (4096 + 4096) + 2 x (4096 + 11008) + (11008 + 4096))
+    assert analytic_parameter_count(llama_7b_config(), LoraSettings(8, placement="attention_mlp")).trainable \
+        == 19_988_480
+    # attention biases on q, k, v and o: embeddings 80 + head 80 + q 72 + k 36 + v 36 + o 72 + MLP 384 + norms 24
+    config = LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=10, attention_bias=True, tie_word_embeddings=False)
+    assert analytic_parameter_count(config).total == 784 == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    loaded = load_model("tiny-qwen2", "nf4")  # packed 4-bit weights hold two values a byte
+    assert parameter_report(loaded.model).total == analytic_parameter_count(loaded.model.config).total
+
+
 def test_full_fine_tuning_trains_everything() -> None:
     loaded = load_model("tiny-qwen2", "full")
     report = parameter_report(prepare_for_training(loaded, None))

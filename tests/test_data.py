@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.data import load_task, subsample
+import datasets
+
+from qlora_utils.data import EVAL_SIZES, TaskData, load_task, split_for_selection, subsample
 from qlora_utils.errors import DataUnavailableError, QLoraError
 
 
@@ -20,6 +22,7 @@ def test_local_loaders_read_every_record(data_dir: Path, task: str, split: str, 
     assert data.source.startswith("local:") and "/" not in data.source.split(":")[1].split("/")[0]
     assert (Path(data_dir) / data.source.removeprefix("local:")).is_file(), "relative to the data directory"
     assert f"read {count} records" in str(data)
+    assert EVAL_SIZES.get((task, split), count) == count, "the sizes profiles are checked against"
 
 
 def test_sst2_records_are_clean(data_dir: Path) -> None:
@@ -53,6 +56,22 @@ def test_stratified_sample_keeps_group_shares(data_dir: Path) -> None:
         assert abs(sample.dataset["dataset"].count(group) - 100 * share) < 1
 
 
+def _toy(groups: dict[str, int]) -> TaskData:
+    rows = [{"g": g, "i": i} for g, k in groups.items() for i in range(k)]
+    return TaskData("toy", "train", datasets.Dataset.from_list(rows), "local:toy", len(rows))
+
+
+def test_stratified_quotas_by_hand_and_the_edges_of_subsampling() -> None:
+    # 7 of a:5, b:4, c:1 -> quotas 3.5, 2.8, 0.7; floors 3, 2, 0; the 2 leftovers go to the largest remainders b, c
+    got = subsample(_toy({"a": 5, "b": 4, "c": 1}), 7, seed=0, stratify_by="g").dataset["g"]
+    assert {k: got.count(k) for k in "abc"} == {"a": 3, "b": 3, "c": 1}
+    assert len(subsample(_toy({"a": 10}), 10, seed=0)) == 10, "all records may be taken"
+    part = subsample(_toy({"a": 10}), 4, seed=0).describe()
+    assert (part["records_read"], part["records_used"]) == (10, 4)
+    with pytest.raises(QLoraError, match="cannot set aside 10 of the 10 records"):
+        split_for_selection(_toy({"a": 10}), 10)
+
+
 def test_asking_for_more_than_available_is_an_error(data_dir: Path) -> None:
     with pytest.raises(QLoraError, match="cannot take 5000 records from squad/train: 3807 are available"):
         load_task("squad", "train", n=5000, data_dir=data_dir)
@@ -82,8 +101,6 @@ def test_unknown_split_lists_the_known_ones() -> None:
 
 def test_selection_split_is_fixed_and_disjoint_from_every_training_sample(data_dir: Path) -> None:
     from dataclasses import replace
-
-    from qlora_utils.data import split_for_selection, subsample
 
     full = load_task("sst2", "train", data_dir=data_dir)
     full = replace(full, dataset=full.dataset.add_column("row", list(range(len(full)))))

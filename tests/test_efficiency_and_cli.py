@@ -42,9 +42,21 @@ def test_environment_records_versions_and_hardware() -> None:
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
-    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    import os
+    import stat
+
+    from qlora_utils.io import atomic_write_text
+
+    old = os.umask(0o002)
+    try:
+        atomic_write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o664, "as readable as any file under this umask"
+    with pytest.raises(TypeError):
+        atomic_write_text(tmp_path / "t.txt", 123)  # type: ignore[arg-type]  # fails mid-write
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"], "a failed write leaves nothing behind"
 
 
 def test_cli_bad_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -176,3 +176,17 @@ def test_an_assembled_file_without_its_marker_is_checked_not_fetched_again(tmp_p
     monkeypatch.setattr(official, "download_hub", lambda *a: pytest.fail("already here"))
     assert official.fetch("toy", cache=tmp_path).read_bytes() == PAYLOAD
     assert (tmp_path / "files" / "toy.gguf.sha256").read_text().strip() == _official()[1]
+
+
+def test_a_corrupt_file_without_its_marker_is_fetched_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _toy(monkeypatch)
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "toy.gguf").write_bytes(PAYLOAD[:-1] + b"!")  # the right size, one byte wrong
+
+    def hub(file: official.OfficialFile, into: Path) -> Path:
+        into.mkdir(parents=True)
+        (into / file.filename).write_bytes(PAYLOAD)
+        return into / file.filename
+
+    monkeypatch.setattr(official, "download_hub", hub)
+    assert official.fetch("toy", cache=tmp_path).read_bytes() == PAYLOAD

@@ -77,3 +77,21 @@ def test_efficiency_run_measures_memory_and_speed(tmp_path) -> None:
                                           seq_len=16, steps=2), tmp_path)
     assert record["fit"]["fits"] and record["training"]["steps"] == 2
     assert record["training"]["tokens"] == 2 * 2 * 16 and record["training"]["tokens_per_second"] > 0
+
+
+def test_llama_7b_terms_by_hand() -> None:
+    """Each term of the plan for LLaMA-7B (6,738,415,616 parameters, the published count) worked out by hand:
+    comparisons between modes alone would let a wrong term through."""
+    from qlora_utils.planner import WORKSPACE, MemoryPlan, llama_7b_config, verdict
+
+    config, lora = llama_7b_config(), LoraSettings(8)  # r = 8 on q, k, v: 32 layers x 3 x 8 x (4096 + 4096)
+    nf4 = plan_memory(config, "nf4", lora, batch_size=1, seq_len=512)
+    assert nf4.optimizer_states == 8 * 6_291_456  # paged AdamW 32-bit: two fp32 states per trainable parameter
+    assert nf4.unquantized_weights == 2 * (2 * 32_000 * 4096 + 65 * 4096)  # embeddings, head and 65 norms in bf16
+    bf16 = plan_memory(config, "bf16", lora, batch_size=1, seq_len=512)  # checkpointing on: every layer's input
+    per_layer = 512 * (10 * 4096 + 4 * 11008) * 2 + 32 * 512 ** 2 * 2  # plus one layer recomputed
+    assert bf16.activations == 32 * 512 * 4096 * 2 + per_layer + WORKSPACE
+    full = plan_memory(config, "full", None, batch_size=1, seq_len=512)
+    assert full.autocast_copies == 2 * (6_738_415_616 - 262_410_240)  # a bf16 copy of every linear weight
+    edge = verdict(MemoryPlan(23 * 1024 ** 3, 0, 0, 0, 0, 0, 0, 0), 24.0)  # 23 GiB + 1 GiB reserve = 24 GiB
+    assert edge["margin GiB"] == 0.0 and edge["fits"] is True
