@@ -283,7 +283,7 @@ def test_a_dirty_tree_is_refused_naming_the_files(monkeypatch: pytest.MonkeyPatc
     assert not (tmp_path / "runs").exists(), "nothing ran"
 
 
-def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path) -> None:
+def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
     from qlora_utils.environment import changed_files, git_commit
@@ -302,6 +302,9 @@ def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path) -> None
     assert changed_files(tmp_path) == [], "a run directory written by a run is a result, not code"
     (tmp_path / "code.py").write_text("x = 2\n")
     assert changed_files(tmp_path) == ["code.py"] and git_commit(tmp_path).endswith("+dirty")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("QLORA_GIT_COMMIT", "f" * 40)  # inside a run: the runner's commit, unless a checkout is named
+    assert git_commit(tmp_path) == head + "+dirty" and git_commit() == "f" * 40
 
 
 def test_provenance_problems_name_dirty_code_mixed_commits_and_machine_paths(tmp_path: Path) -> None:
@@ -340,6 +343,15 @@ def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch
     runs_elsewhere = tmp_path.parent / "gridruns"  # QLORA_RUNS_DIR outside the checkout (a grid run from a worktree)
     monkeypatch.setenv("QLORA_RUNS_DIR", str(runs_elsewhere))
     assert scrub(f"{runs_elsewhere}/quick/.a.staging/.source.ipynb") == "<runs>/quick/.a.staging/.source.ipynb"
+
+
+def test_scrub_file_rewrites_the_file(tmp_path: Path) -> None:
+    from qlora_utils.paths import REPO as CHECKOUT, scrub_file
+
+    log = tmp_path / "x.log"
+    log.write_text(f"File {CHECKOUT}/qlora_utils/runs.py:1\n")
+    scrub_file(log)
+    assert log.read_text() == "File <repo>/qlora_utils/runs.py:1\n"
 
 
 def test_kernels_import_this_checkout_even_when_another_is_installed(tmp_path: Path,
@@ -438,3 +450,129 @@ def test_a_kernel_that_never_started_is_started_again(tmp_path: Path, monkeypatc
         assert runner.execute_entry(entry, profile, root=tmp_path) == "done"
         assert len(calls) == 2
         assert run_state(profile.runs_dir(tmp_path) / entry.name, entry.config_hash) == "done"
+
+
+FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
+                      "notebooks/week6_alpacaeval_efficiency.md")
+
+
+def test_a_first_attempt_keeps_its_state(tmp_path: Path) -> None:
+    from qlora_utils.io import atomic_write_json
+    from qlora_utils.runs import staging_dir
+
+    run_dir = tmp_path / "r"
+    for state in ("failed", "interrupted"):
+        atomic_write_json(staging_dir(run_dir) / "status.json", {"state": state})
+        assert run_state(run_dir) == state
+    atomic_write_json(staging_dir(run_dir) / "status.json", {"state": "running"})
+    assert run_state(run_dir) == "partial", "started and killed"
+
+
+def test_clip_error_keeps_a_text_of_exactly_the_limit() -> None:
+    from qlora_utils.runs import clip_error
+
+    assert clip_error("x" * 2000) == "x" * 2000 and clip_error("x" * 2001) != "x" * 2001
+
+
+def test_replace_run_leaves_nothing_aside(tmp_path: Path) -> None:
+    from qlora_utils.runs import replace_run, staging_dir
+
+    run_dir, staging = tmp_path / "r", staging_dir(tmp_path / "r")
+    run_dir.mkdir()
+    (run_dir / "old.txt").write_text("old")
+    staging.mkdir()
+    (staging / "new.txt").write_text("new")
+    replace_run(staging, run_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"] and [p.name for p in run_dir.iterdir()] == ["new.txt"]
+
+
+def test_recover_never_puts_an_incomplete_attempt_in_place(tmp_path: Path) -> None:
+    from qlora_utils.io import atomic_write_json
+    from qlora_utils.runs import recover, staging_dir
+
+    run_dir, old = tmp_path / "r", tmp_path / ".r.old"
+    old.mkdir()
+    (old / "metrics.json").write_text("{}")
+    atomic_write_json(staging_dir(run_dir) / "status.json", {"state": "done"})  # says done, lacks its files
+    recover(run_dir)
+    assert (run_dir / "metrics.json").is_file() and not old.exists() and staging_dir(run_dir).is_dir()
+
+
+def test_a_lock_being_written_is_held_until_it_is_old(tmp_path: Path) -> None:
+    import os
+    import time
+
+    lock = RunLock(tmp_path / "r")
+    lock.path.write_text("")  # created, its owner not yet written (or killed at that instant)
+    assert lock.held() and run_state(tmp_path / "r") == "running"
+    os.utime(lock.path, (time.time() - 60,) * 2)
+    assert not lock.held() and lock.acquire()
+    lock.release()
+
+
+def _done_entries(tmp_path: Path, names: str):
+    from qlora_utils.io import atomic_write_json
+
+    profile = load_profile(_profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {FAST}}}\n" for n in names)))
+    for entry in profile.entries:
+        run_dir = profile.runs_dir(tmp_path / "runs") / entry.name
+        for name in ("config.json", "env.json", "notebook.ipynb", "metrics.json"):
+            atomic_write_json(run_dir / name, {})
+        atomic_write_json(run_dir / "status.json", {"state": "done", "config_hash": entry.config_hash})
+    return profile
+
+
+def test_only_patterns_are_alternatives(tmp_path: Path) -> None:
+    profile = _done_entries(tmp_path, "abc")
+    assert run_profile(profile, root=tmp_path / "runs", only=["a", "b"], validate=False, allow_dirty=True) == {
+        "a": "skipped (done)", "b": "skipped (done)"}
+
+
+def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import qlora_utils.runner as runner
+
+    root = tmp_path / "runs"
+    monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
+        sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
+        json.dumps(entry.parameters)])
+    path = _profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {FAST}}}\n" for n in "abc"))
+    assert run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True) == dict.fromkeys(
+        "abc", "done")
+    times = {n: json.loads((root / "ptest" / n / "times.json").read_text()) for n in "abc"}
+    assert times["c"]["begin"] >= min(times["a"]["end"], times["b"]["end"]), "never three at once with --jobs 2"
+
+
+def test_check_inputs_names_a_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qlora_utils.runner import check_inputs
+
+    monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path))
+    with pytest.raises(QLoraError, match=r"lacks .*sst2.*which these runs read"):
+        check_inputs(list(load_profile(_profile(tmp_path, f"  - {{name: a, notebook: {WEEK2}}}\n")).entries))
+
+
+def test_a_dirty_run_keeps_its_diff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qlora_utils.environment as environment
+
+    monkeypatch.setattr(environment, "changed_files", lambda path=None: ["qlora_utils/edited.py"])
+    path = _profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n")
+    assert run_profile(load_profile(path), root=tmp_path / "runs", validate=False, allow_dirty=True) == {"a": "done"}
+    run = tmp_path / "runs" / "ptest" / "a"
+    assert json.loads((run / "env.json").read_text())["git_commit"].endswith("+dirty")
+    assert (run / "uncommitted.diff").is_file()
+
+
+def _invalid(tmp_path: Path, notebook: str, parameters: str) -> str:
+    with pytest.raises(QLoraError) as info:
+        validate_profile(load_profile(_profile(tmp_path, f"  - {{name: w, notebook: {notebook}, "
+                                                         f"parameters: {parameters}}}\n")))
+    return str(info.value)
+
+
+def test_value_checks_at_their_edges(tmp_path: Path) -> None:
+    assert "'zero_shot'=None is not of type bool" in _invalid(tmp_path, WEEK2, "{zero_shot: null}")
+    assert "instruct_runs names ['w']" in _invalid(tmp_path, WEEK6, "{kind: winrates, instruct_runs: [w]}"), \
+        "a run cannot judge itself"
+    assert "dropout=1.0 must be in [0, 1)" in _invalid(tmp_path, WEEK2, "{dropout: 1.0}")
+    assert "judge='openai:' must be local:PRESET" in _invalid(tmp_path, WEEK6, "{kind: winrates, judge: 'openai:'}")
