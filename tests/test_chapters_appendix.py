@@ -104,3 +104,36 @@ def test_the_least_time_any_schedule_needs_is_set_against_the_budget(tmp_path: P
         "week2_sst2_baseline's.")
     assert appendix.floor_sentence(runs, {"a"}, budget_hours=1).endswith(", within the 1-hour budget.")
     assert appendix.page(runs, budget_hours=1, exclusive={"a"}).text["floor"].startswith("However they are")
+
+
+def test_speed_median_of_three(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abc")]
+    for run, gflops in zip(runs, (100.0, 120.0, 200.0)):
+        run.env["speed"] = {"gflops": gflops, "threads": 1}
+    assert appendix.speed_sentence(runs).endswith("ranged 100 to 200 GFLOP/s per thread (median 120).")
+
+
+def test_hosts_in_order_of_their_first_run(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, name, "nf4", seed, 0.8) for seed, name in enumerate("abc")]
+    for run, platform, day in zip(runs, ["Linux-a", "Linux-b", "Linux-a"], ["29", "30", "31"]):
+        run.env["hardware"]["platform"] = platform
+        run.status.update(started=f"2026-12-{day}T10:00:00+00:00", finished=f"2026-12-{day}T10:30:00+00:00")
+    # Linux-a first ran on the 29th, Linux-b on the 30th (Linux-a's last run, the 31st, comes after)
+    assert appendix.hosts_sentence(runs).startswith("The runs ran on 2 hosts, told apart by their platform string: "
+                                                    "2 on Linux-a (")
+
+
+def test_a_span_equal_to_the_budget_meets_it() -> None:
+    assert appendix.budget_sentence(0.5, 0.75, 0.75).endswith("while a runner was stopped).")
+
+
+def test_provenance_shows_twelve_characters_of_the_commit(tmp_path: Path) -> None:
+    page = appendix.page([sst2_run(tmp_path, "a", "nf4", 0, 0.8)])
+    assert list(page.markdown["provenance"]["commit"]) == ["a" * 12]
+
+
+def test_wall_time_table_keeps_one_decimal(tmp_path: Path) -> None:
+    run = sst2_run(tmp_path, "a", "nf4", 0, 0.8)
+    run.status.update(wall_seconds=90.0, finished="2026-11-29T12:01:30+00:00")
+    table = appendix.page([run]).markdown["wall_time"]
+    assert table["sum of wall times (min)"].tolist() == [1.5, 1.5] and table["elapsed (min)"].tolist() == [1.5, 1.5]

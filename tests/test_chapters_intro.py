@@ -26,3 +26,11 @@ def test_intro_repeats_week2_and_names_each_verdict_once(tmp_path: Path) -> None
     assert verdict not in evidence, f"the prose says '— {verdict} (evidence)': the evidence must not repeat it"
     assert evidence.startswith("full fine-tuning − QLoRA = +3.0 points")
     assert text["runs"] == str(len(runs)) and text["profile"] == "cpu"
+
+
+def test_intro_hours_and_models(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, f"{label}-{mode}", mode, 0, 0.8, label=label)
+            for label in ("M-135M", "Q-0.5B") for mode in ("nf4", "bf16", "full")]
+    text = intro.page(runs, "cpu").text
+    assert text["hours"] == "0.09" and text["run_hours"] == "0.53"  # 6 runs side by side, 320 s each
+    assert text["models"] == "M-135M, Q-0.5B"

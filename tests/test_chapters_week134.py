@@ -309,3 +309,21 @@ def test_bench_section_reads_the_benchmark_run(tmp_path: Path) -> None:
     empty = week3.page([])
     assert empty.tables["bench"].empty and NA not in empty.text["bench_result"]
     assert empty.text["bench_result"].startswith("This profile ran no benchmark")
+
+
+def test_week3_two_seed_pairs_give_a_ci(tmp_path: Path) -> None:
+    small = dict(label="S-0.5B", total=500_000, examples=500)
+    large = dict(label="L-1.5B", total=1_500_000, examples=500, notebook="week3_scaling", preset="tiny-qwen2")
+    runs = []
+    for seed, gain in zip(range(2), (0.02, 0.04)):
+        runs += [sst2_run(tmp_path, f"s-nf4-{seed}", "nf4", seed, 0.80 + seed / 100, **small),
+                 sst2_run(tmp_path, f"l-nf4-{seed}", "nf4", seed, 0.80 + seed / 100 + gain, **large)]
+    page = week3.page(runs)
+    # gains 2 and 4 points: mean 3.0, s.e. 1.0, t(0.975, 1) = 12.706
+    assert page.text["scale_nf4_seeds"] == "2" and page.text["scale_nf4_gain"] == "+3.0"
+    assert page.text["scale_nf4_ci"] == "-9.7 to +15.7"
+
+
+def test_week4_no_sentence_for_another_run_of_the_lead_model(tmp_path: Path) -> None:
+    page = week4.page([_run(tmp_path / "a-qlora", _squad(50.0, 30.0)), _run(tmp_path / "b-older", _squad(40.0, None))])
+    assert page.text["others"] == ""  # both runs are SmolLM2's: no "other model" to describe

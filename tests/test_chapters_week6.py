@@ -339,3 +339,40 @@ def test_gpu_checks_measure_the_8b_answer_against_24_gb() -> None:
     over = protocol.memory_verdict(pd.DataFrame(), gpu_checks=gpucheck.verdict_rows(
         [gpu_record("nf4", 20 * 1024, 25 * 1024)]))
     assert over["verdict"] == protocol.NOT_SUPPORTED
+
+
+def test_example_positions_shows_up_to_the_limit() -> None:
+    answers = {"a": ["x"] * 6, "b": ["y"] * 6}  # every position differs
+    meta = [{"dataset": f"source{i}"} for i in range(6)]  # each from its own source
+    assert week6.example_positions(answers, meta) == [0, 1, 2, 3]  # EXAMPLES = 4
+
+
+def test_trust_a_sanity_gap_between_5_and_10_is_caution() -> None:
+    assert week6.trust_sentence(95.0, 7.0).startswith("With caution")
+
+
+def test_miss_note_mixed_signs_is_not_under_prediction() -> None:
+    table = pd.DataFrame({"mode": ["QLoRA (NF4)"] * 2, "tokens per step": [64, 128], "device": ["cpu"] * 2,
+                          "error (%)": [-44.0, 20.0]})
+    note = week6.miss_note(table)
+    assert "The 2 such runs have errors from -44 % to +20 %" in note and "under-predicts" not in note
+
+
+def test_q8_speed_share_is_qlora_over_lora() -> None:
+    nf4, bf16 = gpu_record("nf4", 10 * 1024, 12 * 1024), gpu_record("bf16", 16 * 1024, 18 * 1024)
+    nf4["training"]["tokens_per_second"], bf16["training"]["tokens_per_second"] = 1500.0, 2000.0
+    page = week6.Page("week6")
+    week6.gpu_measured(page, [nf4, bf16])
+    assert page.text["q8_speed_share"] == "75"  # 100 x 1500 / 2000
+
+
+def test_a_win_rate_run_naming_no_run_goes_with_the_lead(tmp_path: Path) -> None:
+    big = instruct_run(tmp_path / "big", "nf4")
+    big.metrics["model"].update(label="Big", preset="big")
+    big.metrics["parameters"] = {"total": 500}
+    small = instruct_run(tmp_path / "small", "bf16")
+    small.metrics["model"].update(label="Small", preset="small")
+    small.metrics["parameters"] = {"total": 100}
+    p = week6.page([small, big, run(tmp_path / "w", WINRATES, kind="winrates")])  # no instruct_runs parameter
+    assert list(p.tables["judges"]["answers of"]) == ["Big"] and p.text["judge"] == "local:tiny-qwen2"
+    assert p.text["second"] == ""

@@ -68,3 +68,23 @@ def test_side_by_side_shows_the_lead_model_and_no_instruction_twice(tmp_path: Pa
     assert list(alpaca.columns[2:4]) == ["base", "QLoRA (NF4)"], "one model's systems only, none of Small's"
     # week 6 shows position 0 (koala) and 4 (oasst); the next disagreements are 1 and 3, then agreeing ones fill up
     assert list(alpaca["instruction"]) == ["i1", "i3", "i2"]
+
+
+def _two_model_runs(tmp_path: Path) -> list[Run]:
+    runs = []
+    for mode in ("nf4", "bf16"):
+        for s in (0, 1):
+            big = sst2_run(tmp_path, f"big-{mode}-{s}", mode, s, 0.85, label="Big-1B", total=1_000_000, preset="big")
+            big.metrics["training"]["tokens_per_second"] = 300.0 if mode == "nf4" else 400.0
+            runs += [big, sst2_run(tmp_path, f"m-{mode}-{s}", mode, s, 0.80)]  # M-135M at 100 tokens/s
+    return runs
+
+
+def test_speed_is_the_largest_models(tmp_path: Path) -> None:
+    assert week7.page(_two_model_runs(tmp_path)).text["tps"] == "QLoRA (NF4) 300 (1 thread), 16-bit LoRA 400 (1 thread)"
+
+
+def test_busy_means_above_cores_plus_a_half(tmp_path: Path) -> None:
+    runs = _two_model_runs(tmp_path)
+    runs[0].metrics["training"]["memory"].update(load_average_1min=2.3, cpu_count=2)  # 2.3 <= 2 + 0.5: quiet
+    assert week7.page(runs).text["busy"].startswith("0 of the 1 training runs that recorded it")

@@ -149,3 +149,48 @@ def test_the_grid_survives_a_killed_and_requeued_job_on_slurm(tmp_path: Path, da
                            capture_output=True, text=True)
     assert f"job {job} (slurm), log " in shown.stdout, shown.stdout
     print(f"{len(records)} runs through SLURM in {elapsed:.0f} s, {victim} requeued once")
+
+
+def test_job_memory_is_the_plan_times_the_margin_plus_overhead(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    import qlora_utils.cluster as cluster
+    from qlora_utils.adapters import analytic_parameter_count
+    from qlora_utils.inventory import config_of
+
+    profile = load_profile(_grid(tmp_path))
+    alone = profile.entries[2]
+    gpu = cluster.planned_memory_gib(alone, gpu=True)  # the host loads 16-bit weights: 2 bytes per parameter
+    assert gpu == 2 * analytic_parameter_count(config_of("tiny-qwen3")).total / 1024 ** 3
+    monkeypatch.setattr(cluster, "planned_memory_gib", lambda entry, gpu=False: 3.0)
+    assert job_parameters(alone, JobSettings())["mem_gb"] == 7  # 3 x 1.5 + 2 = 6.5, rounded up
+    assert job_parameters(alone, JobSettings(mem_cap_gib=5))["mem_gb"] == 5
+
+
+def test_slurm_jobs_depend_on_their_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qlora_utils.cluster as cluster
+
+    class Job:
+        def __init__(self, n: int) -> None:
+            self.job_id = str(100 + n)
+            self.paths = type("P", (), {"stdout": tmp_path / f"{n}.out", "stderr": tmp_path / f"{n}.err"})()
+
+    class Executor:
+        count = 0
+
+        def update_parameters(self, **kw) -> None:
+            pass
+
+        def submit(self, fn) -> Job:
+            Executor.count += 1
+            return Job(Executor.count)
+
+    monkeypatch.setattr(cluster, "_executor", lambda kind, folder: Executor())
+    profile = load_profile(_grid(tmp_path))
+    root = tmp_path / "runs"
+    submitted = submit_profile(profile, "slurm", JobSettings.from_profile(profile), root=root, allow_dirty=True,
+                               wait=False)
+    assert submitted == {"first": "101", "second": "102", "alone": "103"}
+    records = job_records(profile, root)
+    assert records["second"]["after"] == ["101"] and records["first"]["after"] == [] and records["alone"]["after"] == []

@@ -189,3 +189,26 @@ def test_placeholder_is_recognised() -> None:
 def test_not_an_svg() -> None:
     assert mark_problems("<html></html>") == ["not an SVG document: the root element is <html>"]
     assert mark_problems("<svg")[0].startswith("not an SVG document")
+
+
+def test_gpu_fit_bars_start_inside_the_plot() -> None:
+    import xml.etree.ElementTree as ET
+
+    frame = pd.DataFrame({"model": ["tiny", "small", "big"], "mode": [QLORA] * 3, "predicted GiB": [0.3, 5.0, 80.0],
+                          "margin GiB": [23.7, 19.0, -56.0], "fits": [True, True, False]})
+    chart = figures.gpu_fit(frame)
+    assert chart.to_dict()["layer"][0]["encoding"]["x"]["scale"]["domain"][0] == 0.1  # 10 ** floor(log10(0.3 / 2))
+    groups = mark_groups(ET.fromstring(chart_svg(chart)))
+    starts = [path_box(item.get("d"))[0] for item in next(g for g in groups if g.kind == "rect").items]
+    assert len(starts) == 3 and min(starts) >= 0 and max(starts) - min(starts) < 0.5, starts  # all from the baseline
+
+
+def test_winrate_error_bars_span_two_standard_errors() -> None:
+    import xml.etree.ElementTree as ET
+
+    chart = CHARTS["winrates"]()  # se 4.1, 4.3 and 0.0
+    assert list(chart.layer[1].data["low"]) == pytest.approx([56.9, 54.2, 50.0])
+    assert list(chart.layer[1].data["high"]) == pytest.approx([65.1, 62.8, 50.0])
+    rules = [g for g in mark_groups(ET.fromstring(chart_svg(chart))) if g.kind == "rule"]
+    widths = sorted(abs(float(i.get("x2", 0)) - float(i.get("x1", 0))) for g in rules for i in g.items)
+    assert sum(w > 1 for w in widths) == 2, widths  # two error bars with extent (the 50 % rule is vertical)
