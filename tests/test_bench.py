@@ -49,3 +49,38 @@ def test_compare_losses_and_variants() -> None:
 
     with pytest.raises(QLoraError, match="unknown bench variant 'fast'"):
         _train_settings(BenchSettings(), "fast")
+
+
+def test_the_rules_on_made_up_timings_and_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alternation, best-of-repeats times, the ratio reference / project and the identical-work rule, on fakes
+    whose numbers are checked by hand (no model trained)."""
+    from types import SimpleNamespace
+
+    from qlora_utils import bench
+
+    seconds = {"reference": [6.0, 4.0], "noise": [5.0, 5.0], "plain": [3.0, 2.0], "project": [2.0, 1.0]}
+    losses = {"reference": [1.0, 0.5], "noise": [1.0, 0.56], "plain": [1.0, 0.555], "project": [1.02, 0.5]}
+    calls: list[str] = []
+
+    def fake(side: str) -> tuple[float, list[float]]:
+        calls.append(side)
+        return seconds[side][calls.count(side) - 1], losses[side]
+
+    monkeypatch.setattr(bench, "attention_kernels", lambda: {"reference": "sdpa", "noise floor": "eager"})
+    monkeypatch.setattr(bench, "reference_training",
+                        lambda settings, ckpt, out, attention=None: fake("noise" if attention else "reference"))
+    monkeypatch.setattr(bench, "project_training", lambda settings, ckpt, out, variant="project": fake(variant))
+    monkeypatch.setattr(bench, "load_average", lambda: 0.5)
+    monkeypatch.setattr(bench, "load_model", lambda *a: SimpleNamespace(model=None, tokenizer=None))
+    monkeypatch.setattr(bench, "load_task", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "sst2_accuracy", lambda *a: {"accuracy": 0.9, "predictions": [1, 0]})
+    monkeypatch.setattr(bench, "reference_scoring", lambda *a: {"accuracy": 0.9, "predictions": [1, 1]})
+    result = bench.run_bench(BenchSettings(repeats=2, variants=("plain", "project")), str(tmp_path),
+                             checkpointing=(False,))
+    assert calls == ["reference", "noise", "plain", "project", "project", "plain", "noise", "reference"]
+    noise, plain, project, scoring = result["summary"]
+    assert noise["mean loss difference"] == pytest.approx(0.06)  # (0 + 0.06 / 0.5) / 2
+    assert plain["mean loss tolerance"] == pytest.approx(0.06) and plain["identical work"] is True  # 0.055
+    assert project["first-step loss difference"] == pytest.approx(0.02) and project["identical work"] is False
+    assert (project["reference s"], project["project s"], project["speed-up"]) == (4.0, 1.0, 4.0)
+    assert scoring["predictions that differ"] == 1

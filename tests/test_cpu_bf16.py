@@ -98,3 +98,11 @@ def test_a_rerun_of_an_older_commit_gets_the_route_in_every_python_process(tmp_p
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH_ENV: "1", "PYTHONPATH": str(folder)},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-3000:]
+
+
+def test_installed_reports_without_installing() -> None:
+    code = ("from qlora_utils import cpu_bf16\n"
+            "print(cpu_bf16.installed(), len(cpu_bf16._library), cpu_bf16.install(), cpu_bf16.installed())")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH_ENV: "1"}, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "0", "True", "True"], out.stderr[-3000:]

@@ -110,3 +110,12 @@ def test_selection_split_is_fixed_and_disjoint_from_every_training_sample(data_d
     assert split_for_selection(full, 500)[1].dataset["row"] == selection.dataset["row"], "the same split every run"
     for seed in (0, 1):
         assert set(subsample(pool, 1000, seed).dataset["row"]) <= pooled, "never trained on"
+
+
+def test_an_experiment_trains_on_the_pool_and_chooses_on_the_held_split(data_dir: Path) -> None:
+    from qlora_utils.experiments import Experiment, training_data
+
+    train, selection = training_data(Experiment(train_examples=16, selection_examples=50, data_dir=str(data_dir)))
+    pool, held = split_for_selection(load_task("sst2", "train", data_dir=data_dir), 50)
+    assert train.dataset["sentence"] == subsample(pool, 16, 0).dataset["sentence"]
+    assert selection.dataset["sentence"] == held.dataset["sentence"]

@@ -106,6 +106,22 @@ def test_nothing_is_prepared_on_cuda_or_past_the_memory_cap(monkeypatch: pytest.
         assert count == 0
 
 
+def test_the_memory_cap_counts_every_prepared_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quarter of the available memory holds exactly the first two bf16 copies, or one byte less than them."""
+    from types import SimpleNamespace
+
+    from qlora_utils.models import load_model
+
+    model = load_model("tiny-qwen2", "nf4").model
+    monkeypatch.setenv(dequant.SWITCH_ENV, "1")
+    monkeypatch.setattr(dequant.cpu_bf16, "installed", lambda: False)  # bf16 copies: 2 bytes a weight
+    first, second = [layer.weight.quant_state.shape.numel() * 2 for layer in dequant.four_bit_layers(model)[:2]]
+    for available, expected in ((4 * (first + second - 1), 1), (4 * (first + second), 2)):
+        monkeypatch.setattr(dequant.psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+        with dequant.prepared_once(model, torch.device("cpu")) as count:
+            assert count == expected
+
+
 def test_a_bad_switch_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(dequant.SWITCH_ENV, "yes")
     with pytest.raises(QLoraError, match="QLORA_DEQUANTIZE_ONCE='yes'"):

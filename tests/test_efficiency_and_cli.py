@@ -31,6 +31,21 @@ def test_peak_memory_sees_a_transient_allocation() -> None:
     assert mem.result["seconds"] > 0 and mem.peak_mib == mem.result["cpu_peak_above_baseline_mib"]
 
 
+def test_peak_memory_is_above_the_given_baseline_and_tokens_per_second_by_hand(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import math
+
+    from qlora_utils import efficiency
+
+    mib = 1024 ** 2
+    fake = {"RssAnon": 1000 * mib, "VmRSS": 1500 * mib}  # the process holds 1000 MiB anonymous, 1500 MiB in all
+    monkeypatch.setattr(efficiency, "_status_kib", lambda *keys: {k: fake[k] for k in keys if k in fake})
+    with PeakMemory("fixed", baseline_rss=400 * mib, baseline_total=900 * mib) as mem:  # before the model loaded
+        pass
+    assert mem.result["cpu_peak_above_baseline_mib"] == 600.0 == mem.result["cpu_total_rss_above_baseline_mib"]
+    assert efficiency.tokens_per_second(300, 1.5) == 200.0 and math.isnan(efficiency.tokens_per_second(300, 0.0))
+
+
 def test_environment_records_versions_and_hardware() -> None:
     env = environment()
     assert env["versions"]["transformers"] and env["versions"]["bitsandbytes"]
@@ -73,6 +88,10 @@ def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
     assert code == 0
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["zero_shot"]["n"] == record["fine_tuned"]["n"] == 16
+    assert record["data"]["eval"]["split"] == "validation", "the score is the dev set's"
+    assert record["selection"]["n"] == record["data"]["selection"]["records_used"] == 500, "not the dev set's size"
+    rows = json.loads((tmp_path / "run" / "generations.json").read_text())
+    assert len(rows) == 16 and {r["zero_shot"] for r in rows} <= {0, 1}, "each zero-shot answer kept beside its own"
     assert record["parameters"]["trainable"] > 0 and record["training"]["tokens"] > 0
     assert record["model"]["label"] == "tiny-qwen2 (random weights)"
     assert record["training"]["settings"]["scheduler"] == "cosine"

@@ -66,3 +66,9 @@ def test_token_length_stats_per_part(data_dir: Path, tokenizer) -> None:
     stats = token_length_stats(load_task("sst2", "validation", n=20, seed=0, data_dir=data_dir), tokenizer)
     assert stats["answer"]["max"] == 2  # one label token plus eos
     assert stats["total"]["mean"] == pytest.approx(stats["prompt"]["mean"] + stats["answer"]["mean"])
+
+
+def test_an_alpaca_input_follows_its_instruction() -> None:
+    assert messages_for("alpaca", {"instruction": "Add the numbers.", "input": "2 3"}) == [
+        {"role": "user", "content": "Add the numbers.\n\n2 3"}]
+    assert messages_for("alpaca", {"instruction": "Say hi.", "input": ""}) == [{"role": "user", "content": "Say hi."}]

@@ -129,3 +129,36 @@ def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, da
         losses[flags] = result.train_losses()
     for flags, curve in losses.items():
         assert curve == pytest.approx(losses[False, False], rel=1e-2), (flags, losses)
+
+
+def test_the_lean_loss_under_accumulation_and_the_seed_reaching_the_trainer(tmp_path: Path, data_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With gradient accumulation the lean loss divides by the items of the whole accumulated batch, as the model's
+    own does (else each step's loss doubles); the lean trainer runs whenever one rewrite is on; the training seed
+    (data order, dropout) is the one the settings give."""
+    from transformers import set_seed
+
+    from qlora_utils.training import AnswerLossTrainer
+
+    def curve(seed: int = 0, **flags: object) -> list[float]:
+        set_seed(0)  # the same weights every time
+        loaded = load_model("tiny-qwen2", "full")
+        examples = tokenize_for_training(load_task("sst2", "train", n=16, seed=0, data_dir=data_dir),
+                                         loaded.tokenizer, add_eos=False)
+        model = prepare_for_training(loaded, None, gradient_checkpointing=False)
+        settings = TrainSettings(learning_rate=1e-3, max_steps=2, batch_size=4, seed=seed, group_by_length=False,
+                                 **{"head_on_labels_only": False, "share_prefix": False, **flags})
+        losses = train(model, loaded.tokenizer, examples, settings, tmp_path / str(len(calls)),
+                       show_progress=False).train_losses()
+        assert torch.initial_seed() == seed
+        return losses
+
+    calls: list[int] = []
+    lean_loss = AnswerLossTrainer.compute_loss
+    monkeypatch.setattr(AnswerLossTrainer, "compute_loss", lambda *a, **k: (calls.append(1), lean_loss(*a, **k))[1])
+    accumulated = {flags: curve(grad_accum=2, head_on_labels_only=flags, share_prefix=flags) for flags in (False, True)}
+    assert accumulated[True] == pytest.approx(accumulated[False], rel=1e-2), accumulated
+    calls.clear()
+    curve(head_on_labels_only=True)
+    assert calls, "the head on the labels alone runs the lean loss"
+    assert curve(seed=0)[0] != curve(seed=1)[0], "another seed, another data order"
