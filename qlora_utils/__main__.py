@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
             lora = None if args.mode == "full" else LoraSettings(args.rank, args.alpha, args.dropout, args.placement)
             exp = Experiment(task=args.command, preset=args.model, mode=args.mode, lora=lora,
-                             train_examples=args.train_examples, eval_examples=args.eval_examples or None,
+                             train_examples=args.train_examples, eval_examples=args.eval_examples,
                              max_length=args.max_length, data_dir=args.data_dir,
                              gradient_checkpointing=not args.no_checkpointing,
                              train=TrainSettings(learning_rate=args.lr, batch_size=args.batch_size,

@@ -108,8 +108,8 @@ def _eval_size_problems(name: str, stem: str, eval_examples: Any) -> list[str]:
     from .data import EVAL_SIZES
     from .runner import NOTEBOOK_DATA
 
-    sizes = [EVAL_SIZES[split] for split in NOTEBOOK_DATA.get(stem, ()) if split in EVAL_SIZES]
-    if not sizes or not isinstance(eval_examples, int) or eval_examples <= min(sizes):
+    limit = min((EVAL_SIZES[split] for split in NOTEBOOK_DATA.get(stem, ()) if split in EVAL_SIZES), default=None)
+    if limit is None or not isinstance(eval_examples, int) or eval_examples <= limit:
         return []
-    return [f"run {name!r}: eval_examples={eval_examples} is more than the {min(sizes)} records of {stem}'s "
-            f"evaluation split; use at most {min(sizes)}, or 0 for all of them"]
+    return [f"run {name!r}: eval_examples={eval_examples} is more than the {limit} records of {stem}'s evaluation "
+            f"split; use at most {limit}, or 0 for all of them"]

@@ -38,7 +38,7 @@ class Experiment:
     mode: str = "nf4"
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     train_examples: int = 1000
-    eval_examples: int | None = None  # None: the whole validation split
+    eval_examples: int | None = None  # None or 0: the whole validation split
     train: TrainSettings = field(default_factory=lambda: TrainSettings(learning_rate=1e-3))
     add_eos: bool | None = None  # None: not for SST-2 (the label word alone is scored), yes for generation tasks
     max_length: int | None = None  # training examples longer than this are dropped (and counted)
@@ -54,9 +54,10 @@ class Experiment:
             raise QLoraError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.train_examples <= 0:
             raise QLoraError(f"train_examples must be positive, got {self.train_examples}")
-        if self.eval_examples is not None and self.eval_examples <= 0:
-            raise QLoraError(f"eval_examples must be positive, or None for the whole validation split; got "
+        if self.eval_examples is not None and self.eval_examples < 0:
+            raise QLoraError(f"eval_examples must be positive, or 0 (or None) for the whole validation split; got "
                              f"{self.eval_examples}")
+        self.eval_examples = self.eval_examples or None  # the profiles' and the command line's 0 means all
 
 
 def evaluate(exp: Experiment, loaded: LoadedModel, model: Any, data: TaskData) -> dict[str, Any]:

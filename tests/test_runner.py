@@ -15,6 +15,8 @@ from qlora_utils.runner import REPO, run_profile
 from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
+FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
+                      "notebooks/week6_alpacaeval_efficiency.md")
 
 
 def test_there_is_one_notebook_per_week() -> None:
@@ -451,9 +453,6 @@ def test_a_kernel_that_never_started_is_started_again(tmp_path: Path, monkeypatc
         assert len(calls) == 2
         assert run_state(profile.runs_dir(tmp_path) / entry.name, entry.config_hash) == "done"
 
-
-FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
-                      "notebooks/week6_alpacaeval_efficiency.md")
 
 
 def test_a_first_attempt_keeps_its_state(tmp_path: Path) -> None:
