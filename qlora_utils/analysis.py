@@ -40,6 +40,8 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         "train examples": record.get("data", {}).get("train", {}).get("records_used"),
         "metric": metric, "quality": value, "exact match": tuned.get("exact_match"),
         "selection": 100 * record["selection"]["accuracy"] if "accuracy" in record.get("selection", {}) else None,
+        "selection zero-shot": 100 * record["selection_zero_shot"]["accuracy"]
+        if "accuracy" in record.get("selection_zero_shot", {}) else None,
         "predicted positive %": 100 * tuned["predicted_positive_share"] if "predicted_positive_share" in tuned else None,
         "zero-shot": (100 * zero["accuracy"] if sst2 else zero.get("f1")) if zero else None,
         "trainable %": record.get("parameters", {}).get("percent"),

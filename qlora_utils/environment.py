@@ -38,6 +38,34 @@ def cpu_model() -> str | None:
     return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
 
 
+HOST_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the vector instructions that set speed
+# and rounding of this project's products; a host kind is named by the best of them
+HOST_KINDS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def cpu_flags() -> list[str]:
+    """The flags of HOST_FLAGS this CPU has (Linux), in HOST_FLAGS' order; empty when unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [flag for flag in HOST_FLAGS if flag in have]
+
+
+def host_kind(hardware: dict[str, Any]) -> str:
+    """A run's kind of host in words ("AMD EPYC, AVX-512 BF16"): the CPU model and its best vector instructions.
+    Records made before the flags were kept name the build's capability (torch's AVX2 / AVX512) or "unrecorded"."""
+    flags = hardware.get("cpu_flags")
+    model = hardware.get("cpu_model") or "CPU"
+    if flags is not None:
+        best = next((words for flag, words in HOST_KINDS if flag in flags), "no AVX2")
+        return f"{model}, {best}"
+    capability = hardware.get("cpu_capability")
+    return f"{model}, {capability.replace('AVX512', 'AVX-512')}" if capability else "unrecorded"
+
+
 def hardware() -> dict[str, Any]:
     """CPU, memory and GPU of this machine, and the threads this process uses (with any changes a parallel grid made:
     `threads.follow`). The CPU's model and the vector instructions torch's kernels use matter for reproduction: the
@@ -50,6 +78,7 @@ def hardware() -> dict[str, Any]:
 
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                             "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "cpu_flags": cpu_flags(),
                             "bf16_products": products(), "eval_weights": route(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "thread_changes": changes(),

@@ -48,12 +48,16 @@ class Experiment:
     data_dir: str | None = None
     gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
     selection_examples: int = SELECTION_SIZE  # SST-2: training sentences set aside to choose configurations on
+    score_dev: bool = True  # False: only the selection split is scored (pilot and learning-rate runs never see dev)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise QLoraError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.train_examples <= 0:
             raise QLoraError(f"train_examples must be positive, got {self.train_examples}")
+        if not self.score_dev and (self.task != "sst2" or not self.selection_examples):
+            raise QLoraError("score_dev=False scores only the selection split, which only SST-2 has; set score_dev "
+                             "to True for this task")
         if self.eval_examples is not None and self.eval_examples < 0:
             raise QLoraError(f"eval_examples must be positive, or 0 (or None) for the whole validation split; got "
                              f"{self.eval_examples}")
@@ -115,7 +119,8 @@ def training_data(exp: Experiment) -> tuple[TaskData, TaskData | None]:
 
 
 def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run one experiment; write metrics.json, history.json, generations.json and the adapters into output_dir.
+    """Run one experiment; write metrics.json, history.json, generations.json (the dev set's per-example outputs),
+    selection.json (SST-2: the selection split's per-sentence predictions) and the adapters into output_dir.
 
     Python, NumPy and torch are seeded with the training seed before the model loads and again before the adapters
     are created, so that the same seed gives the same adapters, data order, dropout masks and numbers."""
@@ -134,11 +139,15 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
                               "data": {"train": train_data.describe(), "eval": eval_data.describe()}}
     if selection_data is not None:
         record["data"]["selection"] = selection_data.describe()
-    zero = None
+    zero, zero_selection = None, None
     if exp.zero_shot:
-        with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
-            zero = evaluate(exp, loaded, loaded.model, eval_data)
-        record["zero_shot"] = _summary(zero, mem.result)
+        if exp.score_dev:
+            with PeakMemory("zero_shot_eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
+                zero = evaluate(exp, loaded, loaded.model, eval_data)
+            record["zero_shot"] = _summary(zero, mem.result)
+        if selection_data is not None:
+            zero_selection = evaluate(exp, loaded, loaded.model, selection_data)
+            record["selection_zero_shot"] = {k: v for k, v in zero_selection.items() if k != "predictions"}
     set_seed(exp.train.seed)  # the adapters' initialisation does not depend on whether zero-shot scoring ran
     model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
@@ -146,18 +155,23 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     record["data"]["train"]["examples_after_length_filter"] = len(examples)
     result = train(model, loaded.tokenizer, examples, exp.train, Path(output_dir), baseline_rss=baseline_rss,
                    baseline_total=baseline_total)
-    with PeakMemory("eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
-        tuned = evaluate(exp, loaded, model, eval_data)
+    tuned = None
+    if exp.score_dev:
+        with PeakMemory("eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
+            tuned = evaluate(exp, loaded, model, eval_data)
+        record["fine_tuned"] = _summary(tuned, mem.result)
     if selection_data is not None:
         chosen_on = evaluate(exp, loaded, model, selection_data)
         record["selection"] = {k: v for k, v in chosen_on.items() if k != "predictions"}
+        recorder.selection(_per_example(exp, selection_data, zero_selection, chosen_on))
     if isinstance(model, PeftModel):
         save_adapter(model, Path(output_dir) / "adapter", base=exp.preset)
-    record.update({"fine_tuned": _summary(tuned, mem.result), "parameters": parameter_report(model).to_dict(),
+    record.update({"parameters": parameter_report(model).to_dict(),
                    "training": {**result.summary(), "gradient_checkpointing": exp.gradient_checkpointing},
                    "load_memory": load_mem.result, "environment": environment(),
                    "wall_seconds": round(time.perf_counter() - started, 1)})
-    recorder.generations(_per_example(exp, eval_data, zero, tuned))
+    if tuned is not None:
+        recorder.generations(_per_example(exp, eval_data, zero, tuned))
     if exp.task == "alpaca":
         _record_model_outputs(exp, eval_data, zero, tuned, Path(output_dir))
         record["decoding"] = {"strategy": "greedy", "max_new_tokens": exp.max_new_tokens,

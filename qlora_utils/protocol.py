@@ -308,3 +308,136 @@ def secondary_vs_full(frame: pd.DataFrame, best: dict[str, Any] | None,
     judged = _judged(pairs, rule)
     return {"expectation": rule.expectation + " (secondary: configuration chosen on the selection split)",
             **{k: judged[k] for k in ("seeds", "effect", "low", "high", "margin", "verdict", "seeds to settle")}}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Protocol v2, fixed before the pilot and before every run it judges (the book names the commit that added it:
+# `protocol_commit`). What changed from v1, and why: the 500-sentence grid taught the model nothing measurable, its
+# seed counts were habit rather than power, and a seed-only interval ignored the dev set's own sampling error.
+#
+# 1. Significance and the margin are two statements. A comparison is *significant* when its seed-paired 95 % t interval
+#    excludes 0; its margin verdict is v1's rule on the same interval. Beside them: a two-level bootstrap interval
+#    (seeds and sentences resampled, `two_level_bootstrap`), which also carries the sampling error of the evaluation
+#    set; where the margin verdict on that wider interval differs, the book says so next to the verdict.
+# 2. Seeds per arm: the fewest (never fewer than MIN_SEEDS_V2) that give POWER to decide the margin when the true gap
+#    is 0, at the pilot's paired sd (`power_seeds`). "Seeds to settle" of an inconclusive verdict is the same power
+#    calculation at the observed mean and sd (`seeds_to_settle_power`), not the count at which the interval would
+#    just clear the margin.
+# 3. The pilot (QLoRA at the plan's adapters on Qwen2.5-Coder-0.5B, judged on the selection split, never on dev):
+#    training sizes PILOT_SIZES in order; the study's size is the smallest at which fine-tuning beats the same model
+#    zero-shot by at least PILOT_MIN_GAIN points with an exact McNemar p below PILOT_ALPHA (`pilot_choice`). If none
+#    does, no grid is spent. The pilot's paired sd is √2 × the sd over its seeds at that size (the arms' seed noise
+#    taken as independent), from at least PILOT_SD_SEEDS seeds.
+# 4. Learning rates: every arm gets the same number of rates (at least LR_MIN_RATES, spanning at least LR_MIN_SPAN×),
+#    chosen on the selection split at the pilot's size with one seed; a winner at a grid's edge extends the grid by one
+#    rate past it (`lr_choice`).
+# 5. A diverged run. Non-finite loss or gradient norm: the run fails and is never pooled. A finite divergence
+#    (`analysis.divergence_step`): the run stays in every pooled figure (dropping it would choose the data after
+#    seeing it), is named beside the result, and every spread it enters is shown with and without it
+#    (`spread_weight`).
+# ---------------------------------------------------------------------------------------------------------------------
+
+PROTOCOL_VERSION = 2
+SIGNIFICANT, NOT_SIGNIFICANT = "significant", "not significant"
+POWER = 0.80
+MIN_SEEDS_V2 = 6
+PILOT_SIZES = (1000, 2000, 4000, 8000)
+PILOT_MIN_GAIN = 3.0  # points of selection-split accuracy over the same model zero-shot
+PILOT_ALPHA = 0.01  # exact two-sided McNemar test on the selection split's sentences
+PILOT_SD_SEEDS = 3
+LR_MIN_RATES, LR_MIN_SPAN = 3, 10.0
+BOOTSTRAP_DRAWS, BOOTSTRAP_SEED = 10_000, 20231205
+
+
+def significance(low: float, high: float) -> str:
+    """Whether a two-sided interval excludes 0 (a difference the seeds can tell apart from none)."""
+    if math.isnan(low) or math.isnan(high):
+        return NOT_SIGNIFICANT
+    return SIGNIFICANT if low > 0 or high < 0 else NOT_SIGNIFICANT
+
+
+def mcnemar(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """Exact two-sided McNemar test of two scorings of the same sentences (True = correct): the sentences each way
+    and the binomial p of the split of the discordant ones."""
+    first, second = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    if first.shape != second.shape:
+        raise ValueError(f"McNemar needs the same sentences scored twice: {first.shape} against {second.shape}")
+    gained, lost = int((~first & second).sum()), int((first & ~second).sum())
+    p = float(stats.binomtest(gained, gained + lost, 0.5).pvalue) if gained + lost else 1.0
+    return {"n": int(first.size), "gained": gained, "lost": lost, "p": p,
+            "gain points": 100 * (gained - lost) / first.size if first.size else float("nan")}
+
+
+def pilot_choice(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The study's training size: the smallest pilot size whose gain over zero-shot on the selection split is at least
+    PILOT_MIN_GAIN points with McNemar p below PILOT_ALPHA; None when no size passes (then no grid is run)."""
+    passing = [r for r in rows if r["gain points"] >= PILOT_MIN_GAIN and r["p"] < PILOT_ALPHA]
+    return min(passing, key=lambda r: r["train examples"]) if passing else None
+
+
+def lr_choice(rates: dict[float, float]) -> dict[str, Any]:
+    """The rate with the highest selection-split accuracy (ties: the lower rate), whether the grid is wide enough by
+    the protocol, and whether the winner sits at an edge (then the grid must be extended past it)."""
+    if not rates:
+        return {"rate": None, "complete": False, "at edge": False}
+    ordered = sorted(rates)
+    best = max(ordered, key=lambda r: (rates[r], -r))
+    wide = len(ordered) >= LR_MIN_RATES and ordered[-1] / ordered[0] >= LR_MIN_SPAN
+    edge = best in (ordered[0], ordered[-1])
+    return {"rate": best, "accuracy": rates[best], "complete": wide and not edge, "at edge": edge,
+            "rates": len(ordered), "span": ordered[-1] / ordered[0]}
+
+
+def _power(n: int, distance: float, sd: float, confidence: float) -> float:
+    """The chance that a seed-paired t interval over n seeds lies wholly on one side of a margin `distance` away from
+    the true mean difference (non-central t)."""
+    critical = stats.t.ppf(0.5 + confidence / 2, n - 1)
+    return float(stats.nct.sf(critical, n - 1, distance * math.sqrt(n) / sd))
+
+
+def seeds_for_power(distance: float, sd: float, power: float = POWER, confidence: float = CONFIDENCE,
+                    limit: int = 1000) -> int | None:
+    """The fewest seeds that decide a margin `distance` points from the true mean with the given power (None when
+    the distance is 0 or the spread unknown, or past `limit`)."""
+    if not distance or math.isnan(sd) or math.isnan(distance) or sd <= 0:
+        return None
+    for n in range(2, limit + 1):
+        if _power(n, abs(distance), sd, confidence) >= power:
+            return n
+    return None
+
+
+def power_seeds(paired_sd: float, margin: float, power: float = POWER, minimum: int = MIN_SEEDS_V2) -> int | None:
+    """Seeds per arm for the grid: power to decide the margin when the true gap is 0, never fewer than `minimum`."""
+    n = seeds_for_power(margin, paired_sd, power)
+    return None if n is None else max(minimum, n)
+
+
+def seeds_to_settle_power(mean: float, sd: float, margin: float, power: float = POWER) -> int | None:
+    """The seeds that would settle an inconclusive verdict with the given power if the observed mean and sd held."""
+    return seeds_for_power(abs(margin - mean), sd, power)
+
+
+def two_level_bootstrap(treatment: np.ndarray, reference: np.ndarray, draws: int = BOOTSTRAP_DRAWS,
+                        seed: int = BOOTSTRAP_SEED, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high) of reference − treatment over per-item scores (seeds × items, the same items in the same
+    order for both, seeds paired by row): seeds and items resampled independently, a percentile interval."""
+    diff = np.asarray(reference, dtype=float) - np.asarray(treatment, dtype=float)
+    if diff.ndim != 2 or diff.size == 0:
+        raise ValueError(f"two_level_bootstrap needs seeds × items scores, got shape {diff.shape}")
+    seeds, items = diff.shape
+    rng = np.random.default_rng(seed)
+    seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=draws)
+    item_counts = rng.multinomial(items, np.full(items, 1 / items), size=draws)
+    means = ((seed_counts @ diff) * item_counts).sum(axis=1) / (seeds * items)
+    tail = (1 - confidence) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def spread_weight(values: Sequence[float], diverged: Sequence[bool]) -> dict[str, float]:
+    """The sd of a set of runs with and without its diverged ones (the weight the diverged runs carry on it)."""
+    values, mask = np.asarray(values, dtype=float), np.asarray(diverged, dtype=bool)
+    kept = values[~mask]
+    return {"sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+            "sd without diverged": float(kept.std(ddof=1)) if len(kept) > 1 else float("nan"),
+            "diverged": int(mask.sum())}

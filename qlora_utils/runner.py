@@ -266,14 +266,17 @@ def kernel_environment() -> None:
 
 def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
                 keep_going: bool = False, jobs: int = 1, validate: bool = True,
-                allow_dirty: bool = False) -> dict[str, str]:
+                allow_dirty: bool = False, cores: int | None = None) -> dict[str, str]:
     """Validate the whole grid, then execute every entry that is not done and current (all with force).
 
     With jobs > 1, that many runs execute at once, each in its own runner process, sharing the cores
     (`threads.shares`: a run left alone takes the freed cores between its steps and batches); an entry starts once
-    the earlier runs it `needs` have finished, and an `exclusive` one runs alone."""
+    the earlier runs it `needs` have finished, and an `exclusive` one runs alone. `cores` caps the cores the grid
+    uses (default: all of them), so that a long grid can leave one for other work."""
     if jobs < 1:
         raise QLoraError(f"jobs must be at least 1, got {jobs}")
+    if cores is not None and not 1 <= cores <= (os.cpu_count() or 1):
+        raise QLoraError(f"--cores must be between 1 and this machine's {os.cpu_count() or 1}, got {cores}")
     check_committed(allow_dirty)
     check_switches()
     kernel_environment()
@@ -293,10 +296,10 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     results: dict[str, str] = {}
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a plain `kill` stops the kernel cleanly, like Ctrl-C
     try:
-        if jobs == 1:
+        if jobs == 1 and cores is None:
             _run_entries(profile, entries, root, force, keep_going, results, allow_dirty)
-        else:
-            _run_parallel(profile, entries, root, force, keep_going, jobs, results, allow_dirty)
+        else:  # each run in its own process, with its share of the cores
+            _run_parallel(profile, entries, root, force, keep_going, jobs, results, allow_dirty, cores)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return {e.name: results[e.name] for e in entries if e.name in results}  # in the profile's order
@@ -350,10 +353,10 @@ def runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: boo
 
 
 def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,
-                  jobs: int, results: dict[str, str], allow_dirty: bool = False) -> None:
+                  jobs: int, results: dict[str, str], allow_dirty: bool = False, cores: int | None = None) -> None:
     """Execute entries `jobs` at a time, each through a one-entry runner process; logs go to RUNS/PROFILE/NAME.log."""
     runs_dir = profile.runs_dir(root)
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     pending = list(entries)  # whether one is skipped is decided when its turn comes: what it needs may re-run first
     unfinished = {e.name for e in pending}
     running: dict[str, tuple[subprocess.Popen[bytes], Any, Entry]] = {}

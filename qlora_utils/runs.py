@@ -2,7 +2,7 @@
 
 A run directory holds config.json (notebook, parameters, hash), status.json (running / done / failed, wall time),
 env.json (versions, hardware, git commit), the executed notebook.ipynb, and what the notebook records through
-`RunRecorder`: metrics.json, history.json, generations.json. Every file is written atomically.
+`RunRecorder`: metrics.json, history.json, generations.json, selection.json. Every file is written atomically.
 
 Beside each run directory NAME live `.NAME.lock` (held, with O_EXCL, by the one process executing it) and
 `.NAME.staging` (the attempt in progress, or the last failed one): an attempt replaces NAME only once it has
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 UNCOMMITTED = "uncommitted.diff"  # what a run made with --allow-dirty ran beyond its commit
 STATES = ("done", "running", "stale", "failed", "interrupted", "partial", "corrupt", "missing")
 REQUIRED = ("config.json", "env.json", "status.json", "notebook.ipynb", "metrics.json")  # a finished run has these
-OPTIONAL = ("history.json", "generations.json")  # and these parse when present
+OPTIONAL = ("history.json", "generations.json", "selection.json")  # and these parse when present
 
 
 def _alive(pid: Any) -> bool:
@@ -264,6 +264,10 @@ class RunRecorder:
         """Write generations.json: model outputs kept for reading and error analysis."""
         atomic_write_json(self.run_dir / "generations.json", generations)
 
+    def selection(self, predictions: list[dict[str, Any]]) -> None:
+        """Write selection.json: per-sentence predictions on the selection split (zero-shot beside fine-tuned)."""
+        atomic_write_json(self.run_dir / "selection.json", predictions)
+
 
 @dataclass
 class Run:
@@ -311,6 +315,10 @@ class Run:
     def generations(self) -> list[dict[str, Any]]:
         """Recorded generations (empty if none)."""
         return read_json(self.path / "generations.json") or []
+
+    def selection(self) -> list[dict[str, Any]]:
+        """Per-sentence predictions on the selection split (empty if none were recorded)."""
+        return read_json(self.path / "selection.json") or []
 
 
 def read_run(path: Path) -> Run:
