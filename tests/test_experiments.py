@@ -1,0 +1,35 @@
+"""An SST-2 experiment that never sees the dev set (protocol v2's pilot and learning-rate runs): the selection split
+scored zero-shot and fine-tuned, per sentence, and nothing of dev recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qlora_utils.errors import QLoraError
+from qlora_utils.experiments import Experiment, run_experiment, training_data
+from qlora_utils.runs import read_run
+from qlora_utils.training import TrainSettings
+
+
+def test_selection_only_run_records_both_scorings_per_sentence_and_no_dev(data_dir: Path, tmp_path: Path) -> None:
+    exp = Experiment(task="sst2", preset="tiny-qwen2", mode="nf4", train_examples=16, eval_examples=8,
+                     selection_examples=40, score_dev=False, data_dir=str(data_dir),
+                     train=TrainSettings(learning_rate=1e-3, batch_size=8))
+    record = run_experiment(exp, tmp_path / "run")
+    assert "fine_tuned" not in record and "zero_shot" not in record, "the dev set is never scored"
+    assert not (tmp_path / "run" / "generations.json").exists()
+    rows = read_run(tmp_path / "run").selection()
+    _, held = training_data(exp)
+    assert [r["sentence"] for r in rows] == held.dataset["sentence"] and len(rows) == 40
+    for key, summary in (("zero_shot", "selection_zero_shot"), ("fine_tuned", "selection")):
+        correct = sum(r[key] == r["label"] for r in rows)
+        assert record[summary]["accuracy"] == pytest.approx(correct / 40) and record[summary]["n"] == 40
+
+
+def test_selection_only_is_refused_where_there_is_no_selection_split() -> None:
+    with pytest.raises(QLoraError, match="score_dev"):
+        Experiment(task="squad", score_dev=False)
+    with pytest.raises(QLoraError, match="score_dev"):
+        Experiment(task="sst2", selection_examples=0, score_dev=False)
