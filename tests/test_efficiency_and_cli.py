@@ -13,7 +13,7 @@ import torch
 
 from qlora_utils.__main__ import main
 from qlora_utils.efficiency import PeakMemory
-from qlora_utils.environment import environment
+from qlora_utils.environment import HOST_FLAGS, environment, host_kind
 from qlora_utils.io import atomic_write_json
 
 
@@ -54,6 +54,24 @@ def test_environment_records_versions_and_hardware() -> None:
         "the vector instructions torch's kernels use (AVX2, AVX512, ...): part of what reproduces bitwise"
     if Path("/proc/cpuinfo").is_file():
         assert env["hardware"]["cpu_model"], "the CPU's model is read from /proc/cpuinfo"
+        assert set(env["hardware"]["cpu_flags"]) <= set(HOST_FLAGS)
+
+
+@pytest.mark.parametrize("hardware,kind", [
+    ({"cpu_model": "Intel Xeon", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]},
+     "Intel Xeon, AMX"),
+    ({"cpu_model": "AMD EPYC", "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}, "AMD EPYC, AVX-512 BF16"),
+    ({"cpu_model": "AMD EPYC", "cpu_flags": ["avx2"]}, "AMD EPYC, AVX2"),
+    ({"cpu_model": "AMD EPYC", "cpu_capability": "AVX2"}, "AMD EPYC, AVX2"),  # a record from before the flags
+    ({"platform": "Linux"}, "unrecorded")])
+def test_host_kind_names_the_best_vector_instructions(hardware: dict, kind: str) -> None:
+    assert host_kind(hardware) == kind
+
+
+def test_run_refuses_more_cores_than_the_machine_has(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "smoke", "--cores", "999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cores must be between 1 and" in err[0]
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
