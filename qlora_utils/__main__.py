@@ -6,6 +6,7 @@
   reproduce P RUN  re-run one finished run in a scratch folder; compare its numbers, losses and outputs
   bench            time training and scoring side by side with a reference recipe on identical work
   speedup P RUN    one run at an older commit and at this one, started together on this machine: new/old time
+  pilot PROFILE    protocol v2's pilot: the study's size, the rates per arm, seeds by power, the grid's time
   validate [P...]  check profiles' parameters against the notebooks (all profiles by default)
   book             build the Jupyter Book for a profile into _build/html
   gpu-check        on a GPU: the planner's verdict rows trained for real, SST-2 and SQuAD end to end on CUDA
@@ -112,6 +113,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="folder for both runs, their logs and speedup.json (default: a temporary folder)")
     status = command(sub, "status", help="list every run of a profile with its state")
     status.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
+    pilot = command(sub, "pilot", help="protocol v2's pilot: sizes, the study's size, rates per arm, the grid's time")
+    pilot.add_argument("profile", help="profile name (profiles/NAME.yaml) or path")
     validate = command(sub, "validate", help="check profiles against the notebooks' parameters cells")
     validate.add_argument("profiles", nargs="*", help="default: every profile in profiles/")
     book = command(sub, "book", help="build the Jupyter Book from a profile's runs")
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv[0] if argv else "").parse_args(argv)
     try:
-        if args.command in ("run", "status", "validate"):
+        if args.command in ("run", "status", "validate", "pilot"):
             from .profiles import available_profiles, load_profile, validate_profile
             from .runner import run_profile, state_detail, status
         if args.command == "run" and not args.executor and (args.partition or args.no_wait):
@@ -283,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:45s} {state}" + (f"  {detail}" if detail else ""))
             counts = {s: sum(1 for _, x in states if x == s) for s in STATES}
             print(f"{profile.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        elif args.command == "pilot":
+            from .pilot import report
+            from .runs import read_runs
+
+            print(report(read_runs(load_profile(args.profile).runs_dir())))
         elif args.command == "validate":
             for name in args.profiles or available_profiles():
                 profile = load_profile(name)

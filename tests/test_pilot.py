@@ -1,0 +1,87 @@
+"""The pilot and learning-rate tables from synthetic run folders: McNemar from the stored per-sentence predictions,
+the study's size by the protocol, seeds by power, the rates per arm and the grid's estimate by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from chapter_fixtures import sst2_run
+from qlora_utils import pilot, protocol
+from qlora_utils.runs import Run
+
+AMX = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "torch_threads": 1}
+
+
+def _pilot_run(tmp: Path, size: int, seed: int, zero_right: int, tuned_right: int, group: str = "pilot",
+               mode: str = "nf4", lr: float = 1e-3, placement: str = "attention") -> Run:
+    """A selection-only run whose 100 selection sentences are all positive: the first `zero_right` right zero-shot,
+    the first `tuned_right` right after fine-tuning."""
+    name = f"{group}-{mode}-{placement}-n{size}-lr{lr:g}-seed{seed}"
+    run = sst2_run(tmp, name, mode, seed, 0.0, group=group, examples=size, lr=lr, placement=placement)
+    del run.metrics["fine_tuned"]
+    run.metrics.update(seed=seed, training={**run.metrics["training"], "tokens": 40 * size})
+    run.env["hardware"] = AMX
+    run.path.mkdir(parents=True)
+    rows = [{"sentence": f"s{i}", "label": 1, "zero_shot": int(i < zero_right), "fine_tuned": int(i < tuned_right)}
+            for i in range(100)]
+    (run.path / "selection.json").write_text(json.dumps(rows))
+    return run
+
+
+def test_pilot_rows_test_each_size_against_its_own_zero_shot_sentences(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, 0, 80, 82), _pilot_run(tmp_path, 2000, 0, 80, 92)]
+    rows = pilot.pilot_rows(runs)
+    first, second = rows.iloc[0], rows.iloc[1]
+    assert (first["gained"], first["lost"], first["gain points"]) == (2, 0, pytest.approx(2.0))
+    assert first["p"] == pytest.approx(0.5)  # 2 of 2 discordant one way: 2 × (1/2)²
+    assert second["gain points"] == pytest.approx(12.0) and second["p"] == pytest.approx(2 / 2 ** 12)
+    assert (second["zero-shot %"], second["fine-tuned %"], second["host"]) == (80.0, 92.0, "Xeon, AMX")
+    result = pilot.pilot_result(rows)
+    assert result["size"] == 2000 and result["seeds"] is None and "3 seeds" in result["reason"]
+
+
+def test_pilot_power_uses_the_spread_over_three_seeds_at_the_chosen_size(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, s, 80, right) for s, right in enumerate([90, 92, 94])]
+    result = pilot.pilot_result(pilot.pilot_rows(runs))
+    assert result["sd"] == pytest.approx(2.0) and result["paired sd"] == pytest.approx(2 * math.sqrt(2))
+    assert result["margin"] == pytest.approx(0.03 * 92)
+    assert result["seeds"] == protocol.power_seeds(2 * math.sqrt(2), 0.03 * 92)
+
+
+def test_no_size_passes_and_the_report_plans_no_grid(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, 0, 80, 82), _pilot_run(tmp_path, 2000, 0, 80, 81)]
+    assert pilot.pilot_result(pilot.pilot_rows(runs))["size"] is None
+    assert "No grid is planned" in pilot.report(runs)
+
+
+def test_rates_per_arm_and_an_edge_winner(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, 0, 80, right, group="lr", lr=lr)
+            for lr, right in [(1e-4, 85), (3e-4, 90), (1e-3, 88)]]
+    runs += [_pilot_run(tmp_path, 1000, 0, 80, right, group="lr", mode="full", lr=lr)
+             for lr, right in [(1e-6, 80), (3e-6, 84), (1e-5, 89)]]
+    choices = pilot.lr_choices(pilot.lr_rows(runs))
+    assert choices["QLoRA q,k,v"]["rate"] == 3e-4 and choices["QLoRA q,k,v"]["complete"]
+    assert choices["full fine-tuning"]["rate"] == 1e-5 and choices["full fine-tuning"]["at edge"]
+
+
+def test_estimate_scales_the_pilot_by_arm_and_host_kind_by_hand() -> None:
+    here = pd.DataFrame([{"train examples": 1000, "seed": 0, "train s": 200.0, "wall s": 300.0, "tokens/s": 200.0,
+                          "threads": 1, "host": "EPYC, AVX-512 BF16"}])
+    reference = pd.DataFrame([
+        {"arm": "QLoRA q,k,v", "wall s": 400.0, "tokens/s": 100.0, "threads": 1, "host": "Xeon, AMX"},
+        {"arm": "16-bit LoRA q,k,v", "wall s": 200.0, "tokens/s": 150.0, "threads": 1, "host": "Xeon, AMX"},
+        {"arm": "full fine-tuning", "wall s": 800.0, "tokens/s": 50.0, "threads": 2, "host": "Xeon, AMX"}])
+    table = pilot.estimate(here, reference, 1000, seeds=6).set_index("host")
+    per_run = 200 + 100 * 1372 / 1000  # training + scoring rescaled to selection and dev
+    assert table.loc["EPYC, AVX-512 BF16", "QLoRA q,k,v h"] == pytest.approx(per_run * 6 / 3600)
+    assert table.loc["Xeon, AMX", "16-bit LoRA q,k,v h"] == pytest.approx(per_run * 0.5 * 2 * 6 / 3600)
+    assert table.loc["Xeon, AMX", "full fine-tuning h"] == pytest.approx(per_run * 2 * 2 * 6 / 3600)
+    assert math.isnan(table.loc["Xeon, AMX", "QLoRA all linear h"])  # no committed run of that arm: no guess
+    elapsed = (table.loc["Xeon, AMX", "QLoRA q,k,v h"] + table.loc["Xeon, AMX", "16-bit LoRA q,k,v h"]) / 2 \
+        + table.loc["Xeon, AMX", "full fine-tuning h"]
+    assert table.loc["Xeon, AMX", "elapsed h, --jobs 2"] == pytest.approx(elapsed)
