@@ -186,6 +186,15 @@ SELECTION_SEED = 20230523  # the QLoRA paper's arXiv date; fixed once, the same 
 SELECTION_SIZE = 500
 
 
+def at_least_words(data: TaskData, min_words: int) -> TaskData:
+    """The SST-2 items of at least `min_words` words (the training set is mostly short phrases, median 7 words; the
+    dev set whole sentences, median 19, 90 % of them 9 words or more), named as such in the split."""
+    if not min_words:
+        return data
+    kept = data.dataset.filter(lambda r: len(r["sentence"].split()) >= min_words)
+    return TaskData(data.task, f"{data.split} (items of {min_words}+ words)", kept, data.source, data.n_available)
+
+
 def split_for_selection(data: TaskData, size: int = SELECTION_SIZE,
                         seed: int = SELECTION_SEED) -> tuple[TaskData, TaskData]:
     """(training pool, selection split): `size` records of a training split set aside by a fixed seed, disjoint from

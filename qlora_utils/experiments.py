@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import set_seed
 
 from .adapters import LoraSettings, parameter_report, prepare_for_training, save_adapter
-from .data import SELECTION_SIZE, TASKS, TaskData, load_task, split_for_selection, subsample
+from .data import SELECTION_SIZE, TASKS, TaskData, at_least_words, load_task, split_for_selection, subsample
 from .efficiency import PeakMemory, process_memory, total_rss
 from .environment import environment
 from .errors import QLoraError
@@ -49,6 +49,7 @@ class Experiment:
     gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
     selection_examples: int = SELECTION_SIZE  # SST-2: training sentences set aside to choose configurations on
     score_dev: bool = True  # False: only the selection split is scored (pilot and learning-rate runs never see dev)
+    min_words: int = 0  # SST-2: train and choose only on training items of at least this many words (0: all items)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -58,6 +59,9 @@ class Experiment:
         if not self.score_dev and (self.task != "sst2" or not self.selection_examples):
             raise QLoraError("score_dev=False scores only the selection split, which only SST-2 has; set score_dev "
                              "to True for this task")
+        if self.min_words < 0 or (self.min_words and self.task != "sst2"):
+            raise QLoraError(f"min_words applies to SST-2's phrases and must be 0 or more, got {self.min_words} for "
+                             f"{self.task}; leave it at 0")
         if self.eval_examples is not None and self.eval_examples < 0:
             raise QLoraError(f"eval_examples must be positive, or 0 (or None) for the whole validation split; got "
                              f"{self.eval_examples}")
@@ -111,10 +115,14 @@ def _record_model_outputs(exp: Experiment, data: TaskData, zero: dict[str, Any] 
 
 def training_data(exp: Experiment) -> tuple[TaskData, TaskData | None]:
     """The experiment's training sample (drawn by its seed) and, for SST-2, the selection split: sentences of the
-    training set set aside once by a fixed seed, never trained on, to choose configurations without the dev set."""
-    if exp.task != "sst2" or not exp.selection_examples:
+    training set set aside once by a fixed seed, never trained on, to choose configurations without the dev set;
+    with `min_words`, both come from the training items of at least that many words."""
+    if exp.task != "sst2":
         return load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir), None
-    pool, selection = split_for_selection(load_task(exp.task, "train", data_dir=exp.data_dir), exp.selection_examples)
+    items = at_least_words(load_task(exp.task, "train", data_dir=exp.data_dir), exp.min_words)
+    if not exp.selection_examples:
+        return subsample(items, exp.train_examples, exp.train.seed), None
+    pool, selection = split_for_selection(items, exp.selection_examples)
     return subsample(pool, exp.train_examples, exp.train.seed), selection
 
 

@@ -47,7 +47,8 @@ def _selection_row(run: Run) -> dict[str, Any]:
     after = [r["fine_tuned"] == r["label"] for r in rows]
     test = protocol.mcnemar(before, after) if rows and rows[0].get("zero_shot") is not None else {}
     training = run.metrics.get("training") or {}
-    return {"run": run.name, "train examples": (run.metrics.get("data") or {}).get("train", {}).get("records_used"),
+    return {"run": run.name, "min words": int(run.parameters.get("min_words") or 0),
+            "train examples": (run.metrics.get("data") or {}).get("train", {}).get("records_used"),
             "seed": run.metrics.get("seed"), "arm": arm_of(run),
             "learning rate": (training.get("settings") or {}).get("learning_rate"),
             "zero-shot %": 100 * float(np.mean(before)) if test else math.nan,
@@ -72,11 +73,13 @@ def pilot_rows(runs: Iterable[Run]) -> pd.DataFrame:
     return _rows(runs, PILOT_GROUP)
 
 
-def pilot_result(rows: pd.DataFrame) -> dict[str, Any]:
-    """The study's size by `protocol.pilot_choice` on the seed-0 runs, the spread over the seeds run at that size,
-    the paired sd it implies (√2 × sd) and the seeds per arm by power at a margin of 3 % of the pilot's accuracy."""
+def pilot_result(rows: pd.DataFrame, min_words: int = protocol.SST2_MIN_WORDS) -> dict[str, Any]:
+    """The study's size by `protocol.pilot_choice` on the seed-0 runs of the items the protocol trains on (amendment
+    2.1: `min_words`), the spread over the seeds run at that size, the paired sd it implies (√2 × sd) and the seeds
+    per arm by power at a margin of 3 % of the pilot's accuracy."""
+    rows = rows[rows["min words"] == min_words] if len(rows) else rows
     if rows.empty:
-        return {"size": None, "reason": "no pilot run has finished"}
+        return {"size": None, "reason": f"no pilot run on items of {min_words}+ words has finished"}
     first = rows[rows["seed"] == 0]
     choice = protocol.pilot_choice(first.to_dict("records"))
     if choice is None:
@@ -169,9 +172,9 @@ def report(runs: list[Run]) -> str:
     rows = pilot_rows(runs)
     if rows.empty:
         return "no pilot run has finished: run the profile's week2-pilot-* entries first"
-    shown = rows[["train examples", "seed", "zero-shot %", "fine-tuned %", "gain points", "gained", "lost", "p", "positive %",
+    shown = rows[["min words", "train examples", "seed", "zero-shot %", "fine-tuned %", "gain points", "gained", "lost", "p", "positive %",
                   "train s", "wall s", "tokens/s", "threads", "host"]]
-    lines = ["Pilot (selection split, 500 sentences; QLoRA r=8, α=16 on q,k,v):",
+    lines = ["Pilot (selection split, 500 items; QLoRA r=8, α=16 on q,k,v; min words 0 = every item):",
              shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"), ""]
     result = pilot_result(rows)
     if result["size"] is None:

@@ -337,6 +337,15 @@ def secondary_vs_full(frame: pd.DataFrame, best: dict[str, Any] | None,
 #    (`spread_weight`).
 # ---------------------------------------------------------------------------------------------------------------------
 
+# Amendment 2.1, committed after the first pilot run (1,000 training items drawn from every item) and before any run
+# it judges. SST-2's training set is mostly short phrases (median 7 words) while the dev set that reports is whole
+# sentences (median 19 words; 90 % have 9 or more). A selection split drawn from every training item measures
+# phrase-level sentiment: on it the base model scores 74.6 % against 82.1 % on dev, and the 500-sentence grid gained
+# about ten points there (QLoRA seed 0: 85.0 %) and nothing on dev. So from here the study trains and chooses on the
+# training items of at least SST2_MIN_WORDS words (dev's 10th percentile): a selection split that resembles the set
+# that reports. The pilot's rule is unchanged and judges these runs; the first pilot stays in the book as what it is.
+SST2_MIN_WORDS = 9
+
 PROTOCOL_VERSION = 2
 SIGNIFICANT, NOT_SIGNIFICANT = "significant", "not significant"
 POWER = 0.80

@@ -33,3 +33,18 @@ def test_selection_only_is_refused_where_there_is_no_selection_split() -> None:
         Experiment(task="squad", score_dev=False)
     with pytest.raises(QLoraError, match="score_dev"):
         Experiment(task="sst2", selection_examples=0, score_dev=False)
+
+
+def test_min_words_draws_training_and_selection_from_long_items_only(data_dir: Path) -> None:
+    exp = Experiment(task="sst2", train_examples=64, selection_examples=50, min_words=9, data_dir=str(data_dir))
+    train, held = training_data(exp)
+    assert all(len(s.split()) >= 9 for s in list(train.dataset["sentence"]) + list(held.dataset["sentence"]))
+    assert not set(train.dataset["sentence"]) & set(held.dataset["sentence"])
+    assert "9+ words" in train.split and "9+ words" in held.split
+    every, _ = training_data(Experiment(task="sst2", train_examples=64, selection_examples=50, data_dir=str(data_dir)))
+    assert min(len(s.split()) for s in every.dataset["sentence"]) < 9, "without it, short phrases are drawn too"
+    no_held, none = training_data(Experiment(task="sst2", train_examples=16, selection_examples=0, min_words=9,
+                                             data_dir=str(data_dir)))
+    assert none is None and all(len(s.split()) >= 9 for s in no_held.dataset["sentence"])
+    with pytest.raises(QLoraError, match="min_words"):
+        Experiment(task="squad", min_words=9)

@@ -18,11 +18,12 @@ AMX = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx
 
 
 def _pilot_run(tmp: Path, size: int, seed: int, zero_right: int, tuned_right: int, group: str = "pilot",
-               mode: str = "nf4", lr: float = 1e-3, placement: str = "attention") -> Run:
+               mode: str = "nf4", lr: float = 1e-3, placement: str = "attention", min_words: int = 9) -> Run:
     """A selection-only run whose 100 selection sentences are all positive: the first `zero_right` right zero-shot,
     the first `tuned_right` right after fine-tuning."""
-    name = f"{group}-{mode}-{placement}-n{size}-lr{lr:g}-seed{seed}"
+    name = f"{group}-{mode}-{placement}-w{min_words}-n{size}-lr{lr:g}-seed{seed}"
     run = sst2_run(tmp, name, mode, seed, 0.0, group=group, examples=size, lr=lr, placement=placement)
+    run.config["parameters"]["min_words"] = min_words
     del run.metrics["fine_tuned"]
     run.metrics.update(seed=seed, training={**run.metrics["training"], "tokens": 40 * size})
     run.env["hardware"] = AMX
@@ -51,6 +52,13 @@ def test_pilot_power_uses_the_spread_over_three_seeds_at_the_chosen_size(tmp_pat
     assert result["sd"] == pytest.approx(2.0) and result["paired sd"] == pytest.approx(2 * math.sqrt(2))
     assert result["margin"] == pytest.approx(0.03 * 92)
     assert result["seeds"] == protocol.power_seeds(2 * math.sqrt(2), 0.03 * 92)
+
+
+def test_the_study_size_comes_from_the_amended_items_only(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, 0, 80, 95, min_words=0), _pilot_run(tmp_path, 1000, 0, 80, 81),
+            _pilot_run(tmp_path, 2000, 0, 80, 95)]
+    assert pilot.pilot_result(pilot.pilot_rows(runs))["size"] == 2000  # the every-item run does not count
+    assert pilot.pilot_result(pilot.pilot_rows(runs), min_words=0)["size"] == 1000
 
 
 def test_no_size_passes_and_the_report_plans_no_grid(tmp_path: Path) -> None:
