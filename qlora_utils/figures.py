@@ -192,3 +192,13 @@ def planner_validation(frame: pd.DataFrame) -> alt.TopLevelMixin:
     span = pd.DataFrame({"x": [low, high]})
     line = alt.Chart(span).mark_line(strokeDash=[4, 4], color="gray").encode(x="x:Q", y="x:Q")
     return (points + line).properties(width=380, height=300)
+
+
+def learning_rates(rows: pd.DataFrame) -> alt.TopLevelMixin:
+    """Selection-split accuracy against the learning rate (log scale), one line per arm of the grid."""
+    base = alt.Chart(rows).encode(
+        x=alt.X("learning rate:Q", scale=alt.Scale(type="log"), title="learning rate", axis=alt.Axis(format="~e")),
+        y=alt.Y("fine-tuned %:Q", scale=alt.Scale(zero=False), title="selection-split accuracy (%)"),
+        color=alt.Color("arm:N", title="arm"),
+        tooltip=["arm", alt.Tooltip("learning rate:Q", format="~e"), alt.Tooltip("fine-tuned %:Q", format=".1f")])
+    return (base.mark_line() + base.mark_point(filled=True, size=70)).properties(width=420, height=220)

@@ -98,9 +98,17 @@ def pilot_result(rows: pd.DataFrame, min_words: int = protocol.SST2_MIN_WORDS) -
                                           f"{len(at_size)} ran"}
 
 
-def lr_rows(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per learning-rate run: arm, rate, selection accuracy, time and host."""
-    return _rows(runs, LR_GROUP)
+def lr_rows(runs: Iterable[Run], size: int | None = None) -> pd.DataFrame:
+    """One row per learning-rate run: arm, rate, selection accuracy, time and host; with the study's `size`, the
+    pilot's seed-0 run at that size joins as QLoRA q,k,v at the pilot's rate (the same run, not run twice)."""
+    runs = list(runs)
+    rows = _rows(runs, LR_GROUP)
+    if size is not None:
+        pilot = pilot_rows(runs)
+        same = pilot[(pilot["train examples"] == size) & (pilot["seed"] == 0)
+                     & (pilot["min words"] == protocol.SST2_MIN_WORDS)] if len(pilot) else pilot
+        rows = pd.concat([rows, same], ignore_index=True) if len(same) else rows
+    return rows.sort_values(["arm", "learning rate"]).reset_index(drop=True) if len(rows) else rows
 
 
 def lr_choices(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
@@ -187,7 +195,7 @@ def report(runs: list[Run]) -> str:
     lines.append(f"Spread at that size: sd {result['sd']:.2f} points over {result['sd seeds']} seeds, paired sd "
                  f"{result['paired sd']:.2f}; margin {result['margin']:.2f} points; seeds per arm by power: "
                  f"{result['seeds']}.")
-    rates = lr_choices(lr_rows(runs))
+    rates = lr_choices(lr_rows(runs, result["size"]))
     for arm in ARMS:
         choice = rates.get(arm)
         lines.append(f"  {arm}: " + ("no rate tried yet" if not choice else
@@ -198,3 +206,34 @@ def report(runs: list[Run]) -> str:
         lines += ["", "Estimated machine time of the SST-2 grid (4 arms × seeds), per host kind:",
                   table.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     return "\n".join(lines)
+
+
+def introducing_commit(text: str, path: str = "qlora_utils/protocol.py") -> str | None:
+    """The short hash of the first commit that added `text` to `path` (git's pickaxe), or None without git history:
+    how the book names the commit that fixed a rule before the runs it judges."""
+    import subprocess
+
+    from .runs import REPO
+
+    try:
+        found = subprocess.run(["git", "log", "--reverse", "--format=%h", "-S", text, "--", path], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return found[0] if found else None
+
+
+PROTOCOL_MARKS = {"v2": "PROTOCOL_VERSION = 2", "2.1": "SST2_MIN_WORDS = 9"}  # the lines that introduced each rule
+
+
+def precedes(commit: str | None, run_commit: str | None) -> bool:
+    """Whether a rule's commit is an ancestor of (or is) the commit a run was made at: the rule came first."""
+    import subprocess
+
+    from .runs import REPO
+
+    if not commit or not run_commit:
+        return False
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", commit, run_commit.removesuffix("+dirty")],
+                          cwd=REPO, capture_output=True)
+    return done.returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+import json
 from typing import Any
 
 from qlora_utils.runs import Run
@@ -34,3 +35,23 @@ def sst2_run(path: Path, name: str, mode: str, seed: int, accuracy: float, *, no
               "finished": "2026-11-29T12:05:20+00:00"}
     env = {"git_commit": "a" * 40, "hardware": {"torch_threads": 1}}
     return Run(path / name, config, status, metrics, env)
+
+
+AMX = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "torch_threads": 1}
+
+
+def pilot_run(tmp: Path, size: int, seed: int, zero_right: int, tuned_right: int, group: str = "pilot",
+               mode: str = "nf4", lr: float = 1e-3, placement: str = "attention", min_words: int = 9) -> Run:
+    """A selection-only run whose 100 selection sentences are all positive: the first `zero_right` right zero-shot,
+    the first `tuned_right` right after fine-tuning."""
+    name = f"{group}-{mode}-{placement}-w{min_words}-n{size}-lr{lr:g}-seed{seed}"
+    run = sst2_run(tmp, name, mode, seed, 0.0, group=group, examples=size, lr=lr, placement=placement)
+    run.config["parameters"]["min_words"] = min_words
+    del run.metrics["fine_tuned"]
+    run.metrics.update(seed=seed, training={**run.metrics["training"], "tokens": 40 * size})
+    run.env["hardware"] = AMX
+    run.path.mkdir(parents=True)
+    rows = [{"sentence": f"s{i}", "label": 1, "zero_shot": int(i < zero_right), "fine_tuned": int(i < tuned_right)}
+            for i in range(100)]
+    (run.path / "selection.json").write_text(json.dumps(rows))
+    return run

@@ -103,3 +103,25 @@ def test_gain_over_zero_shot_is_judged_on_both_sides_of_zero() -> None:
     # zero-shot scores that differ between runs (other hosts): gains from the higher one, as `by_mode` shows it
     assert week2.gain_sentence(rows([80.0, 82.0], [70.0, 60.0])).startswith("QLoRA (NF4) +11.0 points")
     assert week2.gain_sentence(rows([80.0, 82.0], [float("nan")] * 2)) is None
+
+
+def test_pilot_section_reads_the_size_the_seeds_and_the_rates_from_the_runs(tmp_path: Path) -> None:
+    from chapter_fixtures import pilot_run
+
+    from qlora_utils import protocol
+
+    runs = [pilot_run(tmp_path, 1000, 0, 70, 72, min_words=0)]  # the first pilot, on every item
+    runs += [pilot_run(tmp_path, 1000, s, 70, right) for s, right in enumerate([90, 92, 94])]
+    runs += [pilot_run(tmp_path, 1000, 0, 70, right, group="lr", lr=lr) for lr, right in [(1e-4, 85), (3e-3, 86)]]
+    runs += [pilot_run(tmp_path, 1000, 0, 70, right, group="lr", mode="full", lr=lr)
+             for lr, right in [(3e-6, 80), (1e-5, 88), (2e-5, 84)]]
+    page = week2.page(runs)
+    t = page.text
+    assert (t["pilot_size"], t["pilot_zero"], t["pilot_tuned"], t["pilot_gain"]) == ("1,000", "70.0", "90.0", "+20.0")
+    assert t["pilot_first_gain"] == "2.0" and t["pilot_sd"] == "2.00" and t["pilot_paired_sd"] == "2.83"
+    assert t["pilot_seeds"] == str(protocol.power_seeds(2 * 2 ** 0.5, 0.03 * 92))
+    assert (t["lr_qlora"], t["lr_qlora_state"]) == ("0.001", "chosen")  # the pilot's own run at its rate
+    assert (t["lr_full"], t["lr_full_state"]) == ("1e-05", "too few rates")  # 3e-6 to 2e-5: under ten-fold
+    assert t["lr_lora16"] == "n/a"
+    assert list(page.tables["pilot"]["McNemar p"])[1] == "2e-06"  # 20 of 20 discordant gained: 2 × 2⁻²⁰ = 1.9e-6
+    assert len(page.tables["lr_table"]) == 6

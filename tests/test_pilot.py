@@ -3,36 +3,14 @@ the study's size by the protocol, seeds by power, the rates per arm and the grid
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from chapter_fixtures import sst2_run
+from chapter_fixtures import pilot_run as _pilot_run
 from qlora_utils import pilot, protocol
-from qlora_utils.runs import Run
-
-AMX = {"cpu_model": "Xeon", "cpu_flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "torch_threads": 1}
-
-
-def _pilot_run(tmp: Path, size: int, seed: int, zero_right: int, tuned_right: int, group: str = "pilot",
-               mode: str = "nf4", lr: float = 1e-3, placement: str = "attention", min_words: int = 9) -> Run:
-    """A selection-only run whose 100 selection sentences are all positive: the first `zero_right` right zero-shot,
-    the first `tuned_right` right after fine-tuning."""
-    name = f"{group}-{mode}-{placement}-w{min_words}-n{size}-lr{lr:g}-seed{seed}"
-    run = sst2_run(tmp, name, mode, seed, 0.0, group=group, examples=size, lr=lr, placement=placement)
-    run.config["parameters"]["min_words"] = min_words
-    del run.metrics["fine_tuned"]
-    run.metrics.update(seed=seed, training={**run.metrics["training"], "tokens": 40 * size})
-    run.env["hardware"] = AMX
-    run.path.mkdir(parents=True)
-    rows = [{"sentence": f"s{i}", "label": 1, "zero_shot": int(i < zero_right), "fine_tuned": int(i < tuned_right)}
-            for i in range(100)]
-    (run.path / "selection.json").write_text(json.dumps(rows))
-    return run
-
 
 def test_pilot_rows_test_each_size_against_its_own_zero_shot_sentences(tmp_path: Path) -> None:
     runs = [_pilot_run(tmp_path, 1000, 0, 80, 82), _pilot_run(tmp_path, 2000, 0, 80, 92)]
@@ -93,3 +71,12 @@ def test_estimate_scales_the_pilot_by_arm_and_host_kind_by_hand() -> None:
     elapsed = (table.loc["Xeon, AMX", "QLoRA q,k,v h"] + table.loc["Xeon, AMX", "16-bit LoRA q,k,v h"]) / 2 \
         + table.loc["Xeon, AMX", "full fine-tuning h"]
     assert table.loc["Xeon, AMX", "elapsed h, --jobs 2"] == pytest.approx(elapsed)
+
+
+def test_the_pilot_run_at_the_study_size_is_the_qlora_grids_point_at_its_rate(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, 0, 80, 88)]
+    runs += [_pilot_run(tmp_path, 1000, 0, 80, right, group="lr", lr=lr) for lr, right in [(1e-4, 85), (3e-3, 86)]]
+    rows = pilot.lr_rows(runs, 1000)
+    assert list(rows["learning rate"]) == [1e-4, 1e-3, 3e-3] and list(rows["fine-tuned %"]) == [85.0, 88.0, 86.0]
+    assert pilot.lr_choices(rows)["QLoRA q,k,v"]["rate"] == 1e-3
+    assert len(pilot.lr_rows(runs)) == 2  # without the size, the grid's own runs only

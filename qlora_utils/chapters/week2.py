@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import figures, protocol
+from .. import figures, pilot, protocol
 from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
@@ -90,6 +90,7 @@ def page(runs: list[Run]) -> Page:
     out.figures["loss"] = figures.training_loss(curves) if len(curves) else \
         placeholder_chart("no SST-2 runs in this profile")
 
+    _pilot(out, runs)
     _dev_and_setting(out, runs, main, models)
     _family_sentences(out)
     _sweep(out, frame, main, models)
@@ -250,3 +251,59 @@ def _sweep_sentences(out: Page) -> None:
               f"{t['sweep_model']} reaches {t['more_mean']} ± {t['more_std']} % over {t['more_seeds']} seeds; the "
               "comparisons with 16-bit LoRA and full fine-tuning above stay at equal data." if t["more_n"] != NA else
               "This profile ran no sweep with more training data, so it has no figures on it.", "{}")
+
+
+PILOT_COLUMNS = {"items": "training items", "seed": "seed", "zero-shot %": "zero-shot (%)",
+                 "fine-tuned %": "fine-tuned (%)", "gain points": "gain (points)", "p": "McNemar p",
+                 "wall min": "wall time (min)"}
+LR_COLUMNS = {"arm": "arm", "learning rate": "learning rate", "fine-tuned %": "selection accuracy (%)",
+              "positive %": "predicted positive (%)", "wall min": "wall time (min)"}
+
+
+def _pilot(out: Page, runs: list[Run]) -> None:
+    """Protocol v2's pilot and learning-rate grids: their tables and figure, the study's size, the seeds by power,
+    and the commits that fixed the rules."""
+    rows = pilot.pilot_rows(runs)
+    if len(rows):
+        rows = rows.assign(items=[f"{n:,.0f}" + (f" ({w}+ words)" if w else " (any)")
+                                  for n, w in zip(rows["train examples"], rows["min words"])],
+                           **{"wall min": rows["wall s"] / 60}).sort_values(["min words", "train examples", "seed"])
+    shown = rows.assign(p=rows["p"].map("{:.1g}".format)) if len(rows) else rows  # 1e-6 must not read 0.0
+    out.tables["pilot"] = shown[list(PILOT_COLUMNS)].rename(columns=PILOT_COLUMNS) if len(rows) else rows
+    out.value("pilot_host", join_words(sorted(set(rows["host"]))) if len(rows) else None, "{}")
+    first = rows[(rows["min words"] == 0) & (rows["seed"] == 0)].head(1) if len(rows) else rows
+    for key, column in (("zero", "zero-shot %"), ("tuned", "fine-tuned %"), ("gain", "gain points")):
+        out.value(f"pilot_first_{key}", first[column].iloc[0] if len(first) else None)
+    result = pilot.pilot_result(rows) if len(rows) else {"size": None}
+    size = result["size"]
+    chosen = rows[(rows["min words"] == protocol.SST2_MIN_WORDS) & (rows["train examples"] == size)
+                  & (rows["seed"] == 0)] if size else rows.iloc[:0]
+    out.value("pilot_size", size, "{:,d}")
+    out.value("pilot_zero", chosen["zero-shot %"].iloc[0] if len(chosen) else None)
+    out.value("pilot_tuned", chosen["fine-tuned %"].iloc[0] if len(chosen) else None)
+    out.value("pilot_gain", result.get("gain"), "{:+.1f}")
+    out.value("pilot_p", result.get("p"), "{:.1g}")
+    out.value("pilot_sd_seeds", result.get("sd seeds"), "{:d}")
+    out.value("pilot_sd", result.get("sd"), "{:.2f}")
+    out.value("pilot_paired_sd", result.get("paired sd"), "{:.2f}")
+    out.value("pilot_margin", result.get("margin"), "{:.2f}")
+    out.value("pilot_seeds", result.get("seeds"), "{:d}")
+    out.value("min_words", protocol.SST2_MIN_WORDS, "{:d}")
+    out.value("power", 100 * protocol.POWER, "{:.0f}")
+    out.value("min_seeds_v2", protocol.MIN_SEEDS_V2, "{:d}")
+    out.value("pilot_min_gain", protocol.PILOT_MIN_GAIN, "{:g}")
+    out.value("pilot_alpha", protocol.PILOT_ALPHA, "{:g}")
+    for key, mark in pilot.PROTOCOL_MARKS.items():
+        out.value(f"protocol_{key.replace('.', '_')}_commit", pilot.introducing_commit(mark), "{}")
+    lr = pilot.lr_rows(runs, size) if size else pd.DataFrame()
+    if len(lr):
+        lr = lr.assign(**{"wall min": lr["wall s"] / 60})
+    out.tables["lr_table"] = lr[list(LR_COLUMNS)].rename(columns=LR_COLUMNS) if len(lr) else lr
+    out.figures["lr"] = figures.learning_rates(lr) if len(lr) else \
+        placeholder_chart("no learning-rate run has finished")
+    choices = pilot.lr_choices(lr)
+    for arm, key in zip(pilot.ARMS, ("qlora", "qlora_all", "lora16", "full")):
+        choice = choices.get(arm) or {}
+        out.value(f"lr_{key}", choice.get("rate"), "{:g}")
+        out.value(f"lr_{key}_state", None if not choice else "at the grid's edge: to be extended"
+                  if choice["at edge"] else "chosen" if choice["complete"] else "too few rates", "{}")
