@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .efficiency import headline_peak_mib
@@ -247,3 +248,36 @@ def squad_error_table(generations: Sequence[dict[str, Any]]) -> pd.DataFrame:
                      "gold": " | ".join(dict.fromkeys(example["answers"])) if example else "—",
                      "fine-tuned answer": example["fine_tuned"] if example else "—"})
     return pd.DataFrame(rows)
+
+
+def item_scores(run: Run) -> list[float] | None:
+    """A run's per-item dev scores in points, in the evaluation set's fixed order: SST-2 100 × correct, SQuAD the
+    F1 of each question (None when the run kept no per-item outputs)."""
+    rows = run.generations()
+    if not rows:
+        return None
+    if "label" in rows[0]:
+        return [100.0 * (r["fine_tuned"] == r["label"]) for r in rows]
+    if "fine_tuned_f1" in rows[0]:
+        return [float(r["fine_tuned_f1"]) for r in rows]
+    return None
+
+
+def with_sentence_intervals(table: pd.DataFrame, runs: Iterable[Run]) -> pd.DataFrame:
+    """Verdict rows with protocol v2's two-level bootstrap beside the seed interval (seeds and dev items resampled:
+    the evaluation set's own sampling error included) and the margin's verdict on that wider interval."""
+    from .protocol import decide, two_level_bootstrap
+
+    by_name = {r.name: r for r in runs}
+    lows, highs, verdicts = [], [], []
+    for _, row in table.iterrows():
+        names = row.get("runs") if isinstance(row.get("runs"), list) else []
+        seeds = int(row["seeds"]) if "seeds" in row and not pd.isna(row.get("seeds")) else 0
+        scores = [item_scores(by_name[n]) if n in by_name else None for n in names]
+        if seeds < 2 or len(names) != 2 * seeds or any(s is None for s in scores) \
+                or len({len(s) for s in scores}) != 1:
+            lows.append(float("nan")), highs.append(float("nan")), verdicts.append(None)
+            continue
+        _, low, high = two_level_bootstrap(np.array(scores[:seeds]), np.array(scores[seeds:]))
+        lows.append(low), highs.append(high), verdicts.append(decide(low, high, float(row["margin"])))
+    return table.assign(**{"items low": lows, "items high": highs, "items verdict": verdicts})

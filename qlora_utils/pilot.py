@@ -223,7 +223,7 @@ def introducing_commit(text: str, path: str = "qlora_utils/protocol.py") -> str 
     return found[0] if found else None
 
 
-PROTOCOL_MARKS = {"v2": "PROTOCOL_VERSION = 2", "2.1": "SST2_MIN_WORDS = 9"}  # the lines that introduced each rule
+PROTOCOL_MARKS = {"v2": "PROTOCOL_VERSION = 2", "2.1": "SST2_MIN_WORDS = 9", "2.2": "BOOTSTRAP_RULE = "}  # the lines that introduced each rule
 
 
 def precedes(commit: str | None, run_commit: str | None) -> bool:

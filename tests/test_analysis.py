@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -98,3 +99,29 @@ def test_divergence_is_a_loss_above_the_first_steps() -> None:
     back = [{"step": 1, "loss": 4.0}, {"step": 2, "loss": 1.0}, {"step": 3, "loss": 4.0}]
     assert divergence_step(back) is None, "back at the first loss is not above it"
     assert divergence_step(before_learning + [{"step": 4, "loss": 14.5}]) == 4
+
+
+def test_sentence_interval_pairs_each_seeds_runs_sentence_by_sentence(tmp_path: Path) -> None:
+    import json
+
+    from chapter_fixtures import sst2_run
+    from qlora_utils.analysis import with_sentence_intervals
+    from qlora_utils.protocol import two_level_bootstrap
+
+    labels = [1, 0] * 500
+    runs, right = [], {"q": [600, 700, 650], "f": [800, 850, 900]}  # sentences right per seed, of 1,000
+    for kind, mode in (("q", "nf4"), ("f", "full")):
+        for seed, n in enumerate(right[kind]):
+            run = sst2_run(tmp_path, f"{kind}{seed}", mode, seed, n / 1000)
+            run.path.mkdir()
+            rows = [{"label": y, "fine_tuned": y if i < n else 1 - y} for i, y in enumerate(labels)]
+            (run.path / "generations.json").write_text(json.dumps(rows))
+            runs.append(run)
+    table = pd.DataFrame([{"seeds": 3, "margin": 2.0, "verdict": "inconclusive",
+                           "runs": ["q0", "q1", "q2", "f0", "f1", "f2"]}])
+    row = with_sentence_intervals(table, runs).iloc[0]
+    scores = np.array([[100.0 * (i < n) for i in range(1000)] for n in right["q"] + right["f"]])
+    assert (row["items low"], row["items high"]) == two_level_bootstrap(scores[:3], scores[3:])[1:]
+    assert row["items verdict"] == "not supported"  # reference ahead by 20 points against a 2-point margin
+    lone = with_sentence_intervals(table.assign(runs=[["q0", "f0"]], seeds=1), runs).iloc[0]
+    assert np.isnan(lone["items low"]) and lone["items verdict"] is None

@@ -35,7 +35,10 @@ def test_headline_summary_and_verdicts(tmp_path: Path) -> None:
     assert page.text["full_sentence"].startswith("full fine-tuning − QLoRA = +2.4 points (95 % CI")
     assert page.text["lora_verdict"] == "inconclusive"
     verdicts = page.tables["verdicts"]
-    assert list(verdicts["paired seeds"]) == [5, 5] and (verdicts["CI width (points)"] > 0).all()
+    assert list(verdicts["paired seeds"]) == [5, 5]
+    assert verdicts["gap, 95 % CI over seeds (points)"].iloc[0].startswith("+2.4 (")
+    assert list(verdicts["95 % CI over seeds and sentences"]) == ["n/a", "n/a"], "these runs kept no sentences"
+    assert list(verdicts["gap vs 0"]) == ["not significant", "not significant"]
 
 
 def test_sweep_table_and_schedule_values(tmp_path: Path) -> None:

@@ -111,14 +111,20 @@ def test_best_configuration_is_chosen_on_the_selection_split_with_ties_to_fewer_
 def test_verdict_table_and_its_sentences() -> None:
     full = [86.0, 87.0, 88.0, 86.0, 87.0]
     table = protocol.verdict_table(_frame(full, [f - d for f, d in zip(full, [0, 5, 1, 4, 2])]))
-    assert list(table["verdict"]) == [INCONCLUSIVE, NOT_TESTABLE, SUPPORTED, NOT_TESTABLE]
+    assert list(table["verdict"]) == [INCONCLUSIVE, NOT_TESTABLE, NOT_TESTABLE, NOT_TESTABLE, SUPPORTED, NOT_TESTABLE]
+    assert list(table["task"])[:3] == ["sst2", "squad", "alpaca"], "the plan's 3 % names three tasks: a row each"
+    assert table["comparison"].iloc[1] == ("SQuAD v1.1 F1: runs per mode in this build: QLoRA 0, 16-bit LoRA 0, "
+                                           "full fine-tuning 0; the verdict needs QLoRA and full fine-tuning on the "
+                                           "same seeds")
     row = protocol.verdict_for(table, "QLoRA within 3 %")
     text = protocol.sentence(row)
     assert text.startswith("full fine-tuning − QLoRA = +2.4 points (95 % CI") and "5 paired seeds" in text
     assert row["seeds to settle"] > 100 and "inconclusive" in text  # +2.4 against a margin of 2.6
     assert text.endswith("(the mean sits 0.2 points from the margin: more than 100 seeds would be needed at this "
                          "spread)"), "no advice to run hundreds of seeds"
-    assert protocol.sentence({**row, "seeds to settle": 12}).endswith("(about 12 seeds would settle it at this spread)")
+    assert protocol.sentence({**row, "seeds to settle": 12}).endswith(
+        "(about 12 seeds would settle it with 80 % power at this spread)")
+    assert "inconclusive; the gap is not significant (its interval includes 0)" in text  # low −0.2
     assert protocol.sentence(protocol.verdict_for(table, "QLoRA within 1.5")).startswith("not testable here")
 
 

@@ -97,3 +97,13 @@ def test_spread_weight_shows_the_sd_with_and_without_a_diverged_run() -> None:
     assert weight["diverged"] == 1
     assert weight["sd without diverged"] == pytest.approx(1.0)
     assert weight["sd"] == pytest.approx(float(np.std([82.0, 84.0, 83.0, 51.8], ddof=1)))
+
+
+def test_two_level_bootstrap_reduces_to_the_seed_t_interval_when_sentences_agree() -> None:
+    per_seed = np.array([1.0, 3.0, 0.0, 2.0, 4.0, 2.5])
+    reference, treatment = np.tile(per_seed[:, None], (1, 300)), np.zeros((6, 300))
+    mean, low, high = protocol.two_level_bootstrap(treatment, reference)
+    seed_mean, seed_low, seed_high = protocol.interval(per_seed)
+    assert mean == pytest.approx(seed_mean)
+    assert high - low == pytest.approx(seed_high - seed_low, rel=0.03), "t's tails kept, not a percentile's"
+    assert math.isnan(protocol.two_level_bootstrap(np.zeros((1, 5)), np.ones((1, 5)))[1])  # one seed: no interval

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import figures, pilot, protocol
-from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size
+from ..analysis import MODE_NAMES, by_mode, experiments_frame, models_by_size, with_sentence_intervals
 from ..report import history_frame, placeholder_chart
 from ..runs import Run
 from . import NA, Page, join_words, threads_caveat
@@ -22,9 +22,29 @@ SWEEP_COLUMNS = {"model": "model", "run": "run", "mode": "mode", "seed": "seed",
                  "train examples": "training sentences",
                  "schedule": "schedule", "quality": "dev accuracy (%)", "selection": "selection-split accuracy (%)",
                  "predicted positive %": "predicted positive (%)", "train s": "training time (s)"}
-VERDICT_COLUMNS = {"model": "model", "expectation": "expectation", "seeds": "paired seeds", "effect": "gap (points)",
-                   "low": "95 % CI low", "high": "95 % CI high", "interval width": "CI width (points)",
-                   "margin": "margin (points)", "verdict": "verdict", "seeds to settle": "seeds to settle"}
+VERDICT_COLUMNS = {"model": "model", "expectation": "expectation", "seeds": "paired seeds",
+                   "gap": "gap, 95 % CI over seeds (points)", "items": "95 % CI over seeds and sentences",
+                   "margin": "margin (points)", "verdict": "verdict", "significance": "gap vs 0",
+                   "seeds to settle": "seeds to settle (80 % power)"}
+
+
+def _interval_text(mean: float, low: float, high: float) -> str:
+    """"+0.4 (−3.0 to +3.9)", or the mean alone without an interval."""
+    if pd.isna(low) or pd.isna(high):
+        return "n/a" if pd.isna(mean) else f"{mean:+.1f}"
+    return f"{mean:+.1f} ({low:+.1f} to {high:+.1f})" if not pd.isna(mean) else f"{low:+.1f} to {high:+.1f}"
+
+
+def verdict_rows(quality: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
+    """The quality verdicts as the page shows them: the seed interval and, beside it, the interval over seeds and
+    sentences (protocol v2), the margin, the verdict and whether the gap is significant."""
+    if quality.empty:
+        return quality
+    rows = with_sentence_intervals(quality, runs)
+    return rows.assign(gap=[_interval_text(*v) for v in zip(rows["effect"], rows["low"], rows["high"])],
+                       items=[_interval_text(float("nan"), lo, hi) + (f" ({v})" if v and v != verdict else "")
+                              for lo, hi, v, verdict in zip(rows["items low"], rows["items high"],
+                                                            rows["items verdict"], rows["verdict"])])
 RUN_COLUMNS = {"run": "run", "model": "model", "mode": "mode", "seed": "seed", "quality": "dev accuracy (%)",
                "selection": "selection-split accuracy (%)", "zero-shot": "zero-shot (%)",
                "predicted positive %": "predicted positive (%)", "trainable %": "trainable (%)",
@@ -65,10 +85,11 @@ def page(runs: list[Run]) -> Page:
     out.tables["summary"] = summary[["model", *[c for c in summary if c not in ("model", "mode")]]].rename(
         columns=SUMMARY_COLUMNS) if len(summary) else summary
     verdicts = protocol.verdict_table(main) if len(main) else pd.DataFrame()
-    quality = verdicts[verdicts["expectation"].isin([r.expectation for r in protocol.RULES])] if len(verdicts) \
-        else verdicts
-    out.tables["verdicts"] = quality[[c for c in VERDICT_COLUMNS if c in quality]].rename(
-        columns=VERDICT_COLUMNS) if len(quality) else quality
+    quality = verdicts[verdicts["expectation"].isin([r.expectation for r in protocol.RULES])
+                       & (verdicts["task"] == "sst2")] if len(verdicts) else verdicts
+    shown = verdict_rows(quality, week2)
+    out.tables["verdicts"] = shown[[c for c in VERDICT_COLUMNS if c in shown]].rename(
+        columns=VERDICT_COLUMNS) if len(shown) else shown
     out.value("speed_threads", threads_caveat(summaries[0]) if summaries else "", "{}")  # the lead model's modes
     for i, prefix in enumerate(FAMILIES):
         model = models[i] if i < len(models) else None

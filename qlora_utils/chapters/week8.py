@@ -26,9 +26,9 @@ EVIDENCE = {
              '<a href="week5_ablations.html#tbl-week5-grid">week 5 grid</a>',
     "an 8B": '<a href="week6_alpacaeval_efficiency.html">planner vs measured (week 6)</a>',
 }
-COLUMNS = {"expectation": "expectation", "model": "model", "rule": "rule", "comparison": "primary comparison",
+COLUMNS = {"expectation": "expectation", "task": "task", "model": "model", "comparison": "primary comparison",
            "effect with interval": "effect (95 % CI)", "margin text": "margin", "verdict": "verdict",
-           "seeds to settle": "seeds to settle", "evidence": "evidence"}
+           "significance": "gap vs 0", "seeds to settle": "seeds to settle (80 % power)", "evidence": "evidence"}
 
 
 def _effect(row: pd.Series) -> str:
