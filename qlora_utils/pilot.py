@@ -223,7 +223,7 @@ def introducing_commit(text: str, path: str = "qlora_utils/protocol.py") -> str 
     return found[0] if found else None
 
 
-PROTOCOL_MARKS = {"v2": "PROTOCOL_VERSION = 2", "2.1": "SST2_MIN_WORDS = 9", "2.2": "BOOTSTRAP_RULE = "}  # the lines that introduced each rule
+PROTOCOL_MARKS = {"v1": "class PairedRule", "v2": "PROTOCOL_VERSION = 2", "2.1": "SST2_MIN_WORDS = 9", "2.2": "BOOTSTRAP_RULE = "}  # the lines that introduced each rule
 
 
 def precedes(commit: str | None, run_commit: str | None) -> bool:
@@ -237,3 +237,26 @@ def precedes(commit: str | None, run_commit: str | None) -> bool:
     done = subprocess.run(["git", "merge-base", "--is-ancestor", commit, run_commit.removesuffix("+dirty")],
                           cwd=REPO, capture_output=True)
     return done.returncode == 0
+
+
+def first_recorded(run: Run) -> str | None:
+    """The first commit that added this run's metrics.json to the repository (an earlier attempt of the same run
+    counts: its results were seen then), or None when it was never committed."""
+    import subprocess
+
+    from .runs import REPO
+
+    try:
+        path = run.path.resolve().relative_to(REPO) / "metrics.json"
+        found = subprocess.run(["git", "log", "--diff-filter=A", "--format=%h", "--", str(path)], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+    return found[-1] if found else None
+
+
+def preregistered(rule_commit: str | None, runs: Iterable[Run]) -> bool:
+    """Whether a rule was committed before every run it judges: its commit precedes both the code each run was made
+    with and the first commit of each run's results."""
+    return all(precedes(rule_commit, run.commit) and precedes(rule_commit, first_recorded(run) or run.commit)
+               for run in runs)

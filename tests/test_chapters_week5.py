@@ -146,3 +146,21 @@ def test_a_diverged_run_is_named_and_kept(tmp_path: Path) -> None:
         "Training diverged in 1 of the grid's 12 runs (a training loss back above the first step's, the loss before "
         "any update, after training had halved it): week5-r4-attention_mlp-seed0 at step 3 (52.0 % on the dev set; its cell's mean without it: 90.0 %).")
     assert page.tables["grid"]["seeds"].max() == 3, "kept in the means"
+
+
+def test_the_rank_spread_is_shown_with_and_without_a_diverged_run(tmp_path: Path) -> None:
+    runs = []
+    for seed in range(2):
+        for rank, (att, mlp) in {4: (0.80, 0.82), 16: (0.81, 0.83)}.items():
+            if rank == 4 and seed == 0:
+                att = 0.50  # one diverged run drags its cell's mean 15 points down
+            runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention-seed{seed}", "nf4", seed, att, rank=rank,
+                                 notebook="week5_ablations"))
+            runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention_mlp-seed{seed}", "nf4", seed, mlp, rank=rank,
+                                 placement="attention_mlp", notebook="week5_ablations"))
+    frame = week5.grid_frame(runs)
+    found = week5.findings(frame, {"week5-r4-attention-seed0"})
+    assert found.rank_spread["attention"] == pytest.approx(16.0)  # (81 + 81) / 2 − (50 + 80) / 2
+    assert found.rank_spread_kept["attention"] == pytest.approx(1.0)  # 81 − 80
+    assert "against at most 16.0, or 1.0 without the diverged run, which would read 'more than'" in found.reading()
+    assert "without" not in week5.findings(frame).reading(), "no diverged run named: one spread"

@@ -25,7 +25,8 @@ def page(runs: list[Run], profile: str) -> Page:
     baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
                 "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds",
-                "train_examples", "model", "gain_sentence"):
+                "train_examples", "model", "gain_sentence", "moved", "pilot_size", "pilot_gain", "pilot_p",
+                "pilot_zero", "pilot_tuned", "min_words", "steps"):
         out.text[key] = baseline.text[key]
     t = baseline.text
     source = next((r.metrics["model"].get("source") for r in runs if r.metrics.get("model", {}).get("label")

@@ -25,7 +25,7 @@ SWEEP_COLUMNS = {"model": "model", "run": "run", "mode": "mode", "seed": "seed",
 VERDICT_COLUMNS = {"model": "model", "expectation": "expectation", "seeds": "paired seeds",
                    "gap": "gap, 95 % CI over seeds (points)", "items": "95 % CI over seeds and sentences",
                    "margin": "margin (points)", "verdict": "verdict", "significance": "gap vs 0",
-                   "seeds to settle": "seeds to settle (80 % power)"}
+                   "seeds to settle": "seeds to settle (80 % power)", "preregistered": "rule before the runs"}
 
 
 def _interval_text(mean: float, low: float, high: float) -> str:
@@ -41,6 +41,9 @@ def verdict_rows(quality: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     if quality.empty:
         return quality
     rows = with_sentence_intervals(quality, runs)
+    by_name, v1 = {r.name: r for r in runs}, pilot.introducing_commit(pilot.PROTOCOL_MARKS["v1"])
+    rows["preregistered"] = ["yes" if pilot.preregistered(v1, [by_name[n] for n in names if n in by_name]) else
+                             "no: results seen first" for names in rows["runs"]]
     return rows.assign(gap=[_interval_text(*v) for v in zip(rows["effect"], rows["low"], rows["high"])],
                        items=[_interval_text(float("nan"), lo, hi) + (f" ({v})" if v and v != verdict else "")
                               for lo, hi, v, verdict in zip(rows["items low"], rows["items high"],
@@ -94,6 +97,7 @@ def page(runs: list[Run]) -> Page:
     for i, prefix in enumerate(FAMILIES):
         model = models[i] if i < len(models) else None
         out.value(f"{prefix}model", model, "{}")
+        out.value(f"{prefix}moved", training_moved(main[main["model"] == model]) if model else None, "{}")
         gains = gain_sentence(main[main["model"] == model]) if model else None
         out.value(f"{prefix}gain_sentence", gains and (
             f"Measured the same way, {model} moved by: {gains}" if prefix else "Measured from where each mode starts "
@@ -112,6 +116,11 @@ def page(runs: list[Run]) -> Page:
         placeholder_chart("no SST-2 runs in this profile")
 
     _pilot(out, runs)
+    for i, prefix in enumerate(FAMILIES):
+        test = zero_shot_mcnemar(week2, main, models[i]) if i < len(models) else None
+        out.value(f"{prefix}zero_shot_test", None if test is None else
+                  f"McNemar p = {test['p']:.2g} over the {test['n']} dev sentences: "
+                  f"{'significant' if test['p'] < 0.05 else 'not significant'}", "{}")
     _dev_and_setting(out, runs, main, models)
     _family_sentences(out)
     _sweep(out, frame, main, models)
@@ -135,9 +144,9 @@ def _family_sentences(out: Page) -> None:
     out.value("second_verdicts", f"For {t['second_model']}: {t['second_full_sentence']}; "
               f"{t['second_lora_sentence']}." if second else "", "{}")
     out.value("zero_shot_precision", f"{t['model']} scores {t['nf4_zero_shot']} % in NF4 against "
-              f"{t['bf16_zero_shot']} % for the same weights in bf16" + (
-                  f", {t['second_model']} {t['second_nf4_zero_shot']} % against {t['second_bf16_zero_shot']} %"
-                  if second else ""), "{}")
+              f"{t['bf16_zero_shot']} % for the same weights in bf16 ({t['zero_shot_test']})" + (
+                  f", {t['second_model']} {t['second_nf4_zero_shot']} % against {t['second_bf16_zero_shot']} % "
+                  f"({t['second_zero_shot_test']})" if second else ""), "{}")
     out.value("second_setting", f"For {t['second_model']} the setting (learning rate {t['second_lr']}, "
               f"{t['second_train_examples']} training sentences, one pass of {t['second_steps']} optimizer steps; "
               f"full fine-tuning {t['second_full_lr']}) is the middle of a wider sweep, all QLoRA with seed 0 except "
@@ -157,6 +166,32 @@ def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.D
         out.value(f"{prefix}{key}_sentence", protocol.sentence(row) if row else None, "{}")
         out.value(f"{prefix}{key}_verdict", row["verdict"] if row else None, "{}")
         out.value(f"{prefix}{key}_margin", row.get("margin") if row else None, "{:.1f}")
+        out.value(f"{prefix}{key}_significance", row.get("significance") if row else None, "{}")
+
+
+def gains(rows: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
+    """Per mode: each seed's dev accuracy minus the zero-shot accuracy of the same base in the same precision, as
+    (mean, low, high, seeds) with the 95 % t interval over the seeds."""
+    found = {}
+    for mode, name in MODE_NAMES.items():
+        mine = rows[rows["mode"] == mode]
+        start = mine["zero-shot"].dropna() if "zero-shot" in mine else pd.Series(dtype=float)
+        if mine.empty or start.empty:
+            continue
+        found[name] = (*protocol.interval((mine["quality"] - start.max()).to_list()), len(mine))
+    return found
+
+
+def training_moved(rows: pd.DataFrame) -> str | None:
+    """Whether fine-tuning moved dev accuracy, in a few words: "moved" when every mode's gain interval lies above 0,
+    "did not measurably move" when none does, else which modes it moved."""
+    found = gains(rows)
+    if not found:
+        return None
+    up = [name for name, (_, low, _, _) in found.items() if pd.notna(low) and low > 0]
+    if len(up) == len(found):
+        return "moved"
+    return "did not measurably move" if not up else f"moved only under {join_words(up)}"
 
 
 def gain_sentence(rows: pd.DataFrame) -> str | None:
@@ -328,3 +363,19 @@ def _pilot(out: Page, runs: list[Run]) -> None:
         out.value(f"lr_{key}", choice.get("rate"), "{:g}")
         out.value(f"lr_{key}_state", None if not choice else "at the grid's edge: to be extended"
                   if choice["at edge"] else "chosen" if choice["complete"] else "too few rates", "{}")
+
+
+def zero_shot_mcnemar(runs: list[Run], main: pd.DataFrame, model: str) -> dict | None:
+    """McNemar's test between the NF4 and the bf16 base of one model, zero-shot, on the same dev sentences (the first
+    headline run of each mode that scored them): whether quantization alone changed the model measurably."""
+    by_name = {r.name: r for r in runs}
+    correct = {}
+    for mode in ("nf4", "bf16"):
+        for name in main[(main["model"] == model) & (main["mode"] == mode)].sort_values("seed")["run"]:
+            rows = by_name[name].generations() if name in by_name else []
+            if rows and rows[0].get("zero_shot") is not None:
+                correct[mode] = [r["zero_shot"] == r["label"] for r in rows]
+                break
+    if len(correct) < 2 or len(correct["nf4"]) != len(correct["bf16"]):
+        return None
+    return protocol.mcnemar(correct["bf16"], correct["nf4"])

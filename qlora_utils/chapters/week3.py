@@ -189,6 +189,17 @@ def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()
         result.value(f"scale_{mode}_seeds", len(pairs), "{:d}")
         result.value(f"scale_{mode}_gain", mean, "{:+.1f}")
         result.value(f"scale_{mode}_ci", f"{low:+.1f} to {high:+.1f}" if len(pairs) > 1 else None, "{}")
+        zero = {m: frame[(frame["model"] == m) & (frame["mode"] == mode)]["zero-shot"].max() for m in (large, small)} \
+            if large else {}
+        gap = zero[large] - zero[small] if large and not pd.isna(zero[large]) and not pd.isna(zero[small]) else None
+        result.value(f"scale_{mode}_zero_gap", gap, "{:+.1f}")
+        if len(pairs) and gap is not None:  # each seed's difference after training, less the bases' difference
+            mean, low, high = interval(list(pairs[large] - pairs[small] - gap))
+        else:
+            mean = low = high = None
+        result.value(f"scale_{mode}_tuning_gap", mean, "{:+.1f}")
+        result.value(f"scale_{mode}_tuning_ci", f"{low:+.1f} to {high:+.1f}" if len(pairs) > 1 and low is not None
+                     else None, "{}")
     large_runs = [r for r in runs if Path(r.notebook).stem == "week3_scaling" and r.metrics.get("experiment") == "sst2"
                   and r.metrics["model"]["label"] == large]
     ran_full = ((frame["model"] == large) & (frame["mode"] == "full")).any() if len(frame) else False
@@ -208,9 +219,13 @@ def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()
     result.value("scale_full_note", note or "", "{}")
     v = result.text
     result.value("scale_result", f"Here the two sizes are {small} and {large}. With QLoRA the larger model scores "
-                 f"{v['scale_nf4_gain']} points more (95 % CI {v['scale_nf4_ci']}, {v['scale_nf4_seeds']} seed "
-                 f"pairs); with 16-bit LoRA {v['scale_bf16_gain']} points ({v['scale_bf16_ci']}, "
-                 f"{v['scale_bf16_seeds']} pairs). {note or ''}".rstrip() if large else "", "{}")
+                 f"{v['scale_nf4_gain']} points more after fine-tuning (95 % CI {v['scale_nf4_ci']}, "
+                 f"{v['scale_nf4_seeds']} seed pairs), but its base already scored {v['scale_nf4_zero_gap']} points "
+                 f"more zero-shot: what fine-tuning added differs by {v['scale_nf4_tuning_gap']} points between the "
+                 f"sizes (95 % CI {v['scale_nf4_tuning_ci']}). With 16-bit LoRA: {v['scale_bf16_gain']} points after "
+                 f"fine-tuning ({v['scale_bf16_ci']}), {v['scale_bf16_zero_gap']} before it, so "
+                 f"{v['scale_bf16_tuning_gap']} from fine-tuning ({v['scale_bf16_tuning_ci']}). {note or ''}".rstrip()
+                 if large else "", "{}")
 
 
 def bench_values(result: Page, runs: list[Run]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Collection, NamedTuple
 
 import pandas as pd
 
@@ -43,6 +43,8 @@ class Findings:
     grid: pd.DataFrame
     mlp_gain: float
     rank_spread: dict[str, float]
+    rank_spread_kept: dict[str, float]  # the same without the diverged runs (protocol v2: their weight is shown)
+    diverged: int
     seed_sd: float
     best: dict[str, Any] | None
     placement: Placement  # attention + MLP − attention, paired by seed
@@ -72,6 +74,14 @@ class Findings:
             return "needs both placements and more than one rank"
         placement, rank = round(abs(gain), 1), round(spread, 1)  # compared as the prose shows them
         words = "more than" if placement > rank else "less than" if placement < rank else "as much as"
+        kept = round(max(self.rank_spread_kept.values(), default=float("nan")), 1)
+        if self.diverged and not pd.isna(kept) and kept != rank:
+            other = "more than" if placement > kept else "less than" if placement < kept else "as much as"
+            runs = "the diverged run" if self.diverged == 1 else f"the {self.diverged} diverged runs"
+            spread_text = (f"{spread:.1f}, or {kept:.1f} without {runs}"
+                           + (f", which would read '{other}'" if other != words else ""))
+        else:
+            spread_text = f"{spread:.1f}"
         mean, low, high, seeds, ranks = self.placement
         over = "r = " + ", ".join(map(str, ranks))
         if seeds < 2:
@@ -82,7 +92,7 @@ class Findings:
                        f"{low:+.1f} to {high:+.1f}, {seeds} seeds): " + (f"adapting every linear layer {side}" if side
                                                                         else "inconclusive, the interval holds zero"))
         return (f"the placement moved the mean {words} the rank did ({gain:+.1f} points against at most "
-                f"{spread:.1f}, with a seed-to-seed sd of {self.seed_sd:.1f}); {settled}")
+                f"{spread_text}, with a seed-to-seed sd of {self.seed_sd:.1f}); {settled}")
 
 
 class Placement(NamedTuple):
@@ -113,8 +123,15 @@ def placement_effect(frame: pd.DataFrame) -> Placement:
     return Placement(*protocol.interval(per_seed.to_list()), len(per_seed), tuple(int(r) for r in ranks))
 
 
-def findings(frame: pd.DataFrame) -> Findings:
-    """The ablation of the one model in `frame` (rows of grid_frame)."""
+def _rank_spread(frame: pd.DataFrame) -> dict[str, float]:
+    """Per placement, the range of the mean accuracy over ranks."""
+    means = frame.groupby(["placement", "rank"])["quality"].mean()
+    return {place: float(m.max() - m.min()) for place, m in means.groupby(level="placement") if len(m) > 1}
+
+
+def findings(frame: pd.DataFrame, diverged: Collection[str] = ()) -> Findings:
+    """The ablation of the one model in `frame` (rows of grid_frame); `diverged`: runs whose training diverged, kept
+    in every figure, whose weight on the rank spread is shown beside it."""
     keys = [k for k in protocol.CONFIG_KEYS if k in frame]
     grid = seed_summary(frame, keys).merge(
         frame.groupby(keys, dropna=False).agg(
@@ -125,13 +142,21 @@ def findings(frame: pd.DataFrame) -> Findings:
     mean = by_place.mean()
     return Findings(model=str(frame["model"].iloc[0]), grid=grid,
                     mlp_gain=mean.get("attention_mlp", float("nan")) - mean.get("attention", float("nan")),
-                    rank_spread=spread, seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame),
+                    rank_spread=spread, rank_spread_kept=_rank_spread(frame[~frame["run"].isin(set(diverged))]),
+                    diverged=int(frame["run"].isin(set(diverged)).sum()),
+                    seed_sd=float(grid["std"].mean()), best=protocol.best_configuration(frame),
                     placement=placement_effect(frame))
 
 
-def ablated_models(frame: pd.DataFrame) -> list[Findings]:
+def diverged_runs(runs: list[Run]) -> set[str]:
+    """The runs whose training diverged (`analysis.divergence_step`)."""
+    return {r.name for r in runs if divergence_step(r.history())}
+
+
+def ablated_models(frame: pd.DataFrame, diverged: Collection[str] = ()) -> list[Findings]:
     """Every model of a grid_frame, largest first (the first leads the book, as in week 2)."""
-    return [findings(frame[frame["model"] == model]) for model in models_by_size(frame)] if len(frame) else []
+    return [findings(frame[frame["model"] == model], diverged) for model in models_by_size(frame)] \
+        if len(frame) else []
 
 
 def divergence_note(runs: list[Run], frame: pd.DataFrame) -> str:
@@ -191,7 +216,7 @@ def page(runs: list[Run]) -> Page:
     ablated model, the prose's values for the lead model and for a second family."""
     out = Page("week5")
     frame = grid_frame(runs)
-    families = ablated_models(frame)
+    families = ablated_models(frame, diverged_runs(runs))
     everything = experiments_frame(runs)
     for i, prefix in enumerate(FAMILIES):
         _family_values(out, prefix, families[i] if i < len(families) else None, everything)

@@ -44,7 +44,7 @@ def page(runs: list[Run]) -> Page:
 def _ranks(out: Page, runs: list[Run]) -> None:
     """QLoRA SST-2 accuracy per rank and placement over every ablated model (week 5's grid, seeds grouped by the
     full configuration), and the lead model's reading of it."""
-    families = week5.ablated_models(week5.grid_frame(runs))
+    families = week5.ablated_models(week5.grid_frame(runs), week5.diverged_runs(runs))
     ranks = week5.combined_grid(families)
     out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else \
         placeholder_chart("no rank x placement ablation runs")
