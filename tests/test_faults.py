@@ -88,22 +88,25 @@ BAD_WEEK6 = [
     ("{kind: instruct, eval_examples: 900}", ["eval_examples=900 is more than the 805 records"]),
 ]
 BAD_FILES = [
-    ("profile: x\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),
+    ("profile: faults\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),
     ("- a\n- b\n", ["a profile is a mapping", "holds a list"]),
-    ("profile: x\nruns: {a: 1}\n", ["`runs` must be a list"]),
-    ("profile: x\nruns:\n  - {name: a}\n", ["run #1 needs a `name` and a `notebook`"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n  - {{name: a, notebook: {WEEK2}}}\n",
+    ("profile: faults\nruns: {a: 1}\n", ["`runs` must be a list"]),
+    ("profile: faults\nruns:\n  - {name: a}\n", ["run #1 needs a `name` and a `notebook`"]),
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["run name 'a' is used twice"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, needs: [b]}}\n", ["needs ['b'], which match no earlier"]),
-    (f"profile: x\ndefaults:\n  week9: {{rank: 4}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, needs: [b]}}\n",
+     ["needs ['b'], which match no earlier"]),
+    (f"profile: faults\ndefaults:\n  week9: {{rank: 4}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["defaults for ['week9'] match no notebook"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n", ["`parameters` must be a mapping"]),
-    ("profile: x\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n", ["notebook notebooks/week9.md does not exist"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
-    (f"profile: x\ncluster: [1]\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n", ["`cluster` must be a mapping"]),
-    (f"profile: x\ncluster: {{gpus: 1}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n",
+     ["`parameters` must be a mapping"]),
+    ("profile: faults\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n",
+     ["notebook notebooks/week9.md does not exist"]),
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
+    (f"profile: faults\ncluster: [1]\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n", ["`cluster` must be a mapping"]),
+    (f"profile: faults\ncluster: {{gpus: 1}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["unknown cluster settings ['gpus']", "gpus_per_run"]),
-    (f"profile: x\ncluster: {{cpus_per_run: 0, time_min: two}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\ncluster: {{cpus_per_run: 0, time_min: two}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["cluster settings ['cpus_per_run', 'time_min'] must be positive numbers"]),
 ]
 
@@ -150,6 +153,33 @@ def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
 def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str], args: list[str],
                                               words: list[str]) -> None:
     one_clear_error(main_in_process(capsys, *args), *words)
+
+
+def test_a_copied_profile_that_kept_the_originals_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of smoke.yaml under another file name that kept `profile: smoke` would write into runs/smoke/ (the run
+    folder follows the key): it is refused and nothing of the original's runs changes; renamed, it writes only under
+    its own name."""
+    root = tmp_path / "runs"
+    finished = root / "smoke" / "week2-qlora-seed0"  # the original's finished run
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text('{"accuracy": 0.5}')
+    monkeypatch.setenv("QLORA_RUNS_DIR", str(root))
+    copy = tmp_path / "b-copyname.yaml"
+    text = (REPO / "profiles" / "smoke.yaml").read_text().replace("learning_rate: 0.01", "learning_rate: 0.02", 1)
+    copy.write_text(text)
+    one_clear_error(main_in_process(capsys, "run", str(copy), "--only", "week2-qlora-seed0", "--allow-dirty"),
+                    "`profile: smoke` disagrees with the file's name 'b-copyname'",
+                    "rename the key to `profile: b-copyname` or the file to smoke.yaml")
+    assert [p.relative_to(root).as_posix() for p in sorted(root.rglob("*"))] == [
+        "smoke", "smoke/week2-qlora-seed0", "smoke/week2-qlora-seed0/metrics.json"]
+    copy.write_text(text.replace("profile: smoke", "profile: b-copyname", 1))
+    results = run_profile(load_profile(copy), only=["week7-analysis"], validate=False, allow_dirty=True)
+    assert results == {"week7-analysis": "done"}
+    assert sorted(p.name for p in root.iterdir()) == ["b-copyname", "smoke"]
+    assert run_state(root / "b-copyname" / "week7-analysis") == "done"
+    assert [p.name for p in (root / "smoke").iterdir()] == ["week2-qlora-seed0"]
+    assert (finished / "metrics.json").read_text() == '{"accuracy": 0.5}'
 
 
 def test_a_failed_experiment_leaves_no_empty_output_folder(capsys: pytest.CaptureFixture[str],

@@ -57,7 +57,7 @@ def test_paired_ipynb_is_in_sync_with_the_markdown(path: Path) -> None:
 
 
 def _profile(tmp_path: Path, runs: str) -> Path:
-    path = tmp_path / "p.yaml"
+    path = tmp_path / "ptest.yaml"
     path.write_text(f"profile: ptest\nruns:\n{runs}")
     return path
 
@@ -147,7 +147,7 @@ def test_config_hash_ignores_key_order() -> None:
 
 
 def test_entries_inherit_notebook_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
+    path = tmp_path / "ptest.yaml"
     path.write_text("profile: ptest\ndefaults:\n  week2_sst2_baseline: {preset: tiny-qwen3, rank: 4}\nruns:\n"
                     "  - name: a\n    notebook: notebooks/week2_sst2_baseline.md\n    parameters: {rank: 16}\n")
     profile = load_profile(path)
@@ -412,7 +412,8 @@ def test_a_profile_budget_is_read_and_checked(tmp_path: Path) -> None:
     assert load_profile("cpu").budget_hours == 4.0 and load_profile("quick").budget_hours == 0.75
     assert load_profile("smoke").budget_hours is None
     path = tmp_path / "budget.yaml"
-    path.write_text("profile: b\nbudget_hours: soon\nruns:\n  - name: a\n    notebook: notebooks/week7_analysis.md\n")
+    path.write_text("profile: budget\nbudget_hours: soon\nruns:\n"
+                    "  - name: a\n    notebook: notebooks/week7_analysis.md\n")
     with pytest.raises(QLoraError, match="`budget_hours` must be a positive number of hours, not 'soon'"):
         load_profile(path)
 
