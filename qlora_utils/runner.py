@@ -111,29 +111,48 @@ def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kern
     finished run intact (RunFailed says so; Ctrl-C and SIGTERM are recorded as interrupted)."""
     run_dir = profile.runs_dir(root) / entry.name
     lock = RunLock(run_dir)
-    if not lock.acquire():
-        return "skipped (running in another process)"
     try:
-        recover(run_dir)
-        if not force and entry_state(profile, entry, root) == "done":
-            return "skipped (done)"  # finished by another runner while this one waited
+        if not lock.acquire():
+            return "skipped (running in another process)"
         try:
+            recover(run_dir)
+            if not force and entry_state(profile, entry, root) == "done":
+                return "skipped (done)"  # finished by another runner while this one waited
             _attempt(entry, profile, run_dir, kernel_name)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                free = shutil.disk_usage(run_dir.parent).free / 2 ** 20
-                raise RunFailed(f"run {entry.name!r}: no space left on the disk that holds {run_dir.parent} "
-                                f"({free:.0f} MiB free); free some space and run it again. "
-                                + _kept(run_dir)) from exc
-            raise
-        return "done"
-    finally:
-        lock.release()
+        finally:
+            lock.release()
+    except OSError as exc:
+        if (error := storage_error(entry, run_dir, exc)) is not None:
+            raise error from exc
+        raise
+    return "done"
+
+
+def storage_error(entry: Entry, run_dir: Path, exc: OSError) -> RunFailed | None:
+    """One clear error for a runs folder that is full or cannot be written to (None for any other OS error)."""
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(_existing_folder(run_dir)).free / 2 ** 20
+        return RunFailed(f"run {entry.name!r}: no space left on the disk that holds {_existing_folder(run_dir)} "
+                         f"({free:.0f} MiB free); free some space and run it again. " + _kept(run_dir))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        folder = _existing_folder(Path(exc.filename or run_dir))
+        return RunFailed(f"run {entry.name!r}: cannot write in {folder} ({exc.strerror}); make it writable, or set "
+                         f"{RUNS_ENV} to a folder you can write in. " + _kept(run_dir))
+    return None
+
+
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder above a path that exists (where an entry could not be created)."""
+    return next((p for p in Path(path).parents if p.is_dir()), Path("/"))
 
 
 def _kept(run_dir: Path) -> str:
-    return ("The previous finished run is kept." if run_state(run_dir) in ("done", "stale") else
-            "There was no earlier finished run.") + f" The attempt is in {staging_dir(run_dir)}."
+    """Whether the previous finished run is kept, and where the attempt is (when one was made: no folder that does
+    not exist is named)."""
+    kept = ("The previous finished run is kept." if run_state(run_dir) in ("done", "stale") else
+            "There was no earlier finished run.")
+    staging = staging_dir(run_dir)
+    return kept + (f" The attempt is in {staging}." if staging.is_dir() else "")
 
 
 def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) -> None:

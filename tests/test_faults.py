@@ -363,6 +363,29 @@ def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monk
     assert dict(status(load_profile(path), root=root)) == {"fast": "done"}
 
 
+@pytest.mark.parametrize("refused", ["lock", "staging"])
+def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_never_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
+    """A read-only runs folder (simulated: tests may run as root, who writes anywhere): the run's lock or its attempt
+    cannot be created. The error names the folder and the fix, and no folder that does not exist (it once said "The
+    attempt is in …/.NAME.staging", never created)."""
+    from qlora_utils import runner
+
+    runs = tmp_path / "runs" / "faults"
+    runs.mkdir(parents=True)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(runs / f".fast.{refused}"))
+
+    monkeypatch.setattr(*((runner.RunLock, "acquire") if refused == "lock" else (runner, "mark_started")), refuse)
+    path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
+    with pytest.raises(QLoraError) as caught:
+        run_profile(load_profile(path), root=tmp_path / "runs", validate=False, allow_dirty=True)
+    assert str(caught.value) == (f"run 'fast': cannot write in {runs} (Permission denied); make it writable, or set "
+                                 "QLORA_RUNS_DIR to a folder you can write in. There was no earlier finished run.")
+    assert sorted(runs.iterdir()) == []
+
+
 def test_failure_cause_names_the_exception_and_where() -> None:
     from qlora_utils.paths import placeholders
     from qlora_utils.runner import failure_cause
