@@ -199,10 +199,19 @@ def validate_profile(profile: Profile) -> None:
         raise QLoraError(f"profile {profile.name!r} ({profile.path.name}) is invalid:\n  " + "\n  ".join(problems))
 
 
+READS_EVERY_RUN = ("week7_analysis", "week8_report")  # notebooks that read every run of their profile
+
+
 def prerequisites(profile: Profile, entry: Entry) -> list[Entry]:
-    """The earlier entries that an entry's `needs` patterns name."""
+    """The earlier entries an entry reads, `needs` or not: those its `needs` patterns name, every earlier one for an
+    analysis of the whole profile (READS_EVERY_RUN), and the runs a win-rate entry judges (`instruct_runs`). It starts
+    after them, and is stale once one of them finished after it."""
     earlier = profile.entries[:profile.entries.index(entry)]
-    return [e for e in earlier if any(pattern_match(e.name, n) for n in entry.needs)]
+    if Path(entry.notebook).stem in READS_EVERY_RUN:
+        return list(earlier)
+    judged = entry.parameters.get("instruct_runs")
+    judged = judged if isinstance(judged, list) else []
+    return [e for e in earlier if e.name in judged or any(pattern_match(e.name, n) for n in entry.needs)]
 
 
 def pattern_match(name: str, pattern: str) -> bool:

@@ -50,16 +50,17 @@ def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None =
         return f"held by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
     if state == "stale":
         current = run_state(run_dir, entry.config_hash) == "done"
-        return "a run it needs finished after it" if current else "its parameters changed since it ran"
+        return "a run it reads finished after it" if current else "its parameters changed since it ran"
     return ""
 
 
 def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str:
-    """A run's state (see runs.run_state); a done run that needs other runs is stale once one of them finished
-    after it started (an analysis over results that have changed since)."""
+    """A run's state (see runs.run_state); a done run that reads other runs (`profiles.prerequisites`: its `needs`,
+    or every earlier run for an analysis) is stale once one of them finished after it started (an analysis over
+    results that have changed since)."""
     runs_dir = profile.runs_dir(root)
     state = run_state(runs_dir / entry.name, entry.config_hash)
-    if state == "done" and entry.needs:
+    if state == "done":
         started = (read_json(runs_dir / entry.name / "status.json") or {}).get("started", "")
         for needed in prerequisites(profile, entry):
             finished = (read_json(runs_dir / needed.name / "status.json") or {}).get("finished", "")

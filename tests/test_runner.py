@@ -10,13 +10,15 @@ import jupytext
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import available_profiles, load_profile, notebook_parameters, validate_profile
+from qlora_utils.profiles import (available_profiles, load_profile, notebook_parameters, pattern_match,
+                                 validate_profile)
 from qlora_utils.runner import REPO, run_profile
 from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
 FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
                       "notebooks/week6_alpacaeval_efficiency.md")
+WEEK1 = "notebooks/week1_setup.md"  # for fake runs side by side: an analysis (FAST) waits for every earlier run
 
 
 def test_there_is_one_notebook_per_week() -> None:
@@ -203,7 +205,7 @@ def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypa
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
-    notebook = "    notebook: notebooks/week7_analysis.md\n"
+    notebook = f"    notebook: {WEEK1}\n"  # not an analysis, which would wait for every earlier run
     path = _profile(tmp_path, f"  - name: a\n{notebook}  - name: b\n{notebook}  - name: c\n{notebook}"
                               f"    needs: [a]\n  - name: d\n{notebook}    exclusive: true\n  - name: e\n{notebook}")
     results = run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True)
@@ -235,11 +237,13 @@ def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
     assert busy_seconds([run("10:00:00", "10:30:00"), run("10:05:00", "10:10:00")]) == 1800, "a run inside another"
 
 
-def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("needs", ["    needs: ['*']\n", ""])
+def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path, needs: str) -> None:
+    """With `needs` or without (the smoke profile's weeks 7 and 8 have none): an analysis reads every earlier run."""
     from qlora_utils.runner import entry_state
 
     path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n"
-                              "  - name: b\n    notebook: notebooks/week8_report.md\n    needs: ['*']\n")
+                              f"  - name: b\n    notebook: notebooks/week8_report.md\n{needs}")
     profile = load_profile(path)
     root = tmp_path / "runs"
 
@@ -258,6 +262,22 @@ def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Pa
     assert entry_state(profile, b, root) == "done"
     finish(a, "2026-01-01T11:00:00+00:00", "2026-01-01T11:05:00+00:00")  # a re-ran: b read old results
     assert entry_state(profile, b, root) == "stale"
+
+
+def test_the_runs_an_entry_reads_with_needs_or_without() -> None:
+    from qlora_utils.profiles import prerequisites
+
+    smoke = load_profile("smoke")
+    reads = {e.name: [p.name for p in prerequisites(smoke, e)] for e in smoke.entries}
+    names = [e.name for e in smoke.entries]
+    assert reads["week7-analysis"] == names[:names.index("week7-analysis")], "an analysis reads every earlier run"
+    assert reads["week8-report"] == names[:-1]
+    assert reads["week6-winrates"] == ["week6-instruct-qlora-seed0"], "a win-rate run reads the runs it judges"
+    assert reads["week2-qlora-seed0"] == [] and reads["week6-instruct-qlora-seed0"] == []
+    cpu = load_profile("cpu")
+    assert all(prerequisites(cpu, e) == [x for x in cpu.entries[:cpu.entries.index(e)]
+                                         if any(pattern_match(x.name, n) for n in e.needs)]
+               for e in cpu.entries), "the cpu profile names what each run reads in `needs` already"
 
 
 def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
@@ -537,7 +557,7 @@ def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
-    path = _profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {FAST}}}\n" for n in "abc"))
+    path = _profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {WEEK1}}}\n" for n in "abc"))
     assert run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True) == dict.fromkeys(
         "abc", "done")
     times = {n: json.loads((root / "ptest" / n / "times.json").read_text()) for n in "abc"}
