@@ -72,6 +72,8 @@ BAD_PROFILES = [
     ("{scheduler: sometimes}", ["scheduler='sometimes' is not one of"]),
     ("{batch_size: 0}", ["batch_size=0 must be positive"]),
     ("{train_examples: -5}", ["train_examples=-5 must be positive"]),
+    ("{train_examples: 100000}", ["train_examples=100000 is more than the 66849 sst2 training records",
+                                  "less the 500-sentence selection split", "use at most 66849"]),
     ("{eval_examples: -1}", ["eval_examples=-1 must be 0 or more"]),
     ("{eval_examples: 873}", ["eval_examples=873 is more than the 872 records", "or 0 for all of them"]),
     ("{epochs: 0.0}", ["epochs=0.0 must be positive"]),

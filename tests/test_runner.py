@@ -26,9 +26,36 @@ def test_there_is_one_notebook_per_week() -> None:
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "cpu", "gpu-24gb"])
-def test_every_profile_validates_against_the_notebooks(name: str) -> None:
+def test_every_profile_validates_against_the_notebooks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert name in available_profiles()
+    if name == "gpu-24gb":  # it reads the data from the Hub (README): the local SQuAD copy is partial
+        monkeypatch.delenv("QLORA_DATA_DIR", raising=False)
     validate_profile(load_profile(name))
+
+
+def test_train_examples_are_checked_against_the_training_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before anything runs, not seconds into a run: SST-2's pool is its train split less the selection split; a
+    local copy is counted (the SQuAD file beside the checkout keeps 11 articles), the Hub's size is published."""
+    from qlora_utils.data import train_pool
+
+    squad = tmp_path / "data" / "squad_v1.1" / "train-v1.1.first11articles.json"
+    squad.parent.mkdir(parents=True)
+    squad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "a b", "qas": [
+        {"id": str(i), "question": "q?", "answers": [{"text": "a", "answer_start": 0}]} for i in range(3)]}]}]}))
+    monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path / "data"))
+    assert train_pool("squad")[0::2] == (3, 87599)
+    message = _invalid(tmp_path, "notebooks/week4_squad.md", "{train_examples: 4}")
+    assert ("train_examples=4 is more than the 3 squad training records it can draw from "
+            "(squad_v1.1/train-v1.1.first11articles.json in $QLORA_DATA_DIR holds 3); use at most 3, or unset "
+            "QLORA_DATA_DIR to draw from the Hub's 87599") in message
+    validate_profile(load_profile(_profile(tmp_path, f"  - {{name: w, notebook: notebooks/week4_squad.md, "
+                                                     "parameters: {train_examples: 3}}\n")))
+    monkeypatch.delenv("QLORA_DATA_DIR")
+    assert train_pool("sst2") == (66849, "stanfordnlp/sst2 (train) on the Hub holds 67349, less the 500-sentence "
+                                  "selection split", None)
+    assert train_pool("squad")[0] == 87599 and train_pool("alpaca")[0] == 52002
+    message = _invalid(tmp_path, WEEK6, "{kind: instruct, train_examples: 52003}")
+    assert "train_examples=52003 is more than the 52002 alpaca training records" in message
 
 
 def test_a_profile_names_the_runs_that_run_alone() -> None:
