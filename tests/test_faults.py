@@ -315,6 +315,39 @@ def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, mon
     assert json.loads((runs / "a" / "metrics.json").read_text()) and (runs / "b" / "status.json").is_file()
 
 
+def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`book` started, then `run smoke --only 'week2-*' --force` finished runs during the build: the book exited 0 with
+    an appendix of the old runs and embedded notebooks of the new. The build (jupyter-book, faked here) is checked
+    against a snapshot of the runs taken at its start."""
+    import qlora_utils.book as book
+
+    runs = tmp_path / "runs" / "smoke"
+    for name in ("week1-setup", "week2-qlora-seed0", "week2-full-seed0"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "status.json").write_text('{"state": "done", "finished": "2026-01-01T10:00:00+00:00"}')
+        (runs / name / "metrics.json").write_text('{"accuracy": 0.5}')
+    for target, value in [("REPO", tmp_path), ("profile_runs_dir", lambda name: tmp_path / "runs" / name),
+                          ("toc_for", lambda name: tmp_path / "_toc.yml"), ("kernel_environment", lambda: None),
+                          ("status", lambda prof: [(e.name, "done") for e in prof.entries])]:
+        monkeypatch.setattr(book, target, value)
+    rerun: list[str] = []
+
+    def jupyter_book(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        for name in rerun:  # a runner replaces these runs while the pages are being executed
+            (runs / name / "status.json").write_text('{"state": "done", "finished": "2026-01-01T10:00:15+00:00"}')
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(book.subprocess, "run", jupyter_book)
+    assert book.build_book("smoke", output=tmp_path) == tmp_path / "_build" / "html", "nothing changed: built"
+    rerun[:] = ["week2-qlora-seed0", "week2-full-seed0"]
+    with pytest.raises(QLoraError) as caught:
+        book.build_book("smoke", output=tmp_path)
+    assert str(caught.value) == ("run(s) week2-full-seed0, week2-qlora-seed0 of profile 'smoke' changed while the book "
+                                 "was being built (a runner finished them), so its pages may mix their old and new "
+                                 "states; build it again once no runner is writing runs/smoke/")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_path: Path, data_dir: Path,
                                                                            sig: signal.Signals) -> None:
