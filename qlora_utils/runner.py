@@ -84,6 +84,23 @@ def kernel_never_started(exc: BaseException, partial: Path) -> bool:
     return not any(cell.get("execution_count") or cell.get("outputs") for cell in cells)
 
 
+KERNEL_LOG = "kernel.log"  # the kernel's own stderr, kept with a failed or interrupted attempt
+
+
+def kernel_manager(log: Path) -> type:
+    """papermill's kernel manager, with the kernel's own stderr (its logging, C-level messages) written to `log`, not
+    to the terminal: a kernel stopped by Ctrl-C or SIGTERM logs tracebacks there while it shuts down (`ZMQError:
+    Socket operation on non-socket`). Cells' output is unaffected: the kernel sends it into the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log, "ab") as handle:  # the kernel process keeps its own copy of the descriptor
+                await super().start_kernel(**{**kw, "stderr": handle})
+
+    return LoggedKernelManager
+
+
 class RunFailed(QLoraError):
     """A run's notebook raised; the message gives the cause and where the failed attempt is."""
 
@@ -181,7 +198,8 @@ def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) ->
             try:
                 papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(staging),
                                            kernel_name=kernel_name, progress_bar=False,
-                                           request_save_on_cell_execute=True)
+                                           request_save_on_cell_execute=True,
+                                           kernel_manager_class=kernel_manager(staging / KERNEL_LOG))
                 break
             except RuntimeError as exc:
                 if start == KERNEL_STARTS or not kernel_never_started(exc, partial):
@@ -205,6 +223,7 @@ def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) ->
         raise RunFailed(f"run {entry.name!r} failed: {cause}. {_kept(run_dir)}") from exc
     finally:
         source.unlink(missing_ok=True)
+    (staging / KERNEL_LOG).unlink(missing_ok=True)  # a finished run's record is its notebook
     _title_with_run_name(partial, entry.name)
     scrub_file(partial)
     partial.replace(staging / "notebook.ipynb")
