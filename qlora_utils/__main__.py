@@ -16,7 +16,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -202,8 +204,25 @@ def _add_experiment_parser(sub: argparse._SubParsersAction, task: str, options: 
     p.add_argument("--output", default=f"runs/adhoc/{task}", help="folder for metrics.json, history.json, adapter")
 
 
+PIPE_CLOSED = 141  # 128 + SIGPIPE: how a Unix tool ends when the reader of its output went away
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad inputs end with one line on stderr and exit status 2."""
+    """Entry point; bad inputs end with one line on stderr and exit status 2; Ctrl-C and SIGTERM with one line and
+    130; output into a pipe whose reader went away (`| head -3`) ends quietly, as Unix tools do, with 141."""
+    try:
+        try:
+            return _command(argv)
+        finally:
+            sys.stdout.flush()  # here, where a reader that left is caught, not in the interpreter's last flush
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # nothing more reaches the pipe, the last flush included
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return PIPE_CLOSED
+
+
+def _command(argv: list[str] | None) -> int:
+    """Parse the command line and run the command (see `main`)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(only=argv[0] if argv else "").parse_args(argv)
     try:
@@ -345,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         # an interrupted notebook client leaves a task whose kernel died: finalize it now, silently, so that this
         # message stays the last line
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None  # nor an "Exception ignored in" traceback of what is collected
         gc.collect()
         print("interrupted: the runs in progress are recorded as interrupted; finished runs are kept. Run the same "
               "command again to resume.", file=sys.stderr)

@@ -3,6 +3,7 @@ the appendix renders every executed run notebook, and warnings are errors."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,26 @@ def toc_for(profile: str) -> Path:
     return Path(handle.name)
 
 
+def run_snapshot(runs: Path) -> dict[str, str]:
+    """A digest of each run directory's record under a profile's runs folder (its status.json and metrics.json, which
+    a rerun that finishes replaces), by run name."""
+    snapshot = {}
+    for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        digest = hashlib.sha256()
+        for name in ("status.json", "metrics.json"):
+            try:
+                digest.update((run / name).read_bytes())
+            except OSError:  # missing, or being replaced right now
+                digest.update(b"-")
+        snapshot[run.name] = digest.hexdigest()
+    return snapshot
+
+
+def changed_runs(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The runs whose record differs between two snapshots (changed, added or removed)."""
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
+
 MISSING_ENV = "QLORA_MISSING_RUNS"  # a partial build: the unfinished runs, which the landing page lists
 
 
@@ -43,7 +64,8 @@ def unfinished_runs(profile: str) -> list[tuple[str, str]]:
 def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None, strict: bool = True,
                partial: bool = False) -> Path:
     """Run `jupyter-book build` on the repository for a profile; returns the HTML folder. Every run of the profile
-    must be done and whole; with partial, the book builds anyway and its landing page lists what is missing."""
+    must be done and whole; with partial, the book builds anyway and its landing page lists what is missing. A run
+    that changed during the build (a runner finished it) fails the build: its pages could mix two states."""
     load_profile(profile)  # fails clearly on an unknown profile
     runs = profile_runs_dir(profile).resolve()
     if not runs.is_relative_to((REPO / "runs").resolve()):  # the table of contents globs runs/<profile>/ here
@@ -52,6 +74,7 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
     if not profile_runs_dir(profile).is_dir():
         raise QLoraError(f"no runs for profile {profile!r} in {profile_runs_dir(profile)}; run "
                          f"`python -m qlora_utils run {profile}`")
+    before = run_snapshot(profile_runs_dir(profile))  # the book must show one state of the runs, checked at the end
     unfinished = unfinished_runs(profile)
     if unfinished and not partial:
         listed = ", ".join(f"{name} ({state})" for name, state in unfinished)
@@ -75,4 +98,8 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
     finally:
         if toc != REPO / "_toc.yml":
             toc.unlink(missing_ok=True)
+    if changed := changed_runs(before, run_snapshot(profile_runs_dir(profile))):
+        raise QLoraError(f"run(s) {', '.join(changed)} of profile {profile!r} changed while the book was being built "
+                         "(a runner finished them), so its pages may mix their old and new states; build it again "
+                         f"once no runner is writing runs/{profile}/")
     return output / "_build" / "html"

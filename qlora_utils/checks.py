@@ -1,7 +1,8 @@
 """Value checks of a profile's parameters, made before any run starts: known presets, modes, placements, kinds and
-schedules; positive sizes, ranks and rates; no parameter that means nothing for its mode. Each problem names the
-run, the parameter, the bad value and what would be accepted. The names accepted come from the modules that define
-them, imported when a profile is first checked (not when a runner starts: they pull in the model stack)."""
+schedules; positive sizes, ranks and rates; no more training or evaluation records than the data hold; no parameter
+that means nothing for its mode. Each problem names the run, the parameter, the bad value and what would be accepted.
+The names accepted come from the modules that define them, imported when a profile is first checked (not when a
+runner starts: they pull in the model stack)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ def value_problems(name: str, notebook: str, parameters: dict[str, Any], explici
         if problem is not None:
             problems.append(f"run {name!r}: {key}={value!r} {problem}")
     problems += _eval_size_problems(name, stem, parameters.get("eval_examples"))
+    problems += _train_size_problems(name, stem, parameters.get("train_examples"))
     if parameters.get("mode") == "full":
         meaningless = [k for k in ADAPTER_ONLY if k in explicit]
         if meaningless:
@@ -113,3 +115,20 @@ def _eval_size_problems(name: str, stem: str, eval_examples: Any) -> list[str]:
         return []
     return [f"run {name!r}: eval_examples={eval_examples} is more than the {limit} records of {stem}'s evaluation "
             f"split; use at most {limit}, or 0 for all of them"]
+
+
+def _train_size_problems(name: str, stem: str, train_examples: Any) -> list[str]:
+    """train_examples larger than the training pool its notebook draws from (`data.train_pool`)."""
+    from .data import train_pool
+    from .io import DATA_DIR_ENV
+    from .runner import NOTEBOOK_DATA
+
+    tasks = [task for task, split in NOTEBOOK_DATA.get(stem, ()) if split == "train"]
+    if len(tasks) != 1 or not isinstance(train_examples, int) or isinstance(train_examples, bool):
+        return []
+    limit, where, hub = train_pool(tasks[0])
+    if train_examples <= limit:
+        return []
+    more = f", or unset {DATA_DIR_ENV} to draw from the Hub's {hub}" if hub and train_examples <= hub else ""
+    return [f"run {name!r}: train_examples={train_examples} is more than the {limit} {tasks[0]} training records it "
+            f"can draw from ({where}); use at most {limit}{more}"]

@@ -4,6 +4,7 @@ directory laid out like ../shared/data when one is configured (io.DATA_DIR_WAYS)
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import datasets
 import numpy as np
 
 from .errors import DataUnavailableError, QLoraError
-from .io import DATA_DIR_WAYS, DATA_LAYOUT, data_dir as resolve_data_dir
+from .io import DATA_DIR_ENV, DATA_DIR_WAYS, DATA_LAYOUT, data_dir as resolve_data_dir
 
 TASKS = ("sst2", "squad", "alpaca")  # the tasks a run fine-tunes on (AlpacaEval is only judged)
 
@@ -119,6 +120,9 @@ SOURCES: dict[tuple[str, str], _Source] = {
 # against them before a run starts, so an eval_examples larger than its split fails there, not hours into a grid.
 EVAL_SIZES = {("sst2", "validation"): 872, ("squad", "validation"): 10570, ("alpaca_eval", "text_davinci_003"): 805,
               ("alpaca_eval", "gpt4_turbo"): 805}
+# The published number of records of each training split on the Hub. A configured data directory's file is counted
+# instead (once), as it may hold fewer: the SQuAD train file beside the checkout keeps the first 11 articles.
+TRAIN_SIZES = {"sst2": 67349, "squad": 87599, "alpaca": 52002}
 COLUMNS = {"sst2": ["sentence", "label"], "squad": ["id", "title", "context", "question", "answers"],
            "alpaca": ["instruction", "input", "output"],
            "alpaca_eval": ["instruction", "output", "generator", "dataset"]}
@@ -205,6 +209,27 @@ def split_for_selection(data: TaskData, size: int = SELECTION_SIZE,
     held, pool = sorted(int(i) for i in order[:size]), sorted(int(i) for i in order[size:])
     return (TaskData(data.task, data.split, data.dataset.select(pool), data.source, len(pool)),
             TaskData(data.task, f"{data.split} (selection split)", data.dataset.select(held), data.source, size, seed))
+
+
+@functools.cache
+def _records_in(path: Path, task: str) -> int:
+    return len(SOURCES[(task, "train")].reader(path))
+
+
+def train_pool(task: str) -> tuple[int, str, int | None]:
+    """How many records a run of the task can draw its training examples from (the training split, less SST-2's
+    selection split), where that number comes from (the data directory's file, counted once, else the Hub's
+    published size), and how many the Hub would give when the local file holds fewer (else None). A data directory
+    that is missing or incomplete counts as the Hub here: the runner names what is missing."""
+    spec, aside = SOURCES[(task, "train")], SELECTION_SIZE if task == "sst2" else 0
+    less = f", less the {aside}-sentence selection split" if aside else ""
+    value = os.environ.get(DATA_DIR_ENV)
+    local = Path(value).expanduser() / spec.local if value else None
+    if local is None or not local.is_file():
+        return TRAIN_SIZES[task] - aside, f"{spec.hub} on the Hub holds {TRAIN_SIZES[task]}{less}", None
+    size = _records_in(local.resolve(), task)
+    hub = TRAIN_SIZES[task] - aside if TRAIN_SIZES[task] > size else None
+    return size - aside, f"{spec.local} in ${DATA_DIR_ENV} holds {size}{less}", hub
 
 
 def subsample(data: TaskData, n: int, seed: int, stratify_by: str | None = None) -> TaskData:

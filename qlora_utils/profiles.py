@@ -63,7 +63,7 @@ def available_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """Read a profile by name (profiles/NAME.yaml) or path.
+    """Read a profile by name (profiles/NAME.yaml) or path; its `profile:` key, if any, must be the file's name.
 
     `defaults` maps a notebook's stem (week2_sst2_baseline) to parameters every entry of that notebook inherits."""
     path = Path(name_or_path)
@@ -82,6 +82,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not isinstance(raw, dict):
         raise QLoraError(f"{path}: a profile is a mapping with `profile`, `runs` (a list) and optional `defaults`; "
                          f"this file holds a {type(raw).__name__}")
+    name = raw.get("profile", path.stem)
+    if name != path.stem:  # runs go to runs/<profile>/: a copy that kept the key would write into another's runs
+        raise QLoraError(f"{path}: `profile: {name}` disagrees with the file's name {path.stem!r}, and a profile's "
+                         f"runs go to runs/<profile>/; rename the key to `profile: {path.stem}` or the file to "
+                         f"{name}.yaml")
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict) or not all(isinstance(v, dict) for v in defaults.values()):
         raise QLoraError(f"{path.name}: `defaults` must map a notebook's name to a mapping of parameters")
@@ -120,7 +125,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
     budget = raw.get("budget_hours")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise QLoraError(f"{path.name}: `budget_hours` must be a positive number of hours, not {budget!r}")
-    return Profile(raw.get("profile", path.stem), raw.get("description", ""), tuple(entries), path,
+    return Profile(name, raw.get("description", ""), tuple(entries), path,
                    dict(raw.get("cluster") or {}), None if budget is None else float(budget))
 
 
@@ -194,10 +199,19 @@ def validate_profile(profile: Profile) -> None:
         raise QLoraError(f"profile {profile.name!r} ({profile.path.name}) is invalid:\n  " + "\n  ".join(problems))
 
 
+READS_EVERY_RUN = ("week7_analysis", "week8_report")  # notebooks that read every run of their profile
+
+
 def prerequisites(profile: Profile, entry: Entry) -> list[Entry]:
-    """The earlier entries that an entry's `needs` patterns name."""
+    """The earlier entries an entry reads, `needs` or not: those its `needs` patterns name, every earlier one for an
+    analysis of the whole profile (READS_EVERY_RUN), and the runs a win-rate entry judges (`instruct_runs`). It starts
+    after them, and is stale once one of them finished after it."""
     earlier = profile.entries[:profile.entries.index(entry)]
-    return [e for e in earlier if any(pattern_match(e.name, n) for n in entry.needs)]
+    if Path(entry.notebook).stem in READS_EVERY_RUN:
+        return list(earlier)
+    judged = entry.parameters.get("instruct_runs")
+    judged = judged if isinstance(judged, list) else []
+    return [e for e in earlier if e.name in judged or any(pattern_match(e.name, n) for n in entry.needs)]
 
 
 def pattern_match(name: str, pattern: str) -> bool:

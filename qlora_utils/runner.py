@@ -50,16 +50,17 @@ def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None =
         return f"held by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
     if state == "stale":
         current = run_state(run_dir, entry.config_hash) == "done"
-        return "a run it needs finished after it" if current else "its parameters changed since it ran"
+        return "a run it reads finished after it" if current else "its parameters changed since it ran"
     return ""
 
 
 def entry_state(profile: Profile, entry: Entry, root: Path | None = None) -> str:
-    """A run's state (see runs.run_state); a done run that needs other runs is stale once one of them finished
-    after it started (an analysis over results that have changed since)."""
+    """A run's state (see runs.run_state); a done run that reads other runs (`profiles.prerequisites`: its `needs`,
+    or every earlier run for an analysis) is stale once one of them finished after it started (an analysis over
+    results that have changed since)."""
     runs_dir = profile.runs_dir(root)
     state = run_state(runs_dir / entry.name, entry.config_hash)
-    if state == "done" and entry.needs:
+    if state == "done":
         started = (read_json(runs_dir / entry.name / "status.json") or {}).get("started", "")
         for needed in prerequisites(profile, entry):
             finished = (read_json(runs_dir / needed.name / "status.json") or {}).get("finished", "")
@@ -81,6 +82,23 @@ def kernel_never_started(exc: BaseException, partial: Path) -> bool:
     notebook = read_json(partial) if partial.exists() else None
     cells = (notebook or {}).get("cells", [])
     return not any(cell.get("execution_count") or cell.get("outputs") for cell in cells)
+
+
+KERNEL_LOG = "kernel.log"  # the kernel's own stderr, kept with a failed or interrupted attempt
+
+
+def kernel_manager(log: Path) -> type:
+    """papermill's kernel manager, with the kernel's own stderr (its logging, C-level messages) written to `log`, not
+    to the terminal: a kernel stopped by Ctrl-C or SIGTERM logs tracebacks there while it shuts down (`ZMQError:
+    Socket operation on non-socket`). Cells' output is unaffected: the kernel sends it into the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            with open(log, "ab") as handle:  # the kernel process keeps its own copy of the descriptor
+                await super().start_kernel(**{**kw, "stderr": handle})
+
+    return LoggedKernelManager
 
 
 class RunFailed(QLoraError):
@@ -111,29 +129,48 @@ def execute_entry(entry: Entry, profile: Profile, root: Path | None = None, kern
     finished run intact (RunFailed says so; Ctrl-C and SIGTERM are recorded as interrupted)."""
     run_dir = profile.runs_dir(root) / entry.name
     lock = RunLock(run_dir)
-    if not lock.acquire():
-        return "skipped (running in another process)"
     try:
-        recover(run_dir)
-        if not force and entry_state(profile, entry, root) == "done":
-            return "skipped (done)"  # finished by another runner while this one waited
+        if not lock.acquire():
+            return "skipped (running in another process)"
         try:
+            recover(run_dir)
+            if not force and entry_state(profile, entry, root) == "done":
+                return "skipped (done)"  # finished by another runner while this one waited
             _attempt(entry, profile, run_dir, kernel_name)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                free = shutil.disk_usage(run_dir.parent).free / 2 ** 20
-                raise RunFailed(f"run {entry.name!r}: no space left on the disk that holds {run_dir.parent} "
-                                f"({free:.0f} MiB free); free some space and run it again. "
-                                + _kept(run_dir)) from exc
-            raise
-        return "done"
-    finally:
-        lock.release()
+        finally:
+            lock.release()
+    except OSError as exc:
+        if (error := storage_error(entry, run_dir, exc)) is not None:
+            raise error from exc
+        raise
+    return "done"
+
+
+def storage_error(entry: Entry, run_dir: Path, exc: OSError) -> RunFailed | None:
+    """One clear error for a runs folder that is full or cannot be written to (None for any other OS error)."""
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(_existing_folder(run_dir)).free / 2 ** 20
+        return RunFailed(f"run {entry.name!r}: no space left on the disk that holds {_existing_folder(run_dir)} "
+                         f"({free:.0f} MiB free); free some space and run it again. " + _kept(run_dir))
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        folder = _existing_folder(Path(exc.filename or run_dir))
+        return RunFailed(f"run {entry.name!r}: cannot write in {folder} ({exc.strerror}); make it writable, or set "
+                         f"{RUNS_ENV} to a folder you can write in. " + _kept(run_dir))
+    return None
+
+
+def _existing_folder(path: Path) -> Path:
+    """The nearest folder above a path that exists (where an entry could not be created)."""
+    return next((p for p in Path(path).parents if p.is_dir()), Path("/"))
 
 
 def _kept(run_dir: Path) -> str:
-    return ("The previous finished run is kept." if run_state(run_dir) in ("done", "stale") else
-            "There was no earlier finished run.") + f" The attempt is in {staging_dir(run_dir)}."
+    """Whether the previous finished run is kept, and where the attempt is (when one was made: no folder that does
+    not exist is named)."""
+    kept = ("The previous finished run is kept." if run_state(run_dir) in ("done", "stale") else
+            "There was no earlier finished run.")
+    staging = staging_dir(run_dir)
+    return kept + (f" The attempt is in {staging}." if staging.is_dir() else "")
 
 
 def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) -> None:
@@ -161,7 +198,8 @@ def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) ->
             try:
                 papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(staging),
                                            kernel_name=kernel_name, progress_bar=False,
-                                           request_save_on_cell_execute=True)
+                                           request_save_on_cell_execute=True,
+                                           kernel_manager_class=kernel_manager(staging / KERNEL_LOG))
                 break
             except RuntimeError as exc:
                 if start == KERNEL_STARTS or not kernel_never_started(exc, partial):
@@ -185,6 +223,7 @@ def _attempt(entry: Entry, profile: Profile, run_dir: Path, kernel_name: str) ->
         raise RunFailed(f"run {entry.name!r} failed: {cause}. {_kept(run_dir)}") from exc
     finally:
         source.unlink(missing_ok=True)
+    (staging / KERNEL_LOG).unlink(missing_ok=True)  # a finished run's record is its notebook
     _title_with_run_name(partial, entry.name)
     scrub_file(partial)
     partial.replace(staging / "notebook.ipynb")

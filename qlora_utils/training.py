@@ -128,13 +128,25 @@ class AnswerLossTrainer(Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
+def non_finite(entry: dict[str, Any]) -> tuple[str, float] | None:
+    """The first of a log entry's training loss and gradient norm that is not a finite number (what, value), or None.
+    The Trainer logs a non-finite loss as 0.0 unless told not to (`logging_nan_inf_filter`); the gradient norm it
+    logs as it is."""
+    for key, what in (("loss", "training loss"), ("grad_norm", "gradient norm")):
+        if key in entry and not math.isfinite(entry[key]):
+            return what, entry[key]
+    return None
+
+
 class HistoryCallback(TrainerCallback):
     """Collects every log entry (train/eval loss, learning rate, tokens seen) with the elapsed seconds and the threads
-    in use; before each step, adopts the thread count a parallel grid assigned (`threads.follow`)."""
+    in use; before each step, adopts the thread count a parallel grid assigned (`threads.follow`). Training stops at
+    the first step whose loss or gradient norm is not a finite number (`broken`: step, what, value)."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
         self.start = time.perf_counter()
+        self.broken: tuple[int, str, float] | None = None
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         follow()
@@ -152,6 +164,9 @@ class HistoryCallback(TrainerCallback):
             if key in logs:
                 entry[key] = float(logs[key])
         self.history.append(entry)
+        if self.broken is None and (bad := non_finite(entry)):
+            self.broken = (state.global_step, *bad)
+            control.should_training_stop = True  # every later step would only carry the NaN on
 
 
 @dataclass
@@ -206,7 +221,8 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
           baseline_rss: int | None = None, show_progress: bool = True,
           baseline_total: int | None = None, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Train with transformers' Trainer on tokenized examples (input_ids, attention_mask, labels). Under a
-    multi-process launch (accelerate launch, torchrun) the Trainer runs DDP or FSDP by itself."""
+    multi-process launch (accelerate launch, torchrun) the Trainer runs DDP or FSDP by itself. A loss or gradient
+    norm that stops being a finite number stops training and fails it (QLoraError naming the step and the value)."""
     output_dir = Path(output_dir)
     evaluate = eval_data is not None and settings.eval_steps is not None
     args = TrainingArguments(
@@ -216,7 +232,8 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
         lr_scheduler_type=settings.scheduler, warmup_steps=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
         weight_decay=settings.weight_decay, optim=runtime_optimizer(settings.optim), bf16=settings.bf16,
         eval_strategy="steps" if evaluate else "no", eval_steps=settings.eval_steps if evaluate else None,
-        logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
+        logging_steps=1, logging_nan_inf_filter=False,  # a non-finite loss is logged as such, not as 0.0
+        save_strategy="no", report_to="none", seed=settings.seed, data_seed=settings.seed,
         include_num_input_tokens_seen="non_padding", disable_tqdm=not show_progress,
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
@@ -234,8 +251,10 @@ def train(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, train_data
         output = trainer.train()
     steps = int(output.global_step)
     tokens = int(trainer.state.num_input_tokens_seen)
-    if any(math.isnan(h.get("loss", 0.0)) for h in history.history):
-        raise QLoraError("training loss became NaN; lower the learning rate")
+    if history.broken:  # a finite divergence is kept and named in the book (`analysis.divergence_step`)
+        step, what, value = history.broken
+        raise QLoraError(f"training diverged at step {step}: the {what} is {value}, not a finite number; lower the "
+                         "learning rate (a run that diverged so is never pooled)")
     ran = asdict(settings)
     if isinstance(trainer, AnswerLossTrainer):
         ran = trainer.settings_as_run(ran)

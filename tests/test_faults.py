@@ -72,6 +72,8 @@ BAD_PROFILES = [
     ("{scheduler: sometimes}", ["scheduler='sometimes' is not one of"]),
     ("{batch_size: 0}", ["batch_size=0 must be positive"]),
     ("{train_examples: -5}", ["train_examples=-5 must be positive"]),
+    ("{train_examples: 100000}", ["train_examples=100000 is more than the 66849 sst2 training records",
+                                  "less the 500-sentence selection split", "use at most 66849"]),
     ("{eval_examples: -1}", ["eval_examples=-1 must be 0 or more"]),
     ("{eval_examples: 873}", ["eval_examples=873 is more than the 872 records", "or 0 for all of them"]),
     ("{epochs: 0.0}", ["epochs=0.0 must be positive"]),
@@ -88,22 +90,25 @@ BAD_WEEK6 = [
     ("{kind: instruct, eval_examples: 900}", ["eval_examples=900 is more than the 805 records"]),
 ]
 BAD_FILES = [
-    ("profile: x\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),
+    ("profile: faults\nruns: [\n", ["not valid YAML at line", "faults.yaml"]),
     ("- a\n- b\n", ["a profile is a mapping", "holds a list"]),
-    ("profile: x\nruns: {a: 1}\n", ["`runs` must be a list"]),
-    ("profile: x\nruns:\n  - {name: a}\n", ["run #1 needs a `name` and a `notebook`"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n  - {{name: a, notebook: {WEEK2}}}\n",
+    ("profile: faults\nruns: {a: 1}\n", ["`runs` must be a list"]),
+    ("profile: faults\nruns:\n  - {name: a}\n", ["run #1 needs a `name` and a `notebook`"]),
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["run name 'a' is used twice"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, needs: [b]}}\n", ["needs ['b'], which match no earlier"]),
-    (f"profile: x\ndefaults:\n  week9: {{rank: 4}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, needs: [b]}}\n",
+     ["needs ['b'], which match no earlier"]),
+    (f"profile: faults\ndefaults:\n  week9: {{rank: 4}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["defaults for ['week9'] match no notebook"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n", ["`parameters` must be a mapping"]),
-    ("profile: x\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n", ["notebook notebooks/week9.md does not exist"]),
-    (f"profile: x\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
-    (f"profile: x\ncluster: [1]\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n", ["`cluster` must be a mapping"]),
-    (f"profile: x\ncluster: {{gpus: 1}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, parameters: [1, 2]}}\n",
+     ["`parameters` must be a mapping"]),
+    ("profile: faults\nruns:\n  - {name: a, notebook: notebooks/week9.md}\n",
+     ["notebook notebooks/week9.md does not exist"]),
+    (f"profile: faults\nruns:\n  - {{name: a, notebook: {WEEK2}, group: [1]}}\n", ["`group` must be a name"]),
+    (f"profile: faults\ncluster: [1]\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n", ["`cluster` must be a mapping"]),
+    (f"profile: faults\ncluster: {{gpus: 1}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["unknown cluster settings ['gpus']", "gpus_per_run"]),
-    (f"profile: x\ncluster: {{cpus_per_run: 0, time_min: two}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
+    (f"profile: faults\ncluster: {{cpus_per_run: 0, time_min: two}}\nruns:\n  - {{name: a, notebook: {WEEK2}}}\n",
      ["cluster settings ['cpus_per_run', 'time_min'] must be positive numbers"]),
 ]
 
@@ -150,6 +155,33 @@ def test_bad_profile_files_are_one_clear_error(tmp_path: Path, capsys: pytest.Ca
 def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str], args: list[str],
                                               words: list[str]) -> None:
     one_clear_error(main_in_process(capsys, *args), *words)
+
+
+def test_a_copied_profile_that_kept_the_originals_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of smoke.yaml under another file name that kept `profile: smoke` would write into runs/smoke/ (the run
+    folder follows the key): it is refused and nothing of the original's runs changes; renamed, it writes only under
+    its own name."""
+    root = tmp_path / "runs"
+    finished = root / "smoke" / "week2-qlora-seed0"  # the original's finished run
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text('{"accuracy": 0.5}')
+    monkeypatch.setenv("QLORA_RUNS_DIR", str(root))
+    copy = tmp_path / "b-copyname.yaml"
+    text = (REPO / "profiles" / "smoke.yaml").read_text().replace("learning_rate: 0.01", "learning_rate: 0.02", 1)
+    copy.write_text(text)
+    one_clear_error(main_in_process(capsys, "run", str(copy), "--only", "week2-qlora-seed0", "--allow-dirty"),
+                    "`profile: smoke` disagrees with the file's name 'b-copyname'",
+                    "rename the key to `profile: b-copyname` or the file to smoke.yaml")
+    assert [p.relative_to(root).as_posix() for p in sorted(root.rglob("*"))] == [
+        "smoke", "smoke/week2-qlora-seed0", "smoke/week2-qlora-seed0/metrics.json"]
+    copy.write_text(text.replace("profile: smoke", "profile: b-copyname", 1))
+    results = run_profile(load_profile(copy), only=["week7-analysis"], validate=False, allow_dirty=True)
+    assert results == {"week7-analysis": "done"}
+    assert sorted(p.name for p in root.iterdir()) == ["b-copyname", "smoke"]
+    assert run_state(root / "b-copyname" / "week7-analysis") == "done"
+    assert [p.name for p in (root / "smoke").iterdir()] == ["week2-qlora-seed0"]
+    assert (finished / "metrics.json").read_text() == '{"accuracy": 0.5}'
 
 
 def test_a_failed_experiment_leaves_no_empty_output_folder(capsys: pytest.CaptureFixture[str],
@@ -283,6 +315,39 @@ def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, mon
     assert json.loads((runs / "a" / "metrics.json").read_text()) and (runs / "b" / "status.json").is_file()
 
 
+def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`book` started, then `run smoke --only 'week2-*' --force` finished runs during the build: the book exited 0 with
+    an appendix of the old runs and embedded notebooks of the new. The build (jupyter-book, faked here) is checked
+    against a snapshot of the runs taken at its start."""
+    import qlora_utils.book as book
+
+    runs = tmp_path / "runs" / "smoke"
+    for name in ("week1-setup", "week2-qlora-seed0", "week2-full-seed0"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "status.json").write_text('{"state": "done", "finished": "2026-01-01T10:00:00+00:00"}')
+        (runs / name / "metrics.json").write_text('{"accuracy": 0.5}')
+    for target, value in [("REPO", tmp_path), ("profile_runs_dir", lambda name: tmp_path / "runs" / name),
+                          ("toc_for", lambda name: tmp_path / "_toc.yml"), ("kernel_environment", lambda: None),
+                          ("status", lambda prof: [(e.name, "done") for e in prof.entries])]:
+        monkeypatch.setattr(book, target, value)
+    rerun: list[str] = []
+
+    def jupyter_book(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        for name in rerun:  # a runner replaces these runs while the pages are being executed
+            (runs / name / "status.json").write_text('{"state": "done", "finished": "2026-01-01T10:00:15+00:00"}')
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(book.subprocess, "run", jupyter_book)
+    assert book.build_book("smoke", output=tmp_path) == tmp_path / "_build" / "html", "nothing changed: built"
+    rerun[:] = ["week2-qlora-seed0", "week2-full-seed0"]
+    with pytest.raises(QLoraError) as caught:
+        book.build_book("smoke", output=tmp_path)
+    assert str(caught.value) == ("run(s) week2-full-seed0, week2-qlora-seed0 of profile 'smoke' changed while the book "
+                                 "was being built (a runner finished them), so its pages may mix their old and new "
+                                 "states; build it again once no runner is writing runs/smoke/")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_path: Path, data_dir: Path,
                                                                            sig: signal.Signals) -> None:
@@ -301,14 +366,33 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     time.sleep(2)
     os.killpg(process.pid, sig)  # Ctrl-C reaches the whole process group; `kill` only the runner
     _, err = process.communicate(timeout=300)
-    # the runner ends with its one message and no traceback of its own (a kernel hit by Ctrl-C may log its own
-    # shutdown noise: it is a separate process of the same terminal)
+    # the runner ends with its one message and no traceback, neither its own nor the kernel's: a kernel stopped
+    # mid-cell logs its shutdown (`[IPKernelApp] ERROR … ZMQError: Socket operation on non-socket`) into the
+    # attempt's kernel.log, not onto the terminal
     assert process.returncode == 130 and err.rstrip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
-    assert "qlora_utils/runner.py" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    for noise in ("Traceback", "KeyboardInterrupt", "ZMQError", "IPKernelApp", "qlora_utils/runner.py"):
+        assert noise not in err, err[-3000:]
+    said = [line for line in err.splitlines() if line.strip() and not line.startswith("faults: ")]  # no bar
+    assert len(said) == 1, f"one line: {err[-3000:]}"
     attempt = read_json(tmp_path / "runs" / "faults" / ".slow.staging" / "status.json")
     assert attempt["state"] == "interrupted"
+    assert (tmp_path / "runs" / "faults" / ".slow.staging" / "kernel.log").is_file()
     assert (run / "metrics.json").read_text() == before and run_state(run) == "done"
     assert not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
+
+
+@pytest.mark.parametrize("args,codes", [(["status", "smoke"], {141}), (["--help"], {0, 141})])
+def test_output_into_a_closed_pipe_ends_quietly(args: list[str], codes: set[int]) -> None:
+    """`python -m qlora_utils status smoke | head -3` printed a BrokenPipeError traceback. A reader that left ends the
+    command as it ends a Unix tool: no traceback, no message, status 141 (argparse's help ignores the closed pipe)."""
+    command = [sys.executable, "-m", "qlora_utils", *args]
+    head = subprocess.run(" ".join(command) + " | head -1", shell=True, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert len(head.stdout.splitlines()) == 1 and head.stderr == "", head.stderr[-2000:]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader left before the first line was written
+    err = process.stderr.read()
+    assert process.wait(timeout=300) in codes and err == "", err[-2000:]
 
 
 def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,6 +415,29 @@ def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monk
     assert read_json(staging / "status.json")["state"] == "failed"
     assert (root / "faults" / "fast" / "metrics.json").read_text() == before
     assert dict(status(load_profile(path), root=root)) == {"fast": "done"}
+
+
+@pytest.mark.parametrize("refused", ["lock", "staging"])
+def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_never_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str) -> None:
+    """A read-only runs folder (simulated: tests may run as root, who writes anywhere): the run's lock or its attempt
+    cannot be created. The error names the folder and the fix, and no folder that does not exist (it once said "The
+    attempt is in …/.NAME.staging", never created)."""
+    from qlora_utils import runner
+
+    runs = tmp_path / "runs" / "faults"
+    runs.mkdir(parents=True)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(runs / f".fast.{refused}"))
+
+    monkeypatch.setattr(*((runner.RunLock, "acquire") if refused == "lock" else (runner, "mark_started")), refuse)
+    path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
+    with pytest.raises(QLoraError) as caught:
+        run_profile(load_profile(path), root=tmp_path / "runs", validate=False, allow_dirty=True)
+    assert str(caught.value) == (f"run 'fast': cannot write in {runs} (Permission denied); make it writable, or set "
+                                 "QLORA_RUNS_DIR to a folder you can write in. There was no earlier finished run.")
+    assert sorted(runs.iterdir()) == []
 
 
 def test_failure_cause_names_the_exception_and_where() -> None:

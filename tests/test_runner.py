@@ -10,13 +10,15 @@ import jupytext
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import available_profiles, load_profile, notebook_parameters, validate_profile
+from qlora_utils.profiles import (available_profiles, load_profile, notebook_parameters, pattern_match,
+                                 validate_profile)
 from qlora_utils.runner import REPO, run_profile
 from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
 FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
                       "notebooks/week6_alpacaeval_efficiency.md")
+WEEK1 = "notebooks/week1_setup.md"  # for fake runs side by side: an analysis (FAST) waits for every earlier run
 
 
 def test_there_is_one_notebook_per_week() -> None:
@@ -24,9 +26,36 @@ def test_there_is_one_notebook_per_week() -> None:
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "cpu", "gpu-24gb"])
-def test_every_profile_validates_against_the_notebooks(name: str) -> None:
+def test_every_profile_validates_against_the_notebooks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert name in available_profiles()
+    if name == "gpu-24gb":  # it reads the data from the Hub (README): the local SQuAD copy is partial
+        monkeypatch.delenv("QLORA_DATA_DIR", raising=False)
     validate_profile(load_profile(name))
+
+
+def test_train_examples_are_checked_against_the_training_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before anything runs, not seconds into a run: SST-2's pool is its train split less the selection split; a
+    local copy is counted (the SQuAD file beside the checkout keeps 11 articles), the Hub's size is published."""
+    from qlora_utils.data import train_pool
+
+    squad = tmp_path / "data" / "squad_v1.1" / "train-v1.1.first11articles.json"
+    squad.parent.mkdir(parents=True)
+    squad.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "a b", "qas": [
+        {"id": str(i), "question": "q?", "answers": [{"text": "a", "answer_start": 0}]} for i in range(3)]}]}]}))
+    monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path / "data"))
+    assert train_pool("squad")[0::2] == (3, 87599)
+    message = _invalid(tmp_path, "notebooks/week4_squad.md", "{train_examples: 4}")
+    assert ("train_examples=4 is more than the 3 squad training records it can draw from "
+            "(squad_v1.1/train-v1.1.first11articles.json in $QLORA_DATA_DIR holds 3); use at most 3, or unset "
+            "QLORA_DATA_DIR to draw from the Hub's 87599") in message
+    validate_profile(load_profile(_profile(tmp_path, f"  - {{name: w, notebook: notebooks/week4_squad.md, "
+                                                     "parameters: {train_examples: 3}}\n")))
+    monkeypatch.delenv("QLORA_DATA_DIR")
+    assert train_pool("sst2") == (66849, "stanfordnlp/sst2 (train) on the Hub holds 67349, less the 500-sentence "
+                                  "selection split", None)
+    assert train_pool("squad")[0] == 87599 and train_pool("alpaca")[0] == 52002
+    message = _invalid(tmp_path, WEEK6, "{kind: instruct, train_examples: 52003}")
+    assert "train_examples=52003 is more than the 52002 alpaca training records" in message
 
 
 def test_a_profile_names_the_runs_that_run_alone() -> None:
@@ -57,7 +86,7 @@ def test_paired_ipynb_is_in_sync_with_the_markdown(path: Path) -> None:
 
 
 def _profile(tmp_path: Path, runs: str) -> Path:
-    path = tmp_path / "p.yaml"
+    path = tmp_path / "ptest.yaml"
     path.write_text(f"profile: ptest\nruns:\n{runs}")
     return path
 
@@ -147,7 +176,7 @@ def test_config_hash_ignores_key_order() -> None:
 
 
 def test_entries_inherit_notebook_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
+    path = tmp_path / "ptest.yaml"
     path.write_text("profile: ptest\ndefaults:\n  week2_sst2_baseline: {preset: tiny-qwen3, rank: 4}\nruns:\n"
                     "  - name: a\n    notebook: notebooks/week2_sst2_baseline.md\n    parameters: {rank: 16}\n")
     profile = load_profile(path)
@@ -203,7 +232,7 @@ def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypa
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
-    notebook = "    notebook: notebooks/week7_analysis.md\n"
+    notebook = f"    notebook: {WEEK1}\n"  # not an analysis, which would wait for every earlier run
     path = _profile(tmp_path, f"  - name: a\n{notebook}  - name: b\n{notebook}  - name: c\n{notebook}"
                               f"    needs: [a]\n  - name: d\n{notebook}    exclusive: true\n  - name: e\n{notebook}")
     results = run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True)
@@ -235,11 +264,13 @@ def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
     assert busy_seconds([run("10:00:00", "10:30:00"), run("10:05:00", "10:10:00")]) == 1800, "a run inside another"
 
 
-def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("needs", ["    needs: ['*']\n", ""])
+def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path, needs: str) -> None:
+    """With `needs` or without (the smoke profile's weeks 7 and 8 have none): an analysis reads every earlier run."""
     from qlora_utils.runner import entry_state
 
     path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n"
-                              "  - name: b\n    notebook: notebooks/week8_report.md\n    needs: ['*']\n")
+                              f"  - name: b\n    notebook: notebooks/week8_report.md\n{needs}")
     profile = load_profile(path)
     root = tmp_path / "runs"
 
@@ -258,6 +289,22 @@ def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Pa
     assert entry_state(profile, b, root) == "done"
     finish(a, "2026-01-01T11:00:00+00:00", "2026-01-01T11:05:00+00:00")  # a re-ran: b read old results
     assert entry_state(profile, b, root) == "stale"
+
+
+def test_the_runs_an_entry_reads_with_needs_or_without() -> None:
+    from qlora_utils.profiles import prerequisites
+
+    smoke = load_profile("smoke")
+    reads = {e.name: [p.name for p in prerequisites(smoke, e)] for e in smoke.entries}
+    names = [e.name for e in smoke.entries]
+    assert reads["week7-analysis"] == names[:names.index("week7-analysis")], "an analysis reads every earlier run"
+    assert reads["week8-report"] == names[:-1]
+    assert reads["week6-winrates"] == ["week6-instruct-qlora-seed0"], "a win-rate run reads the runs it judges"
+    assert reads["week2-qlora-seed0"] == [] and reads["week6-instruct-qlora-seed0"] == []
+    cpu = load_profile("cpu")
+    assert all(prerequisites(cpu, e) == [x for x in cpu.entries[:cpu.entries.index(e)]
+                                         if any(pattern_match(x.name, n) for n in e.needs)]
+               for e in cpu.entries), "the cpu profile names what each run reads in `needs` already"
 
 
 def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
@@ -412,7 +459,8 @@ def test_a_profile_budget_is_read_and_checked(tmp_path: Path) -> None:
     assert load_profile("cpu").budget_hours == 4.0 and load_profile("quick").budget_hours == 0.75
     assert load_profile("smoke").budget_hours is None
     path = tmp_path / "budget.yaml"
-    path.write_text("profile: b\nbudget_hours: soon\nruns:\n  - name: a\n    notebook: notebooks/week7_analysis.md\n")
+    path.write_text("profile: budget\nbudget_hours: soon\nruns:\n"
+                    "  - name: a\n    notebook: notebooks/week7_analysis.md\n")
     with pytest.raises(QLoraError, match="`budget_hours` must be a positive number of hours, not 'soon'"):
         load_profile(path)
 
@@ -536,7 +584,7 @@ def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
         sys.executable, "-c", FAKE_RUNNER, str(root / profile.name / entry.name), entry.notebook,
         json.dumps(entry.parameters)])
-    path = _profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {FAST}}}\n" for n in "abc"))
+    path = _profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {WEEK1}}}\n" for n in "abc"))
     assert run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True) == dict.fromkeys(
         "abc", "done")
     times = {n: json.loads((root / "ptest" / n / "times.json").read_text()) for n in "abc"}

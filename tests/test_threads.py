@@ -95,7 +95,7 @@ def test_a_run_left_alone_takes_the_cores_the_finished_run_freed(tmp_path: Path,
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))  # where the runner keeps the thread files
     path = tmp_path / "ptest.yaml"
-    notebook = "    notebook: notebooks/week7_analysis.md\n"
+    notebook = "    notebook: notebooks/week1_setup.md\n"  # not an analysis, which would wait for the other
     path.write_text(f"profile: ptest\ndescription: t\nruns:\n  - name: short\n{notebook}  - name: long\n{notebook}")
     results = run_profile(load_profile(path), root=root, jobs=2, validate=False, allow_dirty=True)
     assert results == {"short": "done", "long": "done"}

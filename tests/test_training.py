@@ -64,6 +64,46 @@ def test_full_fine_tuning_also_learns_with_cosine_decay_and_no_checkpointing(tmp
     assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 0.1 * rates[peak], "cosine decays"
 
 
+def test_a_non_finite_gradient_fails_the_run_at_its_step_naming_the_value(tmp_path: Path, data_dir: Path) -> None:
+    """A learning rate far too high (SmolLM2-135M at 10: the gradient norm reached 6.6e10, then NaN from step 4, and
+    the Trainer logged the loss as 0.0 after it; the run counted as done). Injected here: the gradients turn NaN from
+    step 4. The run fails there, naming the step and the value, and trains no further."""
+    from transformers import TrainerCallback
+
+    loaded = load_model("tiny-qwen2", "bf16")
+    examples = tokenize_for_training(load_task("sst2", "train", n=16, seed=0, data_dir=data_dir), loaded.tokenizer)
+    model = prepare_for_training(loaded, LoraSettings(rank=4), gradient_checkpointing=False)
+    steps = []
+
+    class NaNGradientsFromStep4(TrainerCallback):
+        def on_step_begin(self, args, state, control, **_) -> None:
+            if state.global_step == 3:
+                weight = next(p for p in model.parameters() if p.requires_grad)
+                weight.register_hook(lambda grad: grad * float("nan"))
+
+        def on_step_end(self, args, state, control, **_) -> None:
+            steps.append(state.global_step)
+
+    with pytest.raises(QLoraError) as caught:
+        train(model, loaded.tokenizer, examples, TrainSettings(learning_rate=1e-3, max_steps=8, batch_size=4),
+              tmp_path, show_progress=False, callbacks=[NaNGradientsFromStep4()])
+    assert str(caught.value) == ("training diverged at step 4: the gradient norm is nan, not a finite number; lower "
+                                 "the learning rate (a run that diverged so is never pooled)")
+    assert steps == [1, 2, 3, 4], "training stops at the step that broke"
+
+
+def test_a_finite_divergence_is_kept_and_a_non_finite_one_is_not() -> None:
+    from qlora_utils.analysis import divergence_step
+    from qlora_utils.training import non_finite
+
+    finite = [{"step": 1, "loss": 0.7, "grad_norm": 1.2}, {"step": 2, "loss": 0.3, "grad_norm": 6.6e10},
+              {"step": 3, "loss": 2.5, "grad_norm": 3e9}]
+    assert [non_finite(h) for h in finite] == [None] * 3 and divergence_step(finite) == 3, "recorded, named"
+    logged = finite[:2] + [{"step": 3, "loss": 0.2, "grad_norm": float("nan")}, {"step": 4, "loss": float("inf")}]
+    assert [non_finite(h) for h in logged][2:] == [("gradient norm", pytest.approx(float("nan"), nan_ok=True)),
+                                                   ("training loss", float("inf"))]
+
+
 def test_paged_optimizer_on_cpu_is_the_same_adamw_from_torch() -> None:
     if torch.cuda.is_available():
         assert effective_optimizer("paged_adamw_32bit") == "paged_adamw_32bit"
