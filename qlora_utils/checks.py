@@ -96,7 +96,7 @@ def value_problems(name: str, notebook: str, parameters: dict[str, Any], explici
         if problem is not None:
             problems.append(f"run {name!r}: {key}={value!r} {problem}")
     problems += _eval_size_problems(name, stem, parameters.get("eval_examples"))
-    problems += _train_size_problems(name, stem, parameters.get("train_examples"))
+    problems += _train_size_problems(name, stem, parameters.get("train_examples"), parameters.get("min_words") or 0)
     if parameters.get("mode") == "full":
         meaningless = [k for k in ADAPTER_ONLY if k in explicit]
         if meaningless:
@@ -117,7 +117,7 @@ def _eval_size_problems(name: str, stem: str, eval_examples: Any) -> list[str]:
             f"split; use at most {limit}, or 0 for all of them"]
 
 
-def _train_size_problems(name: str, stem: str, train_examples: Any) -> list[str]:
+def _train_size_problems(name: str, stem: str, train_examples: Any, min_words: Any = 0) -> list[str]:
     """train_examples larger than the training pool its notebook draws from (`data.train_pool`)."""
     from .data import train_pool
     from .io import DATA_DIR_ENV
@@ -126,7 +126,7 @@ def _train_size_problems(name: str, stem: str, train_examples: Any) -> list[str]
     tasks = [task for task, split in NOTEBOOK_DATA.get(stem, ()) if split == "train"]
     if len(tasks) != 1 or not isinstance(train_examples, int) or isinstance(train_examples, bool):
         return []
-    limit, where, hub = train_pool(tasks[0])
+    limit, where, hub = train_pool(tasks[0], min_words if isinstance(min_words, int) else 0)
     if train_examples <= limit:
         return []
     more = f", or unset {DATA_DIR_ENV} to draw from the Hub's {hub}" if hub and train_examples <= hub else ""

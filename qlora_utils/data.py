@@ -212,19 +212,24 @@ def split_for_selection(data: TaskData, size: int = SELECTION_SIZE,
 
 
 @functools.cache
-def _records_in(path: Path, task: str) -> int:
-    return len(SOURCES[(task, "train")].reader(path))
+def _records_in(path: Path, task: str, min_words: int = 0) -> int:
+    records = SOURCES[(task, "train")].reader(path)
+    return sum(len(r["sentence"].split()) >= min_words for r in records) if min_words else len(records)
 
 
-def train_pool(task: str) -> tuple[int, str, int | None]:
+def train_pool(task: str, min_words: int = 0) -> tuple[int, str, int | None]:
     """How many records a run of the task can draw its training examples from (the training split, less SST-2's
-    selection split), where that number comes from (the data directory's file, counted once, else the Hub's
-    published size), and how many the Hub would give when the local file holds fewer (else None). A data directory
-    that is missing or incomplete counts as the Hub here: the runner names what is missing."""
+    selection split; with `min_words`, SST-2's items of that many words only), where that number comes from (the data
+    directory's file, counted once, else the Hub's published size), and how many the Hub would give when the local
+    file holds fewer (else None). A data directory that is missing or incomplete counts as the Hub here: the runner
+    names what is missing; the Hub's count of long items is not known, so it is not checked there."""
     spec, aside = SOURCES[(task, "train")], SELECTION_SIZE if task == "sst2" else 0
     less = f", less the {aside}-sentence selection split" if aside else ""
     value = os.environ.get(DATA_DIR_ENV)
     local = Path(value).expanduser() / spec.local if value else None
+    if min_words and local is not None and local.is_file():
+        size = _records_in(local.resolve(), task, min_words)
+        return size - aside, f"{spec.local} in ${DATA_DIR_ENV} holds {size} items of {min_words}+ words{less}", None
     if local is None or not local.is_file():
         return TRAIN_SIZES[task] - aside, f"{spec.hub} on the Hub holds {TRAIN_SIZES[task]}{less}", None
     size = _records_in(local.resolve(), task)

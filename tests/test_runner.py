@@ -56,6 +56,14 @@ def test_train_examples_are_checked_against_the_training_pool(tmp_path: Path, mo
     assert train_pool("squad")[0] == 87599 and train_pool("alpaca")[0] == 52002
     message = _invalid(tmp_path, WEEK6, "{kind: instruct, train_examples: 52003}")
     assert "train_examples=52003 is more than the 52002 alpaca training records" in message
+    sst2 = tmp_path / "data" / "sst2" / "train.tsv"
+    sst2.parent.mkdir(parents=True)
+    sst2.write_text("sentence\tlabel\n" + "".join(f"{'w ' * words}\t1\n" for words in [3] * 600 + [9] * 700))
+    monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path / "data"))
+    assert train_pool("sst2", min_words=9)[0] == 200  # 700 long items less the 500 set aside
+    message = _invalid(tmp_path, "notebooks/week2_sst2_baseline.md", "{train_examples: 201, min_words: 9}")
+    assert "train_examples=201 is more than the 200 sst2 training records it can draw from (sst2/train.tsv in " \
+           "$QLORA_DATA_DIR holds 700 items of 9+ words, less the 500-sentence selection split)" in message
 
 
 def test_a_profile_names_the_runs_that_run_alone() -> None:
