@@ -208,11 +208,17 @@ def verdict_rows(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
         if record.get("experiment") != "efficiency" or "cuda_max_allocated_mib" not in memory \
                 or not record.get("shape", {}).get("gradient_checkpointing", True):
             continue
+        shape, load = record.get("shape", {}), record.get("load_memory", {})
         rows.append({"run": f"gpu-check {record['check']}" if "check" in record else "gpu-check",
                      "model": record["model"]["label"], "mode": record["model"]["mode"], "device": "cuda",
                      "gpu": record.get("environment", {}).get("hardware", {}).get("gpu"),
-                     "peak MiB": memory.get("cuda_device_used_peak_mib", memory["cuda_max_allocated_mib"])})
-    return pd.DataFrame(rows, columns=["run", "model", "mode", "device", "gpu", "peak MiB"])
+                     "peak MiB": memory.get("cuda_device_used_peak_mib", memory["cuda_max_allocated_mib"]),
+                     "load peak MiB": load.get("cuda_device_used_peak_mib", load.get("cuda_max_allocated_mib")),
+                     "pretrained": record["model"].get("pretrained"),
+                     "shape": f"{shape.get('steps')} steps at batch {shape.get('batch_size')} × "
+                              f"{shape.get('seq_len')} tokens" if shape else None})
+    return pd.DataFrame(rows, columns=["run", "model", "mode", "device", "gpu", "peak MiB", "load peak MiB",
+                                       "pretrained", "shape"])
 
 
 def _gib(mib: float | None) -> float | None:

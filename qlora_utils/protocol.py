@@ -222,9 +222,18 @@ def memory_verdict(frame: pd.DataFrame, validation: Sequence[dict[str, Any]] = (
     if len(gpu):
         peak = float(gpu["peak MiB"].max()) / 1024
         where = sorted(set(gpu["gpu"].dropna())) if "gpu" in gpu else []
+        top = gpu.loc[gpu["peak MiB"].idxmax()]
+        what = ""  # what was trained, so that the verdict reads with its conditions
+        if "shape" in gpu and isinstance(top.get("shape"), str):
+            random = top.get("pretrained") is False and "random" not in str(top["model"])
+            load = top.get("load peak MiB")
+            what = (f": {top['model']}{' with random weights' if random else ''}, {top['shape']} with gradient "
+                    f"checkpointing; training peak "
+                    f"{peak:.1f} GiB" + (f", loading peak {float(load) / 1024:.1f} GiB" if pd.notna(load) else ""))
         return {"expectation": expectation, "rule": rule,
-                "comparison": f"measured on a GPU{' (' + ', '.join(where) + ')' if where else ''}", "effect": peak,
-                "margin": gpu_gib, "verdict": SUPPORTED if peak < gpu_gib else NOT_SUPPORTED, "runs": list(gpu["run"])}
+                "comparison": f"measured on a GPU{' (' + ', '.join(where) + ')' if where else ''}{what}",
+                "effect": peak, "margin": gpu_gib, "verdict": SUPPORTED if peak < gpu_gib else NOT_SUPPORTED,
+                "runs": list(gpu["run"])}
     predicted = gpu_verdicts(presets=("qwen3-8b",), modes=("nf4",), gpu_gib=gpu_gib)[0]["predicted GiB"]
     errors = [v["error %"] for v in validation if v.get("mode") in ("nf4", "fp4") and not math.isnan(v["error %"])]
     row = {"expectation": expectation, "rule": rule, "verdict": NOT_TESTABLE, "effect": predicted, "margin": gpu_gib,

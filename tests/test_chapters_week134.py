@@ -181,7 +181,24 @@ def test_week3_accuracy_scaling_pairs_the_larger_size_with_week2_runs_of_the_sam
     assert page.text["scale_full_note"].startswith("Full fine-tuning of L-1.5B did not run: the memory planner")
     assert page.text["accuracy_note"] == ""
     assert page.text["scale_result"].startswith("Here the two sizes are S-0.5B and L-1.5B. With QLoRA the larger "
-                                                "model scores +3.0 points more (95 % CI +0.5 to +5.5, 3 seed pairs)")
+                                                "model scores +3.0 points more after fine-tuning (95 % CI +0.5 to "
+                                                "+5.5, 3 seed pairs)")
+    assert page.text["scale_nf4_zero_gap"] == "n/a", "no zero-shot score: the bases' gap is not made up"
+
+
+def test_week3_separates_the_bases_gap_from_what_fine_tuning_added(tmp_path: Path) -> None:
+    small = dict(label="S-0.5B", total=500_000, examples=500)
+    large = dict(label="L-1.5B", total=1_500_000, examples=500, notebook="week3_scaling", preset="tiny-qwen2")
+    runs = []
+    for seed, (s, l) in enumerate([(0.80, 0.89), (0.82, 0.90), (0.81, 0.91)]):
+        runs += [sst2_run(tmp_path, f"s-nf4-{seed}", "nf4", seed, s, zero_shot=0.79 if seed == 0 else None, **small),
+                 sst2_run(tmp_path, f"l-nf4-{seed}", "nf4", seed, l, zero_shot=0.88 if seed == 0 else None, **large)]
+    page = week3.page(runs)
+    assert page.text["scale_nf4_gain"] == "+9.0"  # 9, 8, 10 points after fine-tuning
+    assert page.text["scale_nf4_zero_gap"] == "+9.0"  # 88 − 79 before it
+    assert page.text["scale_nf4_tuning_gap"] == "+0.0" and page.text["scale_nf4_tuning_ci"] == "-2.5 to +2.5"
+    assert "but its base already scored +9.0 points more zero-shot: what fine-tuning added differs by +0.0 points" \
+        in page.text["scale_result"]
     assert page.text["scale_result"].endswith("so it is recorded as not fitting.")
 
 

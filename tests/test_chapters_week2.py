@@ -128,3 +128,45 @@ def test_pilot_section_reads_the_size_the_seeds_and_the_rates_from_the_runs(tmp_
     assert t["lr_lora16"] == "n/a"
     assert list(page.tables["pilot"]["McNemar p"])[1] == "2e-06"  # 20 of 20 discordant gained: 2 × 2⁻²⁰ = 1.9e-6
     assert len(page.tables["lr_table"]) == 6
+
+
+def test_the_bases_are_tested_zero_shot_sentence_by_sentence(tmp_path: Path) -> None:
+    import json
+
+    runs = _runs(tmp_path)
+    labels = [1, 0] * 50
+    for run, wrong in ((next(r for r in runs if r.name == "week2-qlora-seed0"), range(10)),
+                       (next(r for r in runs if r.name == "week2-lora16-seed0"), range(4, 12))):
+        run.path.mkdir(parents=True, exist_ok=True)
+        rows = [{"label": y, "zero_shot": 1 - y if i in wrong else y, "fine_tuned": y} for i, y in enumerate(labels)]
+        (run.path / "generations.json").write_text(json.dumps(rows))
+    page = week2.page(runs)
+    # bf16 wrong on 4-11, NF4 wrong on 0-9: NF4 lost 0-3 (4 sentences) and gained 10-11 (2): p = 2 × P(X ≤ 2 | 6)
+    assert page.text["zero_shot_test"] == "McNemar p = 0.69 over the 100 dev sentences: not significant"
+    assert "(McNemar p = 0.69 over the 100 dev sentences: not significant)" in page.text["zero_shot_precision"]
+
+
+def test_training_moved_reads_each_modes_gain_interval(tmp_path: Path) -> None:
+    import pandas as pd
+
+    def rows(gains: dict[str, list[float]]) -> pd.DataFrame:
+        return pd.DataFrame([{"mode": mode, "quality": 80.0 + g, "zero-shot": 80.0}
+                             for mode, values in gains.items() for g in values])
+
+    assert week2.training_moved(rows({"nf4": [5, 6, 7], "full": [4, 5, 6]})) == "moved"
+    assert week2.training_moved(rows({"nf4": [-1, 1, 0], "full": [2, -2, 1]})) == "did not measurably move"
+    assert week2.training_moved(rows({"nf4": [5, 6, 7], "full": [2, -2, 1]})) == "moved only under QLoRA (NF4)"
+    assert week2.training_moved(rows({})) is None
+
+
+def test_a_verdict_is_preregistered_only_when_its_rule_precedes_every_run(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from qlora_utils import pilot
+
+    runs = _runs(tmp_path)
+    monkeypatch.setattr(pilot, "introducing_commit", lambda text, path="": "rule")
+    monkeypatch.setattr(pilot, "first_recorded", lambda run: "seen" if run.name == "week2-full-seed3" else "later")
+    monkeypatch.setattr(pilot, "precedes", lambda rule, commit: commit != "seen")
+    table = week2.page(runs).tables["verdicts"].set_index("expectation")
+    assert table.loc["QLoRA within 3 % of full fine-tuning", "rule before the runs"] == "no: results seen first"
+    assert table.loc["QLoRA within 1.5 points of 16-bit LoRA", "rule before the runs"] == "yes"

@@ -139,3 +139,13 @@ def test_runs_without_a_training_setting_do_not_break_the_primary_comparison() -
                                                                      "schedule": None})]
     rows = protocol.primary_runs(_frame([86.0], [85.0], efficiency), "full")
     assert len(rows) == 2 and set(rows["experiment"]) == {"sst2", "efficiency"}
+
+
+def test_the_8b_verdict_names_what_was_trained_and_both_peaks() -> None:
+    checks = pd.DataFrame([{"run": "gpu-check plan-qwen3-8b-nf4", "model": "Qwen3-8B (random weights)", "mode": "nf4",
+                            "device": "cuda", "gpu": "NVIDIA H200", "peak MiB": 12390.4, "load peak MiB": 16384.0,
+                            "pretrained": False, "shape": "8 steps at batch 4 × 512 tokens"}])
+    row = protocol.memory_verdict(pd.DataFrame(columns=["model", "mode", "device", "peak MiB"]), gpu_checks=checks)
+    assert row["verdict"] == SUPPORTED and row["effect"] == pytest.approx(12.1)
+    assert row["comparison"] == ("measured on a GPU (NVIDIA H200): Qwen3-8B (random weights), 8 steps at batch 4 × "
+                                 "512 tokens with gradient checkpointing; training peak 12.1 GiB, loading peak 16.0 GiB")

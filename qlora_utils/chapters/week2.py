@@ -172,8 +172,8 @@ def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.D
 def gains(rows: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
     """Per mode: each seed's dev accuracy minus the zero-shot accuracy of the same base in the same precision, as
     (mean, low, high, seeds) with the 95 % t interval over the seeds."""
-    found = {}
-    for mode, name in MODE_NAMES.items():
+    found: dict[str, tuple[float, float, float, int]] = {}
+    for mode, name in MODE_NAMES.items() if len(rows) else ():
         mine = rows[rows["mode"] == mode]
         start = mine["zero-shot"].dropna() if "zero-shot" in mine else pd.Series(dtype=float)
         if mine.empty or start.empty:

@@ -122,7 +122,17 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
                 else None
             out.value(f"{prefix}{key}", row["verdict"] if row else None, "{}")
             out.value(f"{prefix}{key}_sentence", protocol.evidence(row) if row else None, "{}")
+            if key in ("full", "lora"):
+                out.value(f"{prefix}{key}_significance", row.get("significance") if row else None, "{}")
     out.value("trainable_elsewhere", trainable_elsewhere(frame), "{}")
+    from .week2 import headline_frame, training_moved
+
+    main = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
+    from .. import pilot
+
+    for key in ("v1", "v2"):
+        out.value(f"protocol_{key}_commit", pilot.introducing_commit(pilot.PROTOCOL_MARKS[key]), "{}")
+    out.value("moved", training_moved(main[main["model"] == models[0]]) if models and len(main) else None, "{}")
     t = out.text
     out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
               f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
