@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
+from ..analysis import MODE_NAMES, experiments_frame
 from ..book import MISSING_ENV
 from ..report import placeholder_chart
 from ..runs import Run, busy_seconds, summed_seconds
@@ -51,3 +54,39 @@ def page(runs: list[Run], profile: str) -> Page:
               f"Every run of the profile finished; the numbers below are read from all {len(runs)} of them.", "{}")
     return out
 
+
+
+def results_table(runs: list[Run]) -> pd.DataFrame:
+    """The README's results table: the lead model's three modes in the design run so far (zero-shot, after
+    fine-tuning, the gain with its 95 % interval, peak memory, the verdict against full fine-tuning), then the pilot
+    of protocol v2. A test holds the README to it."""
+    from .week2 import gains, headline_frame, page as week2_page
+
+    t = week2_page(runs).text
+    frame = experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])
+    main = headline_frame(frame) if len(frame) else frame
+    found = gains(main[main["model"] == t["model"]]) if len(main) else {}
+    rows = []
+    for mode, name in MODE_NAMES.items():
+        if name not in found:
+            continue
+        mean, low, high, seeds = found[name]
+        verdict = {"nf4": "—", "bf16": f"{t['lora_verdict']}, {t['lora_significance']}",
+                   "full": f"{t['full_verdict']}, {t['full_significance']}"}[mode]
+        rows.append({"arm": f"{name}, {t['train_examples']} sentences × {seeds} seeds",
+                     "zero-shot %": t[f"{mode}_zero_shot"], "tuned %": f"{t[f'{mode}_mean']} ± {t[f'{mode}_std']}",
+                     "gain (95 % CI)": f"{mean:+.1f} ({low:+.1f} to {high:+.1f})",
+                     "peak MiB": t[f"{mode}_peak_mib"], "QLoRA's gap to it": verdict})
+    if t["pilot_size"] != NA:
+        rows.append({"arm": f"pilot: QLoRA, {t['pilot_size']} items of {t['min_words']}+ words (selection split)",
+                     "zero-shot %": t["pilot_zero"], "tuned %": t["pilot_tuned"],
+                     "gain (95 % CI)": f"{t['pilot_gain']} (McNemar p = {t['pilot_p']})", "peak MiB": "—",
+                     "QLoRA's gap to it": "—"})
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A table as GitHub Markdown, every cell as it is."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
