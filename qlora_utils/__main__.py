@@ -87,6 +87,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      help="a run name to execute (a shell pattern, quoted: 'week2-*'); repeat the flag for more")
     run.add_argument("--keep-going", action="store_true", help="continue after a failed run")
     run.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each with cores/jobs threads")
+    run.add_argument("--planned", action="store_true",
+                     help="also run the profile's planned entries (committed before they run; skipped otherwise)")
     run.add_argument("--cores", type=positive_int, default=None,
                      help="cores the grid may use (default: all); --cores 1 on 2 cores leaves one for other work")
     run.add_argument("--allow-dirty", action="store_true",
@@ -253,6 +255,7 @@ def _command(argv: list[str] | None) -> int:
         elif args.command == "run":
             results = run_profile(load_profile(args.profile), force=args.force, only=args.only,
                                   keep_going=args.keep_going, jobs=args.jobs, cores=args.cores,
+                                  planned=args.planned,
                                   validate=not args.no_validate, allow_dirty=args.allow_dirty)
             for name, outcome in results.items():
                 print(f"{name:45s} {outcome}")

@@ -57,8 +57,8 @@ MISSING_ENV = "QLORA_MISSING_RUNS"  # a partial build: the unfinished runs, whic
 
 def unfinished_runs(profile: str) -> list[tuple[str, str]]:
     """(run, state) for every run of the profile that is not done and current (missing, running, failed,
-    interrupted, partial, corrupt or stale)."""
-    return [(name, state) for name, state in status(load_profile(profile)) if state != "done"]
+    interrupted, partial, corrupt or stale); a planned run that has not started is not part of the book yet."""
+    return [(name, state) for name, state in status(load_profile(profile)) if state not in ("done", "planned")]
 
 
 def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None, strict: bool = True,

@@ -30,6 +30,7 @@ class Entry:
     exclusive: bool = False  # with --jobs, runs alone on every core (clean memory and throughput measurements)
     group: str | None = None  # a named family of runs (e.g. "sweep"): never pooled with the seeds of another
     explicit: tuple[str, ...] = ()  # the parameters the entry sets itself (not inherited from `defaults`)
+    planned: bool = False  # committed before it runs (the plan is fixed first); `run` starts it only with --planned
 
     @property
     def config_hash(self) -> str:
@@ -99,7 +100,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if item["name"] in seen:
             raise QLoraError(f"{path.name}: run name {item['name']!r} is used twice")
         seen.add(item["name"])
-        unknown = set(item) - {"name", "notebook", "parameters", "needs", "exclusive", "group"}
+        unknown = set(item) - {"name", "notebook", "parameters", "needs", "exclusive", "group", "planned"}
         if unknown:
             raise QLoraError(f"{path.name}: run {item['name']!r} has unknown keys {sorted(unknown)}")
         needs = item.get("needs") or []
@@ -114,7 +115,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
         if group is not None and not isinstance(group, str):
             raise QLoraError(f"{path.name}: run {item['name']!r}: `group` must be a name, got {group!r}")
         entries.append(Entry(item["name"], item["notebook"], parameters, tuple(needs), bool(item.get("exclusive")),
-                             group, tuple(item.get("parameters") or {})))
+                             group, tuple(item.get("parameters") or {}), bool(item.get("planned"))))
     if not entries:
         raise QLoraError(f"{path.name} lists no runs")
     stems = {Path(e.notebook).stem for e in entries}

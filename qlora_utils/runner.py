@@ -32,13 +32,18 @@ from .threads import THREADS_FILE_ENV, assign, shares
 
 
 def status(profile: Profile, root: Path | None = None) -> list[tuple[str, str]]:
-    """(run name, state) for every entry of a profile."""
-    return [(e.name, entry_state(profile, e, root)) for e in profile.entries]
+    """(run name, state) for every entry of a profile; a planned entry that has not run yet is "planned"."""
+    states = [(e, entry_state(profile, e, root)) for e in profile.entries]
+    return [(e.name, "planned" if e.planned and state == "missing" else state) for e, state in states]
 
 
 def state_detail(profile: Profile, entry: Entry, state: str, root: Path | None = None) -> str:
     """Why a run is in its state, in a few words, with where to look (empty for a done run)."""
     run_dir = profile.runs_dir(root) / entry.name
+    if state == "planned":
+        return "committed before it runs; `run --planned` starts it"
+    if state == "done" and entry.planned:
+        return "finished: drop its `planned: true` in the profile"
     if state == "corrupt":
         return "; ".join(corruption(run_dir)) or "status.json is missing or unreadable"
     if state in ("failed", "interrupted", "partial"):
@@ -305,13 +310,14 @@ def kernel_environment() -> None:
 
 def run_profile(profile: Profile, root: Path | None = None, force: bool = False, only: list[str] | None = None,
                 keep_going: bool = False, jobs: int = 1, validate: bool = True,
-                allow_dirty: bool = False, cores: int | None = None) -> dict[str, str]:
+                allow_dirty: bool = False, cores: int | None = None, planned: bool = False) -> dict[str, str]:
     """Validate the whole grid, then execute every entry that is not done and current (all with force).
 
     With jobs > 1, that many runs execute at once, each in its own runner process, sharing the cores
     (`threads.shares`: a run left alone takes the freed cores between its steps and batches); an entry starts once
     the earlier runs it `needs` have finished, and an `exclusive` one runs alone. `cores` caps the cores the grid
-    uses (default: all of them), so that a long grid can leave one for other work."""
+    uses (default: all of them), so that a long grid can leave one for other work. Planned entries (committed before
+    they run) run only with `planned`; a run already done counts wherever it came from."""
     if jobs < 1:
         raise QLoraError(f"jobs must be at least 1, got {jobs}")
     if cores is not None and not 1 <= cores <= (os.cpu_count() or 1):
@@ -321,7 +327,8 @@ def run_profile(profile: Profile, root: Path | None = None, force: bool = False,
     kernel_environment()
     if validate:
         validate_profile(profile)
-    entries = [e for e in profile.entries if not only or any(pattern_match(e.name, p) for p in only)]
+    entries = [e for e in profile.entries if (planned or not e.planned)
+               and (not only or any(pattern_match(e.name, p) for p in only))]
     if only and not entries:
         named = profile.name if profile.path.parent == PROFILES_DIR else profile.path
         raise QLoraError(f"no run of profile {profile.name!r} matches {only}; `python -m qlora_utils status {named}` "
@@ -388,7 +395,7 @@ def one_entry_command(profile: str, name: str, *flags: str) -> list[str]:
 def runner_command(profile: Profile, entry: Entry, force: bool, allow_dirty: bool) -> list[str]:
     """The command line of a one-entry runner (the child of --jobs and of a cluster job)."""
     return one_entry_command(str(profile.path), entry.name, "--no-validate", *(["--force"] if force else []),
-                             *(["--allow-dirty"] if allow_dirty else []))
+                             *(["--allow-dirty"] if allow_dirty else []), *(["--planned"] if entry.planned else []))
 
 
 def _run_parallel(profile: Profile, entries: list[Entry], root: Path | None, force: bool, keep_going: bool,

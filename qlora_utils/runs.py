@@ -26,7 +26,7 @@ from .io import RUNS_ENV, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 UNCOMMITTED = "uncommitted.diff"  # what a run made with --allow-dirty ran beyond its commit
-STATES = ("done", "running", "stale", "failed", "interrupted", "partial", "corrupt", "missing")
+STATES = ("done", "running", "stale", "failed", "interrupted", "partial", "corrupt", "missing", "planned")
 REQUIRED = ("config.json", "env.json", "status.json", "notebook.ipynb", "metrics.json")  # a finished run has these
 OPTIONAL = ("history.json", "generations.json", "selection.json")  # and these parse when present
 

@@ -631,3 +631,26 @@ def test_value_checks_at_their_edges(tmp_path: Path) -> None:
         "a run cannot judge itself"
     assert "dropout=1.0 must be in [0, 1)" in _invalid(tmp_path, WEEK2, "{dropout: 1.0}")
     assert "judge='openai:' must be local:PRESET" in _invalid(tmp_path, WEEK6, "{kind: winrates, judge: 'openai:'}")
+
+
+def test_a_planned_entry_is_committed_before_it_runs_and_runs_only_when_asked(tmp_path: Path) -> None:
+    """The plan is fixed in the profile first; `run` (and so `make book`) leaves it alone, `status` says planned, and
+    the book does not wait for it; `run --planned` starts it."""
+    from qlora_utils.runner import state_detail, status
+
+    path = _profile(tmp_path, "  - name: ready\n    notebook: notebooks/week7_analysis.md\n"
+                              "  - name: later\n    notebook: notebooks/week7_analysis.md\n    planned: true\n")
+    profile = load_profile(path)
+    assert [e.planned for e in profile.entries] == [False, True]
+    root = tmp_path / "runs"
+    assert status(profile, root) == [("ready", "missing"), ("later", "planned")]
+    assert "run --planned" in state_detail(profile, profile.entries[1], "planned", root)
+    results = run_profile(profile, root=root, allow_dirty=True)
+    assert list(results) == ["ready"] and results["ready"] == "done"
+    assert status(profile, root) == [("ready", "done"), ("later", "planned")]
+    results = run_profile(profile, root=root, allow_dirty=True, planned=True, only=["later"])
+    assert results == {"later": "done"}
+    assert "drop its `planned: true`" in state_detail(profile, profile.entries[1], "done", root)
+    assert "planned" not in {s for _, s in status(profile, root)}
+    with pytest.raises(QLoraError, match="unknown keys"):
+        load_profile(_profile(tmp_path, "  - {name: x, notebook: notebooks/week7_analysis.md, plan: true}\n"))
