@@ -72,9 +72,11 @@ def test_the_hosts_are_named_with_their_runs_elapsed_time_and_dates(tmp_path: Pa
     runs[2].env["hardware"].update(cpu_model="AMD EPYC", cpu_capability="AVX2")  # the older runs did not record it
     assert appendix.hosts_sentence(runs) == (
         "The runs ran on 2 hosts, told apart by their platform string: 1 on Linux-fast (0.09 h elapsed, 2026-11-29); "
-        "2 on Linux-slow (AMD EPYC with AVX2, 0.59 h elapsed, 2026-11-29 to 2026-12-02). Hosts differ in speed, so a "
+        "2 on Linux-slow (AMD EPYC, AVX2, 0.59 h elapsed, 2026-11-29 to 2026-12-02). Hosts differ in speed, so a "
         "grid spread over "
         "several is timed on none of them alone.")
+    runs[0].env["hardware"].update(cpu_model="Xeon", cpu_flags=["avx2", "avx512f", "avx512_bf16", "amx_bf16"])
+    assert "1 on Linux-fast (Xeon, AMX, 0.09 h" in appendix.hosts_sentence(runs), "the host kind from the CPU's flags"
     assert appendix.page(runs).text["hosts"].startswith("The runs ran on 2 hosts")
 
 

@@ -92,9 +92,10 @@ def hosts_sentence(runs: list[Run]) -> str:
     for platform, group in sorted(hosts.items(), key=lambda item: min(r.status.get("started", "") for r in item[1])):
         days = sorted({r.status["started"][:10] for r in group if r.status.get("started")})
         when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else "undated"
-        cpus = sorted({" with ".join(filter(None, (hw.get("cpu_model"), hw.get("cpu_capability"))))
-                       for hw in ((r.env.get("hardware") or {}) for r in group)} - {""})
-        cpu = f"{' / '.join(cpus)}, " if cpus else ""  # recorded since the CPU's model and kernels mattered
+        from ..pilot import run_host
+
+        kinds = sorted({run_host(r) for r in group} - {"unrecorded"})
+        cpu = f"{' / '.join(kinds)}, " if kinds else ""  # the host kind: the CPU and its best vector instructions
         parts.append(f"{len(group)} on {platform} ({cpu}{busy_seconds(group) / 3600:.2f} h elapsed, {when})")
     return (f"The runs ran on {len(hosts)} hosts, told apart by their platform string: " + "; ".join(parts)
             + ". Hosts differ in speed, so a grid spread over several is timed on none of them alone.")
