@@ -61,6 +61,12 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, d
         assert len(images) >= figures, f"{stem}: figures missing"
         assert drawn.get(f"book/{stem}.html", 0) >= figures, f"{stem}: placeholders where the smoke runs should draw"
         assert "cdn.jsdelivr.net/npm/vega" not in page, "charts are static SVG, nothing loads Vega from a CDN"
+    methods = (html / "book" / "methods.html").read_text(encoding="utf-8")
+    assert "mathjax/tex-chtml.js" in methods and "cdn.jsdelivr.net/npm/mathjax" not in methods, \
+        "math renders offline: MathJax is served from the build"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    week2_page = (html / "book" / "week2_sst2_baseline.html").read_text(encoding="utf-8")
+    assert "Does training move the metric?" in week2_page and "tbl-week2-pilot" in week2_page
     appendix = (html / "book" / "appendix_runs.html").read_text(encoding="utf-8")
     assert appendix.count("<table") >= 2 and "|:--" not in appendix, "run tables render as tables, not as text"
     for entry in profile.entries:
