@@ -59,6 +59,7 @@ def _selection_row(run: Run) -> dict[str, Any]:
             "steps": training.get("steps"), "train tokens": training.get("tokens"),
             "train s": training.get("seconds"), "wall s": run.status.get("wall_seconds"),
             "tokens/s": training.get("tokens_per_second"), "threads": (run.hardware or {}).get("torch_threads"),
+            "load": (training.get("memory") or {}).get("load_average_1min"),
             "host": run_host(run)}
 
 
@@ -133,7 +134,9 @@ def reference_rows(runs: Iterable[Run], preset: str = "qwen2.5-coder-0.5b-instru
 def arm_costs(reference: pd.DataFrame) -> dict[str, float]:
     """Each arm's wall time relative to QLoRA q,k,v: the median over the host kinds that ran both of the ratio of
     their median wall times (so a ratio never mixes hosts)."""
-    costs: dict[str, float] = {}
+    costs: dict[str, float] = {arm: 1.0 if arm == "QLoRA q,k,v" else math.nan for arm in ARMS}
+    if reference.empty:
+        return costs
     for arm in ARMS:
         ratios = []
         for _, group in reference.groupby("host"):
@@ -157,8 +160,9 @@ def estimate(pilot: pd.DataFrame, reference: pd.DataFrame, size: int, seeds: int
         return pd.DataFrame()
     here = run.iloc[0]
     per_run = float(here["train s"]) + (float(here["wall s"]) - float(here["train s"])) * 1372 / 1000
-    single = reference[(reference["arm"] == "QLoRA q,k,v") & (reference["threads"] == here["threads"])]
-    speeds = single.groupby("host")["tokens/s"].median().to_dict()
+    single = reference[(reference["arm"] == "QLoRA q,k,v") & (reference["threads"] == here["threads"])] \
+        if len(reference) else reference
+    speeds = single.groupby("host")["tokens/s"].median().to_dict() if len(single) else {}
     speeds[here["host"]] = float(here["tokens/s"])
     costs = arm_costs(reference)
     rows = []
@@ -181,7 +185,7 @@ def report(runs: list[Run]) -> str:
     if rows.empty:
         return "no pilot run has finished: run the profile's week2-pilot-* entries first"
     shown = rows[["min words", "train examples", "seed", "zero-shot %", "fine-tuned %", "gain points", "gained", "lost", "p", "positive %",
-                  "train s", "wall s", "tokens/s", "threads", "host"]]
+                  "train s", "wall s", "tokens/s", "threads", "load", "host"]]
     lines = ["Pilot (selection split, 500 items; QLoRA r=8, α=16 on q,k,v; min words 0 = every item):",
              shown.to_string(index=False, float_format=lambda x: f"{x:.4g}"), ""]
     result = pilot_result(rows)
@@ -199,11 +203,19 @@ def report(runs: list[Run]) -> str:
     for arm in ARMS:
         choice = rates.get(arm)
         lines.append(f"  {arm}: " + ("no rate tried yet" if not choice else
-                                     f"{choice['rate']:g} ({choice['accuracy']:.1f} %; {choice['rates']} rates over "
-                                     f"{choice['span']:g}×{'; at the edge: extend' if choice['at edge'] else ''})"))
+                                     f"{choice['rate']:g} ({choice['accuracy']:.1f} %; {choice['rates']} "
+                                     f"rate{'s' * (choice['rates'] > 1)} over {choice['span']:g}×"
+                                     f"{'; at the edge: extend' if choice['at edge'] else ''})"))
     table = estimate(rows, reference_rows(runs), result["size"], result["seeds"])
     if len(table):
-        lines += ["", "Estimated machine time of the SST-2 grid (4 arms × seeds), per host kind:",
+        at_size = rows[(rows["train examples"] == result["size"]) & (rows["seed"] == 0)
+                       & (rows["min words"] == protocol.SST2_MIN_WORDS)]
+        load = at_size["load"].iloc[0] if len(at_size) else None
+        when = f"which trained at a 1-minute load of {float(load):.1f}" if load is not None and pd.notna(load) else \
+            "whose load was not recorded"
+        lines += ["", f"Estimated machine time of the SST-2 grid (4 arms × {result['seeds']} seeds), per host kind, "
+                      f"scaled from the pilot's seed-0 run at {result['size']:,} items, {when} (a busier host trains "
+                      "slower: on a quieter one these hours are an upper bound):",
                   table.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     return "\n".join(lines)
 

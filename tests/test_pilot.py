@@ -80,3 +80,13 @@ def test_the_pilot_run_at_the_study_size_is_the_qlora_grids_point_at_its_rate(tm
     assert list(rows["learning rate"]) == [1e-4, 1e-3, 3e-3] and list(rows["fine-tuned %"]) == [85.0, 88.0, 86.0]
     assert pilot.lr_choices(rows)["QLoRA q,k,v"]["rate"] == 1e-3
     assert len(pilot.lr_rows(runs)) == 2  # without the size, the grid's own runs only
+
+
+def test_the_report_prints_the_size_the_seeds_the_rates_and_the_estimate(tmp_path: Path) -> None:
+    runs = [_pilot_run(tmp_path, 1000, s, 70, right) for s, right in enumerate([90, 92, 94])]
+    text = pilot.report(runs)
+    assert "Study size: 1,000 training sentences (gain +20.0 points" in text
+    assert f"seeds per arm by power: {protocol.power_seeds(2 * math.sqrt(2), 0.03 * 92)}" in text
+    assert "QLoRA q,k,v: 0.001 (90.0 %; 1 rate over 1×; at the edge: extend)" in text
+    assert "no rate tried yet" in text  # the other arms
+    assert "Estimated machine time" in text and "AVX-512 BF16" not in text  # the synthetic host is an AMX Xeon
