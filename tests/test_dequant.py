@@ -44,13 +44,14 @@ for mode in ("nf4", "bf16", "full"):
         os.environ[dequant.SWITCH_ENV] = switch
         with evaluating(model, loaded.tokenizer, "right"):
             logits = model(input_ids=torch.tensor([prompts[0]])).logits
+        packed = sum(bool(getattr(l.weight.quant_state, "packing_format_for_cpu", False)) for l in four_bit)
         with dequant.prepared_once(model, torch.device("cpu")) as count:
-            inside = count
+            inside = (count, packed)
         scores = score_candidates(model, loaded.tokenizer, prompts, [[20], [30]], batch_size=2)
         texts = generate(model, loaded.tokenizer, prompts, max_new_tokens=6, batch_size=2)
         outputs.setdefault(switch, []).append((logits, scores, texts, inside))
     off, on = outputs["0"][0], outputs["1"][0]
-    report[mode] = {"prepared": on[3], "four_bit": len(four_bit),
+    report[mode] = {"prepared": on[3][0], "cpu_packed": on[3][1], "four_bit": len(four_bit),
                     "packed": all(l.weight.dtype == torch.uint8 for l in four_bit),
                     "logits": torch.equal(off[0], on[0]), "scores": torch.equal(off[1], on[1]),
                     "texts": off[2] == on[2], "again": torch.equal(off[1], outputs["0"][1][1]),
@@ -72,9 +73,11 @@ def test_prepared_weights_give_the_same_bits_and_the_layers_are_restored(route: 
     if route == "1":  # every linear layer prepared: 4-bit bases, LoRA A and B, the LM heads
         assert report["nf4"]["prepared"] > report["nf4"]["four_bit"]
         assert report["bf16"]["prepared"] > 0 and report["full"]["prepared"] > 0
-    else:  # only the 4-bit layers, and only where bitsandbytes has no fused kernel
-        expected = 0 if dequant.has_fused_kernel() else report["nf4"]["four_bit"]
-        assert report["nf4"]["prepared"] == expected
+    else:  # only the 4-bit layers, and only those bitsandbytes has not repacked for its fused CPU kernel (it does so
+        # on some hosts with AVX512-BF16 at the first inference forward, not on others)
+        assert report["nf4"]["prepared"] == report["nf4"]["four_bit"] - report["nf4"]["cpu_packed"]
+        if not dequant.has_fused_kernel():
+            assert report["nf4"]["cpu_packed"] == 0
         assert report["bf16"]["prepared"] == 0 and report["full"]["prepared"] == 0
 
 
