@@ -228,12 +228,14 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
         return record
     set_seed(run.seed)
     baseline_rss, baseline_total = process_memory(), total_rss()
+    before_load = resident_set()
     with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)
     after_load = resident_set()
     model = prepare_for_training(loaded, run.lora, gradient_checkpointing=run.gradient_checkpointing)
     components = components_callback()
-    components.record["resident_set"].update({"after_load": after_load, "after_prepare": resident_set()})
+    components.record["resident_set"].update({"before_load": before_load, "after_load": after_load,
+                                              "after_prepare": resident_set()})
     generator = torch.Generator().manual_seed(run.seed)
     vocab = min(loaded.model.config.vocab_size, len(loaded.tokenizer))
     ids = torch.randint(0, vocab, (run.batch_size * run.steps, run.seq_len), generator=generator).tolist()

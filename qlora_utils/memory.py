@@ -296,3 +296,45 @@ def components_callback() -> Any:
             self.record["resident_set"]["train_end"] = resident_set()
 
     return ComponentsCallback()
+
+
+def _above(phases: Mapping[str, Mapping[str, float]], phase: str, key: str) -> float | None:
+    """A resident-set field at `phase` above the process before loading, in MiB (None where not recorded)."""
+    if phase not in phases or "before_load" not in phases or key not in phases[phase]:
+        return None
+    return round(phases[phase][key] - phases["before_load"][key], 1)
+
+
+def memory_table(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per efficiency run that recorded `memory_components` (MiB): frozen weights by dtype and how many of
+    them are memory-mapped file pages, quantization state, trained weights or adapters, gradients, optimizer states,
+    what autograd saved, the step's allocation peak, the tensor total (static components + step peak), and the
+    resident set above the process before loading (anonymous, file-backed, whole) after the first optimizer step,
+    beside the run's sampled peaks."""
+    rows = []
+    for record in records:
+        components = record.get("memory_components")
+        if not components:
+            continue
+        weights, totals, phases = components["weights"], components["totals"], components["resident_set"]
+        frozen = weights.get("frozen weights", {})
+        memory = record.get("training", {}).get("memory", {})
+        rows.append({
+            "model": record["model"]["preset"], "mode": record["model"]["mode"],
+            "frozen 4-bit packed": frozen.get(PACKED_4BIT, 0.0),
+            "quantization state": totals["quantization_constants"],
+            "frozen bf16": frozen.get("bfloat16", 0.0), "frozen fp32": frozen.get("float32", 0.0),
+            "frozen file-backed": frozen.get("file_backed", 0.0),
+            "trained weights": weights.get("trainable weights", {}).get("total", 0.0),
+            "adapters": totals["adapters"], "gradients": weights.get("gradients", {}).get("total", 0.0),
+            "optimizer states": totals["optimizer_states"], "saved for backward": totals["saved_for_backward"],
+            "step peak": totals["step_peak"],
+            "tensor total": round(sum(totals[k] for k in ("quantized_weights", "quantization_constants",
+                                                          "unquantized_weights", "adapters", "optimizer_states",
+                                                          "step_peak")), 1),
+            "RssAnon after step 1": _above(phases, "first_optimizer_step", "RssAnon"),
+            "RssFile after step 1": _above(phases, "first_optimizer_step", "RssFile"),
+            "VmRSS after step 1": _above(phases, "first_optimizer_step", "VmRSS"),
+            "sampled peak anon": memory.get("cpu_peak_above_baseline_mib"),
+            "sampled peak whole": memory.get("cpu_total_rss_above_baseline_mib")})
+    return rows

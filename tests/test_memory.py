@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from qlora_utils.adapters import LoraSettings, parameter_report, prepare_for_training
-from qlora_utils.memory import (PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, optimizer_ledger,
-                                resident_set, step_components, weight_ledger)
+from qlora_utils.memory import (PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, memory_table,
+                                optimizer_ledger, resident_set, step_components, weight_ledger)
 from qlora_utils.models import architecture_config, load_model
 from qlora_utils.planner import _linear_params
 
@@ -128,7 +128,7 @@ def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: P
     record = run_efficiency(EfficiencyRun(preset="tiny-qwen3", mode="nf4", lora=LoraSettings(4), batch_size=2,
                                           seq_len=16, steps=2, gradient_checkpointing=False), tmp_path)
     components = json.loads((tmp_path / "metrics.json").read_text())["memory_components"]
-    assert {"after_load", "after_prepare", "train_begin", "first_optimizer_step", "train_end"} <= set(
+    assert {"before_load", "after_load", "after_prepare", "train_begin", "first_optimizer_step", "train_end"} <= set(
         components["resident_set"])
     trainable = record["parameters"]["trainable"]
     assert components["totals"]["adapters"] == pytest.approx(2 * trainable / 1024 ** 2, abs=0.01)
@@ -140,6 +140,11 @@ def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: P
                                                                       rel=0.01)
     assert rows["adapters"]["measured MiB"] == pytest.approx(rows["adapters"]["predicted MiB"], abs=0.01)
     assert all(math.isfinite(row["predicted MiB"]) for row in rows.values())
+    (row,) = memory_table([record])
+    assert row["mode"] == "nf4" and row["frozen 4-bit packed"] > 0 and row["frozen file-backed"] == 0
+    assert row["tensor total"] >= row["frozen 4-bit packed"] + row["frozen bf16"] + row["step peak"] - 0.1
+    assert row["VmRSS after step 1"] == pytest.approx(row["RssAnon after step 1"] + row["RssFile after step 1"],
+                                                      abs=0.1)
 
 
 def test_experiment_record_has_components_from_the_first_optimizer_step(data_dir: Path, tmp_path: Path) -> None:
