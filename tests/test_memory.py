@@ -50,7 +50,8 @@ def test_nf4_weights_are_half_a_byte_per_quantized_parameter_plus_state() -> Non
     state = ledger.bytes["quantization state"]
     assert state["absmax"] == linear // 64  # one 8-bit absmax per 64 weights (double quantization)
     assert state["nested absmax"] == pytest.approx(4 * linear / 64 / 256, abs=4 * 7 * 2)  # fp32 per 256 absmax
-    assert ledger.bytes["frozen weights"]["bfloat16"] == 49152 * 64 * 2  # the tied embedding, nothing else in bf16
+    # the tied embedding and the q/k/v biases in bf16 (the norms in fp32)
+    assert ledger.bytes["frozen weights"]["bfloat16"] == 49152 * 64 * 2 + 2 * (64 + 32 + 32) * 2
 
 
 def test_adapter_bytes_are_peft_trainable_count_times_bf16() -> None:
@@ -69,14 +70,12 @@ def test_adamw_states_are_two_moments_in_the_parameters_dtype() -> None:
     assert optimizer_ledger(optimizer, Ledger(ranges=[])).bytes["optimizer states"] == {"float32": 2 * 4 * trainable}
 
 
-def test_bf16_weights_stay_memory_mapped_but_nf4_copies_the_embedding() -> None:
-    """The reason anonymous RSS favoured 16-bit LoRA: its frozen weights are pages of the safetensors file, while the
-    NF4 load quantizes into allocated memory and peft's k-bit preparation copies the bf16 embedding (to fp32 and,
-    in prepare_for_training, back to bf16)."""
-    bf16 = weight_ledger(_prepared("tiny-qwen2", "bf16"))
-    assert bf16.mapped["frozen weights"] == bf16.bytes["frozen weights"]["bfloat16"]  # the norms are cast to fp32
-    nf4 = weight_ledger(_prepared("tiny-qwen2", "nf4"))
-    assert nf4.mapped.get("frozen weights", 0) == 0
+def test_16bit_weights_stay_memory_mapped_in_both_lora_modes() -> None:
+    """Why anonymous RSS is no measure of the weights: the 16-bit weights of both LoRA modes are pages of the
+    memory-mapped safetensors file, not allocations (only NF4's quantized weights and the fp32 norms are)."""
+    for mode in ("bf16", "nf4"):
+        ledger = weight_ledger(_prepared("tiny-qwen2", mode))
+        assert ledger.mapped["frozen weights"] == ledger.bytes["frozen weights"]["bfloat16"]  # norms: fp32 copies
 
 
 def test_saved_tensor_hooks_change_nothing_and_count_what_backward_keeps() -> None:
@@ -161,3 +160,33 @@ def test_experiment_record_has_components_from_the_first_optimizer_step(data_dir
     assert components["totals"]["optimizer_states"] == pytest.approx(4 * trainable / 1024 ** 2, abs=1e-3)
     assert components["weights"]["frozen weights"]["file_backed"] > 0  # the bf16 base stays memory-mapped
     assert "step" not in components  # no extra step in an accuracy run
+
+
+def test_kbit_preparation_keeps_the_embedding_mapped_and_changes_no_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_kbit against peft's prepare_model_for_kbit_training (which copied the embedding to fp32 and back):
+    the same dtypes after a step, the same loss and the same adapter gradients, and no copy of the embedding."""
+    import peft
+
+    from qlora_utils import adapters
+
+    def run(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.dtype]]:
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**_batch()).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads, {n: p.dtype for n, p in model.named_parameters()}
+
+    for preset in ("tiny-qwen2", "tiny-qwen3"):
+        torch.manual_seed(0)
+        ours = _prepared(preset, "nf4")
+        assert weight_ledger(ours).mapped["frozen weights"] >= 49152 * 64 * 2  # the embedding: file pages, no copy
+        with monkeypatch.context() as patch:
+            patch.setattr(adapters, "prepare_kbit", lambda model, checkpointing, kwargs:
+                          peft.prepare_model_for_kbit_training(model, checkpointing, kwargs))
+            torch.manual_seed(0)
+            peft_prepared = _prepared(preset, "nf4")
+        assert weight_ledger(peft_prepared).mapped.get("frozen weights", 0) == 0
+        (loss, grads, dtypes), (loss_p, grads_p, dtypes_p) = run(ours), run(peft_prepared)
+        assert dtypes == dtypes_p and torch.equal(loss, loss_p)
+        assert grads.keys() == grads_p.keys() and all(torch.equal(grads[k], grads_p[k]) for k in grads)
