@@ -305,12 +305,23 @@ def _above(phases: Mapping[str, Mapping[str, float]], phase: str, key: str) -> f
     return round(phases[phase][key] - phases["before_load"][key], 1)
 
 
+def _untracked(weights: Mapping[str, Mapping[str, float]], phases: Mapping[str, Mapping[str, float]]
+               ) -> float | None:
+    """Anonymous memory above the process before loading that no tensor held after the first optimizer step (MiB):
+    freed memory the allocator kept (the step's activations, the load's temporaries), libraries' own buffers."""
+    anon = _above(phases, "first_optimizer_step", "RssAnon")
+    if anon is None:
+        return None
+    allocated = sum(row.get("total", 0.0) - row.get("file_backed", 0.0) for row in weights.values())
+    return round(anon - allocated, 1)
+
+
 def memory_table(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per efficiency run that recorded `memory_components` (MiB): frozen weights by dtype and how many of
     them are memory-mapped file pages, quantization state, trained weights or adapters, gradients, optimizer states,
     what autograd saved, the step's allocation peak, the tensor total (static components + step peak), and the
     resident set above the process before loading (anonymous, file-backed, whole) after the first optimizer step,
-    beside the run's sampled peaks."""
+    with the anonymous memory no tensor held then, beside the run's sampled peaks."""
     rows = []
     for record in records:
         components = record.get("memory_components")
@@ -335,6 +346,7 @@ def memory_table(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "RssAnon after step 1": _above(phases, "first_optimizer_step", "RssAnon"),
             "RssFile after step 1": _above(phases, "first_optimizer_step", "RssFile"),
             "VmRSS after step 1": _above(phases, "first_optimizer_step", "VmRSS"),
+            "RssAnon in no tensor after step 1": _untracked(weights, phases),
             "sampled peak anon": memory.get("cpu_peak_above_baseline_mib"),
             "sampled peak whole": memory.get("cpu_total_rss_above_baseline_mib")})
     return rows
