@@ -144,7 +144,7 @@ def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: P
     assert row["frozen file-backed"] == pytest.approx(row["frozen bf16"], abs=0.01)  # embedding and head: mapped
     assert row["tensor total"] >= row["frozen 4-bit packed"] + row["frozen bf16"] + row["step peak"] - 0.1
     assert row["VmRSS after step 1"] == pytest.approx(row["RssAnon after step 1"] + row["RssFile after step 1"],
-                                                      abs=0.1)
+                                                      abs=0.3)  # RssShmem and rounding
     assert row["RssAnon in no tensor after step 1"] is not None
 
 
