@@ -350,3 +350,23 @@ def memory_table(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "sampled peak anon": memory.get("cpu_peak_above_baseline_mib"),
             "sampled peak whole": memory.get("cpu_total_rss_above_baseline_mib")})
     return rows
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free memory back to the system (glibc's `malloc_trim(0)`); True where it ran. Quantizing a
+    checkpoint to 4 bits on a CPU frees its temporaries into the heap, where glibc kept them: measured on
+    Qwen2.5-Coder-0.5B, 1,005-1,169 MiB of anonymous memory above the process before loading, of which this handed
+    back 693-857 MiB (no tensor held it). Nothing that any tensor holds is touched."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = getattr(libc, "malloc_trim", None)
+    except OSError:
+        return False
+    if trim is None:  # not glibc (musl, macOS)
+        return False
+    trim(0)
+    return True
