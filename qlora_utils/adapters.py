@@ -103,8 +103,8 @@ def prepare_kbit(model: PreTrainedModel, gradient_checkpointing: bool, ckpt_kwar
     """What peft's `prepare_model_for_kbit_training` does to a 4-bit model here (freeze every weight; non-reentrant
     gradient checkpointing when asked), without its cast of every 16-bit weight that is not 4-bit to fp32. That cast
     copied the embeddings and the head, until then pages of the memory-mapped checkpoint, into allocated fp32 (4 bytes
-    a weight; 1,039 MiB for Qwen2.5-Coder-0.5B's untied pair), which `prepare_for_training` then cast back to bf16 copies
-    (2 bytes a weight, allocated). The values are the same either way: the norms are cast to fp32 below as before,
+    a weight; 1,039 MiB for Qwen2.5-Coder-0.5B's untied pair), which `prepare_for_training` then cast back to bf16
+    copies (2 bytes a weight, allocated). The values are the same either way: the norms are cast to fp32 below as before,
     bf16 -> fp32 -> bf16 is exact, and bitsandbytes casts a 4-bit layer's bias to its compute dtype (bf16) in its
     first forward (`tests/test_memory.py` compares losses and gradients with peft's preparation)."""
     for param in model.parameters():
