@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .errors import QLoraError
@@ -61,9 +61,9 @@ def prepare_for_training(loaded: LoadedModel, lora: LoraSettings | None, *, grad
                          adapter_dtype: torch.dtype = torch.bfloat16) -> PreTrainedModel | PeftModel:
     """Make a loaded model trainable: full fine-tuning when lora is None, else frozen base plus LoRA adapters.
 
-    Gradient checkpointing is switched on before peft wraps the model (k-bit models go through peft's
-    prepare_model_for_kbit_training); adapters are cast to adapter_dtype, norms kept in fp32 and embeddings in bf16
-    as the QLoRA reference code does."""
+    Gradient checkpointing is switched on before peft wraps the model (k-bit models through `prepare_kbit`, peft's
+    k-bit preparation without its fp32 copies); adapters are cast to adapter_dtype, norms kept in fp32 and
+    embeddings in bf16 as the QLoRA reference code does."""
     model = loaded.model
     ckpt_kwargs = {"use_reentrant": False}
     if lora is None:
@@ -78,8 +78,7 @@ def prepare_for_training(loaded: LoadedModel, lora: LoraSettings | None, *, grad
     if loaded.mode == "full":
         raise QLoraError("LoRA on a 'full' (fp32) load is not a baseline of this study; load with mode 'bf16' or 'nf4'")
     if loaded.mode in ("nf4", "fp4"):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=ckpt_kwargs)
+        model = prepare_kbit(model, gradient_checkpointing, ckpt_kwargs)
     else:
         for param in model.parameters():
             param.requires_grad_(False)
@@ -97,6 +96,22 @@ def prepare_for_training(loaded: LoadedModel, lora: LoraSettings | None, *, grad
             if module.weight.dtype == torch.float32:
                 module.to(torch.bfloat16)
     return peft_model
+
+
+def prepare_kbit(model: PreTrainedModel, gradient_checkpointing: bool, ckpt_kwargs: dict[str, Any]
+                 ) -> PreTrainedModel:
+    """What peft's `prepare_model_for_kbit_training` does to a 4-bit model here (freeze every weight; non-reentrant
+    gradient checkpointing when asked), without its cast of every 16-bit weight that is not 4-bit to fp32. That cast
+    copied the embeddings and the head, until then pages of the memory-mapped checkpoint, into allocated fp32 (4 bytes
+    a weight; 1,039 MiB for Qwen2.5-Coder-0.5B's untied pair), which `prepare_for_training` then cast back to bf16
+    copies (2 bytes a weight, allocated). The values are the same either way: the norms are cast to fp32 below as before,
+    bf16 -> fp32 -> bf16 is exact, and bitsandbytes casts a 4-bit layer's bias to its compute dtype (bf16) in its
+    first forward (`tests/test_memory.py` compares losses and gradients with peft's preparation)."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:  # use_reentrant=False: peft enables input gradients only for reentrant checkpointing
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+    return model
 
 
 def save_adapter(model: PeftModel, folder: str | os.PathLike[str], base: str) -> Path:

@@ -16,6 +16,7 @@ from transformers import set_seed
 from .adapters import LoraSettings, parameter_report, prepare_for_training, save_adapter
 from .data import SELECTION_SIZE, TASKS, TaskData, at_least_words, load_task, split_for_selection, subsample
 from .efficiency import PeakMemory, process_memory, total_rss
+from .memory import component_totals, components_callback, resident_set, step_components
 from .environment import environment
 from .errors import QLoraError
 from .metrics import SCORE_BATCH, generate, squad_evaluate, sst2_accuracy
@@ -157,12 +158,15 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
             zero_selection = evaluate(exp, loaded, loaded.model, selection_data)
             record["selection_zero_shot"] = {k: v for k, v in zero_selection.items() if k != "predictions"}
     set_seed(exp.train.seed)  # the adapters' initialisation does not depend on whether zero-shot scoring ran
+    after_load = resident_set()
     model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
+    components = components_callback()
+    components.record["resident_set"].update({"after_load": after_load, "after_prepare": resident_set()})
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
     examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
     record["data"]["train"]["examples_after_length_filter"] = len(examples)
     result = train(model, loaded.tokenizer, examples, exp.train, Path(output_dir), baseline_rss=baseline_rss,
-                   baseline_total=baseline_total)
+                   baseline_total=baseline_total, callbacks=[components])
     tuned = None
     if exp.score_dev:
         with PeakMemory("eval", baseline_rss=baseline_rss, baseline_total=baseline_total) as mem:
@@ -177,6 +181,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     record.update({"parameters": parameter_report(model).to_dict(),
                    "training": {**result.summary(), "gradient_checkpointing": exp.gradient_checkpointing},
                    "load_memory": load_mem.result, "environment": environment(),
+                   "memory_components": {**components.record, "totals": component_totals(components.record)},
                    "wall_seconds": round(time.perf_counter() - started, 1)})
     if tuned is not None:
         recorder.generations(_per_example(exp, eval_data, zero, tuned))
@@ -223,9 +228,14 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
         return record
     set_seed(run.seed)
     baseline_rss, baseline_total = process_memory(), total_rss()
+    before_load = resident_set()
     with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(run.preset, run.mode, seed=run.seed)
+    after_load = resident_set()
     model = prepare_for_training(loaded, run.lora, gradient_checkpointing=run.gradient_checkpointing)
+    components = components_callback()
+    components.record["resident_set"].update({"before_load": before_load, "after_load": after_load,
+                                              "after_prepare": resident_set()})
     generator = torch.Generator().manual_seed(run.seed)
     vocab = min(loaded.model.config.vocab_size, len(loaded.tokenizer))
     ids = torch.randint(0, vocab, (run.batch_size * run.steps, run.seq_len), generator=generator).tolist()
@@ -234,7 +244,7 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
     settings = TrainSettings(learning_rate=1e-4, max_steps=run.steps, batch_size=run.batch_size, optim=run.optim,
                              seed=run.seed)
     result = train(model, loaded.tokenizer, data, settings, Path(output_dir), baseline_rss=baseline_rss,
-                   baseline_total=baseline_total)
+                   baseline_total=baseline_total, callbacks=[components])
     record = {"experiment": "efficiency", "model": loaded.describe(), "fit": fit,
               "lora": run.lora.to_dict() if run.lora else None,
               "shape": {"batch_size": run.batch_size, "seq_len": run.seq_len, "steps": run.steps,
@@ -242,9 +252,24 @@ def run_efficiency(run: EfficiencyRun, output_dir: str | os.PathLike[str]) -> di
               "parameters": parameter_report(model).to_dict(), "training": result.summary(),
               "load_memory": load_mem.result, "environment": environment(),
               "wall_seconds": round(time.perf_counter() - started, 1)}
+    record["memory_components"] = measured_components(model, data, run.batch_size, components.record)
     recorder.history(result.history)
     recorder.metrics(record)
     return record
+
+
+def measured_components(model: Any, data: Any, batch_size: int, during_training: dict[str, Any]) -> dict[str, Any]:
+    """An efficiency run's memory by component: what the Trainer's first optimizer step held (`components_callback`)
+    and one more forward/backward of the run's first batch, outside the timed training, with what autograd saved
+    and the allocation peak (`memory.step_components`); `wall_seconds` does not include that step."""
+    import torch
+
+    started = time.perf_counter()
+    rows = data[:batch_size]
+    batch = {k: torch.tensor(rows[k]) for k in ("input_ids", "attention_mask", "labels")}
+    step = step_components(model, batch)
+    record = {**during_training, "step": {**step, "seconds": round(time.perf_counter() - started, 2)}}
+    return {**record, "totals": component_totals(record)}
 
 
 def predicted_fit(run: EfficiencyRun, headroom: float = 0.85) -> dict[str, Any]:

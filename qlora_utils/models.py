@@ -318,6 +318,10 @@ def load_model(preset: str | ModelPreset, mode: str = "nf4", *, cache: str | os.
             hf_logging.enable_progress_bar()
     if mode in ("nf4", "fp4"):
         keep_trainable_4bit_layout(model)
+        if not torch.cuda.is_available():
+            from .memory import release_free_heap
+
+            release_free_heap()  # the quantization's freed temporaries, kept by the C heap (memory.release_free_heap)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

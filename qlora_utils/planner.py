@@ -202,3 +202,31 @@ def llama_7b_config() -> PretrainedConfig:
 
     return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False)
+
+
+STATIC_COMPONENTS = ("quantized_weights", "quantization_constants", "unquantized_weights", "adapters",
+                     "optimizer_states")
+
+
+def component_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Predicted against measured memory component by component for one efficiency run that recorded
+    `memory_components` (memory.component_totals, MiB): the weights, quantization constants, adapters, gradients
+    and optimizer states one to one; the plan's activations, logits and autocast copies against what autograd saved
+    for backward; the plan's total against the static components plus the allocation peak of one forward/backward
+    above its start (which holds the saved tensors, the gradients and the transient buffers)."""
+    components = record.get("memory_components")
+    if not components or "totals" not in components:
+        raise QLoraError("this record has no memory_components; re-run it with a version that records them")
+    measured = components["totals"]
+    plan = plan_for_record(record)
+    rows = [{"component": name.replace("_", " "), "predicted MiB": getattr(plan, name) / MiB,
+             "measured MiB": measured[name]} for name in (*STATIC_COMPONENTS[:4], "gradients", "optimizer_states")]
+    rows.append({"component": "activations + logits (+ autocast copies) / saved for backward",
+                 "predicted MiB": (plan.activations + plan.logits + plan.autocast_copies) / MiB,
+                 "measured MiB": measured["saved_for_backward"]})
+    rows.append({"component": "total / static + step peak", "predicted MiB": plan.total / MiB,
+                 "measured MiB": sum(measured[name] for name in STATIC_COMPONENTS) + measured["step_peak"]})
+    for row in rows:
+        m = row["measured MiB"]
+        row["error %"] = 100 * (row["predicted MiB"] - m) / m if m else float("nan")
+    return rows
