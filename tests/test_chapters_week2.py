@@ -127,7 +127,9 @@ def test_pilot_section_reads_the_size_the_seeds_and_the_rates_from_the_runs(tmp_
     assert (t["lr_full"], t["lr_full_state"]) == ("1e-05", "too few rates")  # 3e-6 to 2e-5: under ten-fold
     assert t["lr_lora16"] == "n/a"
     assert list(page.tables["pilot"]["McNemar p"])[1] == "2e-06"  # 20 of 20 discordant gained: 2 × 2⁻²⁰ = 1.9e-6
-    assert len(page.tables["lr_table"]) == 6
+    assert len(page.tables["rates_table"]) == 6
+    keys = list(page.text) + list(page.tables) + list(page.figures)
+    assert len(keys) == len(set(keys)), "a text value and a table or figure under one key glue one name twice"
 
 
 def test_the_bases_are_tested_zero_shot_sentence_by_sentence(tmp_path: Path) -> None:

@@ -354,8 +354,8 @@ def _pilot(out: Page, runs: list[Run]) -> None:
     lr = pilot.lr_rows(runs, size) if size else pd.DataFrame()
     if len(lr):
         lr = lr.assign(**{"wall min": lr["wall s"] / 60})
-    out.tables["lr_table"] = lr[list(LR_COLUMNS)].rename(columns=LR_COLUMNS) if len(lr) else lr
-    out.figures["lr"] = figures.learning_rates(lr) if len(lr) else \
+    out.tables["rates_table"] = lr[list(LR_COLUMNS)].rename(columns=LR_COLUMNS) if len(lr) else lr
+    out.figures["rates"] = figures.learning_rates(lr) if len(lr) else \
         placeholder_chart("no learning-rate run has finished")
     choices = pilot.lr_choices(lr)
     for arm, key in zip(pilot.ARMS, ("qlora", "qlora_all", "lora16", "full")):
