@@ -15,7 +15,6 @@ import torch
 from .errors import QLoraError
 
 MiB = 1024 ** 2
-_STATUS = "/proc/self/status"
 _MAPS = "/proc/self/maps"
 RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 PACKED_4BIT = "4-bit packed"  # the dtype key of bitsandbytes' packed weights (two 4-bit codes per uint8 byte)
@@ -24,16 +23,9 @@ PACKED_4BIT = "4-bit packed"  # the dtype key of bitsandbytes' packed weights (t
 def resident_set() -> dict[str, float]:
     """The process's resident set in MiB from /proc/self/status: VmRSS = RssAnon (heap, allocated tensors) + RssFile
     (file-backed pages: memory-mapped checkpoints, libraries) + RssShmem; empty where /proc is not available."""
-    found: dict[str, float] = {}
-    try:
-        with open(_STATUS, encoding="ascii") as handle:
-            for line in handle:
-                key = line.split(":", 1)[0]
-                if key in RSS_FIELDS:
-                    found[key] = int(line.split()[1]) / 1024
-    except OSError:
-        return {}
-    return found
+    from .efficiency import _status_kib
+
+    return {key: value / MiB for key, value in _status_kib(*RSS_FIELDS).items()}
 
 
 def file_backed_ranges() -> list[tuple[int, int]]:

@@ -208,3 +208,11 @@ def test_release_free_heap_hands_freed_memory_back() -> None:
     assert release_free_heap()
     assert resident_set()["RssAnon"] < before - 50  # most of the freed 125 MiB back to the system
     del keep
+
+
+def test_resident_set_is_in_mib() -> None:
+    import psutil
+
+    from qlora_utils.memory import resident_set
+
+    assert abs(resident_set()["VmRSS"] - psutil.Process().memory_info().rss / 1024 ** 2) < 64, "MiB, as psutil sees it"
