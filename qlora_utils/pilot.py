@@ -150,15 +150,18 @@ def arm_costs(reference: pd.DataFrame) -> dict[str, float]:
 def estimate(pilot: pd.DataFrame, reference: pd.DataFrame, size: int, seeds: int) -> pd.DataFrame:
     """Machine hours of the decisive SST-2 grid (the four arms × `seeds` at `size`), per host kind.
 
-    Seconds per run = the pilot's QLoRA run at `size` (its training, plus its scoring rescaled from the 1,000
+    Seconds per run = the pilot's QLoRA run at `size` on the study's items, the least loaded of its seeds (its
+    training, plus its scoring rescaled from the 1,000
     selection sentences it scored to the 1,372 a headline run scores: selection and dev) × the arm's cost relative to
     QLoRA (`arm_costs`) × the host kind's cost relative to the pilot's host (QLoRA q,k,v training tokens/s at one
     thread on each kind). An arm with no committed run has no estimate (NaN). Elapsed hours with `--jobs 2`: the
     adapter arms two at a time, full fine-tuning alone (`exclusive`)."""
-    run = pilot[(pilot["train examples"] == size) & (pilot["seed"] == 0)]
+    run = pilot[pilot["train examples"] == size]
+    if "min words" in run:  # the study's items (amendment 2.1), not the first pilot's
+        run = run[run["min words"] == protocol.SST2_MIN_WORDS]
     if run.empty:
         return pd.DataFrame()
-    here = run.iloc[0]
+    here = run.sort_values("load").iloc[0] if "load" in run and run["load"].notna().all() else run.iloc[0]
     per_run = float(here["train s"]) + (float(here["wall s"]) - float(here["train s"])) * 1372 / 1000
     single = reference[(reference["arm"] == "QLoRA q,k,v") & (reference["threads"] == here["threads"])] \
         if len(reference) else reference
@@ -208,13 +211,12 @@ def report(runs: list[Run]) -> str:
                                      f"{'; at the edge: extend' if choice['at edge'] else ''})"))
     table = estimate(rows, reference_rows(runs), result["size"], result["seeds"])
     if len(table):
-        at_size = rows[(rows["train examples"] == result["size"]) & (rows["seed"] == 0)
-                       & (rows["min words"] == protocol.SST2_MIN_WORDS)]
-        load = at_size["load"].iloc[0] if len(at_size) else None
+        at_size = rows[(rows["train examples"] == result["size"]) & (rows["min words"] == protocol.SST2_MIN_WORDS)]
+        load = at_size["load"].min() if len(at_size) else None
         when = f"which trained at a 1-minute load of {float(load):.1f}" if load is not None and pd.notna(load) else \
             "whose load was not recorded"
         lines += ["", f"Estimated machine time of the SST-2 grid (4 arms × {result['seeds']} seeds), per host kind, "
-                      f"scaled from the pilot's seed-0 run at {result['size']:,} items, {when} (a busier host trains "
+                      f"scaled from the least loaded pilot run at {result['size']:,} items, {when} (a busier host trains "
                       "slower: on a quieter one these hours are an upper bound):",
                   table.to_string(index=False, float_format=lambda x: f"{x:.1f}")]
     return "\n".join(lines)
