@@ -60,7 +60,7 @@ def experiments_frame(runs: Iterable[Run]) -> pd.DataFrame:
         if "training" not in run.metrics:
             continue
         rows.append({"run": run.name, "notebook": Path(run.notebook).stem, "seed": run.parameters.get("seed"),
-                     "group": run.group, **headline(run.metrics), "wall s": run.status.get("wall_seconds"),
+                     "group": run.group, "min words": run.parameters.get("min_words") or 0, **headline(run.metrics), "wall s": run.status.get("wall_seconds"),
                      "device": run.metrics["training"].get("memory", {}).get("device", "cpu"),
                      "threads": training_threads(run), "commit": run.commit,
                      "host": (run.env.get("hardware") or {}).get("platform")})  # the kernel build tells hosts apart

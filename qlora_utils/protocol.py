@@ -22,6 +22,7 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "not support
     "not testable here"
 CONFIDENCE = 0.95
 PLAN = {"rank": 8, "alpha": 16, "placement": "attention"}  # the plan's adapters: r=8, α=16 on q, k, v
+PLACEMENT_WORDS = {"attention": "q,k,v", "attention_mlp": "every linear layer"}  # adapter placements in verdicts
 TRAINABLE_LIMIT_PCT = 1.0
 GPU_GIB = 24.0
 MIN_SEEDS = 5  # seeds per mode the headline comparison is planned with
@@ -40,6 +41,7 @@ class PairedRule:
     reference: str
     margin: float
     relative: bool
+    placement: str = PLAN["placement"]  # the treatment's adapters (the reference's are the plan's, or every weight)
 
     def margin_points(self, reference_mean: float) -> float:
         """The margin in points of the metric."""
@@ -56,6 +58,11 @@ class PairedRule:
 RULES = (
     PairedRule("QLoRA within 3 % of full fine-tuning", "nf4", "full", 3.0, relative=True),
     PairedRule("QLoRA within 1.5 points of 16-bit LoRA", "nf4", "bf16", 1.5, relative=False),
+    # Protocol v2's second QLoRA arm (issue 32, added before any of its runs): adapters on every linear layer.
+    PairedRule("QLoRA on every linear layer within 3 % of full fine-tuning", "nf4", "full", 3.0, relative=True,
+               placement="attention_mlp"),
+    PairedRule("QLoRA on every linear layer within 1.5 points of 16-bit LoRA", "nf4", "bf16", 1.5, relative=False,
+               placement="attention_mlp"),
 )
 
 
@@ -93,21 +100,32 @@ def seeds_to_settle(mean: float, sd: float, margin: float, confidence: float = C
     return None
 
 
-def primary_runs(frame: pd.DataFrame, mode: str) -> pd.DataFrame:
-    """A mode's runs at the plan's configuration (adapters r=8, α=16 on q, k, v; full fine-tuning: every weight),
-    outside any named group such as a sweep, at the mode's most common training setting per task and model (data
-    size, learning rate, schedule), so that a one-off run never joins the seeds."""
+def primary_runs(frame: pd.DataFrame, mode: str, placement: str = PLAN["placement"]) -> pd.DataFrame:
+    """A mode's runs at the plan's configuration (adapters r=8, α=16 on q, k, v, or on `placement`; full fine-tuning:
+    every weight), outside any named group such as a sweep, in protocol v2's study design where a model has runs of
+    it (`study_design`), at the mode's most common training setting per task and model (data size, learning rate,
+    schedule), so that a one-off run never joins the seeds."""
     from .analysis import at_common_setting
 
     rows = frame[(frame["mode"] == mode) & frame["group"].isna()]
     if mode != "full":
-        rows = rows[(rows["rank"] == PLAN["rank"]) & (rows["placement"] == PLAN["placement"])
+        rows = rows[(rows["rank"] == PLAN["rank"]) & (rows["placement"] == placement)
                     & (rows["alpha"].isna() | (rows["alpha"] == PLAN["alpha"]))]
     if rows.empty:
         return rows
-    parts = [at_common_setting(group, SETTING_KEYS)
+    parts = [at_common_setting(study_design(group), SETTING_KEYS)
              for _, group in rows.groupby(["experiment", "model"], dropna=False)]
     return pd.concat(parts)
+
+
+def study_design(rows: pd.DataFrame) -> pd.DataFrame:
+    """Protocol v2's design supersedes the first: of one task and model's runs, those trained on SST-2 items of
+    SST2_MIN_WORDS+ words (amendment 2.1) where any exist, else all of them (the first design, 500 items of any
+    length, stays the headline only for a model the study has not run)."""
+    if "min words" not in rows:
+        return rows
+    study = rows[rows["min words"] == SST2_MIN_WORDS]
+    return study if len(study) else rows
 
 
 SETTING_KEYS = ["train examples", "learning rate", "schedule"]  # a training setting, beside the configuration
@@ -136,25 +154,28 @@ def _judged(pairs: pd.DataFrame, rule: PairedRule) -> dict[str, Any]:
             "seeds to settle": seeds_to_settle_power(mean, sd, margin) if verdict == INCONCLUSIVE else None}
 
 
-def paired(frame: pd.DataFrame, treatment: str, reference: str, column: str = "quality") -> pd.DataFrame:
-    """Seed-paired rows (seed, treatment, reference) of two modes on the same task, model and training data."""
-    return _pairs(primary_runs(frame, treatment), primary_runs(frame, reference), column)
+def paired(frame: pd.DataFrame, treatment: str, reference: str, column: str = "quality",
+           placement: str = PLAN["placement"]) -> pd.DataFrame:
+    """Seed-paired rows (seed, treatment, reference) of two modes on the same task, model and training data (the
+    treatment's adapters on `placement`)."""
+    return _pairs(primary_runs(frame, treatment, placement), primary_runs(frame, reference), column)
 
 
 def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any]]:
     """One row per task, model and amount of data on which both modes ran: the paired effect, its interval, the
     margin and the verdict."""
     rows = []
-    pairs = paired(frame, rule.treatment, rule.reference) if len(frame) else pd.DataFrame()
-    if pairs.empty:
-        return [{"expectation": rule.expectation, "rule": rule.describe(), "verdict": NOT_TESTABLE,
-                 "comparison": "no seeds with both modes at the plan's configuration in this profile"}]
+    pairs = paired(frame, rule.treatment, rule.reference, placement=rule.placement) if len(frame) else pd.DataFrame()
+    if pairs.empty:  # the plan's adapters always get a row; another arm's rule only where its runs exist
+        return [] if rule.placement != PLAN["placement"] else [{
+            "expectation": rule.expectation, "rule": rule.describe(), "verdict": NOT_TESTABLE,
+            "comparison": "no seeds with both modes at the plan's configuration in this profile"}]
     for (task, model, n), group in pairs.groupby(["experiment", "model", "train examples"]):
         judged = _judged(group, rule)
         rows.append({
             "expectation": rule.expectation, "rule": rule.describe(), "task": task, "model": model,
             "comparison": f"{rule.reference} vs {rule.treatment} at the plan's configuration (r={PLAN['rank']}, "
-                          f"α={PLAN['alpha']}, q,k,v), {n:,.0f} training examples",
+                          f"α={PLAN['alpha']}, {PLACEMENT_WORDS[rule.placement]}), {n:,.0f} training examples",
             "treatment mean": float(group["quality treatment"].mean()), **judged,
             "effect %": 100 * judged["effect"] / judged["reference mean"],
             "margin %": 100 * judged["margin"] / judged["reference mean"],

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import pandas as pd
 from scipy import stats
 
 from qlora_utils import protocol
@@ -107,3 +108,26 @@ def test_two_level_bootstrap_reduces_to_the_seed_t_interval_when_sentences_agree
     assert mean == pytest.approx(seed_mean)
     assert high - low == pytest.approx(seed_high - seed_low, rel=0.03), "t's tails kept, not a percentile's"
     assert math.isnan(protocol.two_level_bootstrap(np.zeros((1, 5)), np.ones((1, 5)))[1])  # one seed: no interval
+
+
+def test_the_study_design_supersedes_the_first_and_all_linear_qlora_gets_its_own_verdicts() -> None:
+    """Runs on items of SST2_MIN_WORDS+ words replace a model's first-design runs in the headline; QLoRA on every
+    linear layer is judged against full fine-tuning by its own rule, and has no row where it never ran."""
+    def row(mode: str, seed: int, quality: float, words: int, n: int, placement: str = "attention") -> dict:
+        return {"run": f"{mode}-{placement}-{words}-{seed}", "experiment": "sst2", "model": "m", "mode": mode,
+                "group": None, "rank": None if mode == "full" else 8, "alpha": None if mode == "full" else 16,
+                "placement": "all weights" if mode == "full" else placement, "train examples": n,
+                "learning rate": 1e-3, "schedule": "cosine", "seed": seed, "quality": quality, "min words": words,
+                "trainable %": 0.5, "trainable": 100, "parameters": 20000, "peak MiB": 1000.0, "device": "cpu"}
+    first = [row(m, s, 80.0, 0, 500) for m in ("nf4", "full") for s in range(8)]  # more seeds: still superseded
+    study = [row("nf4", s, 88.0 - 0.1 * s, 9, 1000) for s in range(6)] + \
+            [row("full", s, 88.5 + 0.1 * s, 9, 1000) for s in range(6)]
+    frame = pd.DataFrame(first + study)
+    assert set(protocol.primary_runs(frame, "nf4")["train examples"]) == {1000}
+    table = protocol.verdict_table(frame)
+    assert not table["expectation"].str.contains("every linear layer").any(), "no runs, no row"
+    every = [row("nf4", s, 87.0, 9, 1000, "attention_mlp") for s in range(6)]
+    table = protocol.verdict_table(pd.DataFrame(first + study + every))
+    linear = table[table["expectation"] == "QLoRA on every linear layer within 3 % of full fine-tuning"].iloc[0]
+    assert linear["seeds"] == 6 and linear["effect"] == pytest.approx(88.75 - 87.0)
+    assert "every linear layer" in linear["comparison"]
