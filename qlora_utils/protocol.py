@@ -107,25 +107,27 @@ def primary_runs(frame: pd.DataFrame, mode: str, placement: str = PLAN["placemen
     schedule), so that a one-off run never joins the seeds."""
     from .analysis import at_common_setting
 
-    rows = frame[(frame["mode"] == mode) & frame["group"].isna()]
+    rows = study_design(frame[frame["group"].isna()])
+    rows = rows[rows["mode"] == mode]
     if mode != "full":
         rows = rows[(rows["rank"] == PLAN["rank"]) & (rows["placement"] == placement)
                     & (rows["alpha"].isna() | (rows["alpha"] == PLAN["alpha"]))]
     if rows.empty:
         return rows
-    parts = [at_common_setting(study_design(group), SETTING_KEYS)
+    parts = [at_common_setting(group, SETTING_KEYS)
              for _, group in rows.groupby(["experiment", "model"], dropna=False)]
     return pd.concat(parts)
 
 
-def study_design(rows: pd.DataFrame) -> pd.DataFrame:
-    """Protocol v2's design supersedes the first: of one task and model's runs, those trained on SST-2 items of
-    SST2_MIN_WORDS+ words (amendment 2.1) where any exist, else all of them (the first design, 500 items of any
-    length, stays the headline only for a model the study has not run)."""
-    if "min words" not in rows:
-        return rows
-    study = rows[rows["min words"] == SST2_MIN_WORDS]
-    return study if len(study) else rows
+def study_design(frame: pd.DataFrame) -> pd.DataFrame:
+    """Protocol v2's design supersedes the first: of each task and model's runs (every mode), those trained on SST-2
+    items of SST2_MIN_WORDS+ words (amendment 2.1) where any exist, else all of them, so that no headline mixes the
+    two designs (the first, 500 items of any length, stays only for a model the study has not run)."""
+    if "min words" not in frame or frame.empty:
+        return frame
+    study = frame["min words"] == SST2_MIN_WORDS
+    has_study = study.groupby([frame["experiment"], frame["model"]], dropna=False).transform("any")
+    return frame[study | ~has_study]
 
 
 SETTING_KEYS = ["train examples", "learning rate", "schedule"]  # a training setting, beside the configuration

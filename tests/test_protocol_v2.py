@@ -131,3 +131,5 @@ def test_the_study_design_supersedes_the_first_and_all_linear_qlora_gets_its_own
     linear = table[table["expectation"] == "QLoRA on every linear layer within 3 % of full fine-tuning"].iloc[0]
     assert linear["seeds"] == 6 and linear["effect"] == pytest.approx(88.75 - 87.0)
     assert "every linear layer" in linear["comparison"]
+    only_qlora = pd.DataFrame(first + study[:6])
+    assert protocol.primary_runs(only_qlora, "full").empty, "a model's headline never mixes the two designs"
