@@ -362,3 +362,27 @@ def release_free_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+COMPONENT_ROWS = {  # the components table's rows: a label, and the memory_table columns it sums
+    "frozen weights": ("frozen 4-bit packed", "frozen bf16", "frozen fp32"),
+    "of which memory-mapped from the file": ("frozen file-backed",),
+    "quantization state": ("quantization state",),
+    "trained weights or adapters": ("trained weights", "adapters"),
+    "gradients": ("gradients",),
+    "optimizer states": ("optimizer states",),
+    "whole resident set after step 1": ("VmRSS after step 1",),
+    "of which anonymous": ("RssAnon after step 1",),
+    "whole resident set, sampled peak": ("sampled peak whole",),
+}
+
+
+def components_by_arm(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The memory a training process holds, by component, one column per arm (`records`: an arm's label and a run
+    record with `memory_components`), in whole MiB above the process before loading: tensor storages at the first
+    optimizer step, then the resident set (memory_table)."""
+    columns = {arm: row for arm, record in records.items() for row in memory_table([record])}
+    return [{"component (MiB)": label, **{arm: round(sum(row[k] or 0.0 for k in keys))
+                                            if all(row[k] is not None for k in keys) else None
+                                            for arm, row in columns.items()}}
+            for label, keys in COMPONENT_ROWS.items()]

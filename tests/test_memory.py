@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from qlora_utils.adapters import LoraSettings, parameter_report, prepare_for_training
-from qlora_utils.memory import (PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, memory_table,
-                                optimizer_ledger, resident_set, step_components, weight_ledger)
+from qlora_utils.memory import (PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, components_by_arm,
+                                memory_table, optimizer_ledger, resident_set, step_components, weight_ledger)
 from qlora_utils.models import architecture_config, load_model
 from qlora_utils.planner import _linear_params
 
@@ -146,6 +146,10 @@ def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: P
     assert row["VmRSS after step 1"] == pytest.approx(row["RssAnon after step 1"] + row["RssFile after step 1"],
                                                       abs=0.3)  # RssShmem and rounding
     assert row["RssAnon in no tensor after step 1"] is not None
+    table = {r["component (MiB)"]: r["QLoRA"] for r in components_by_arm({"QLoRA": record})}
+    assert table["frozen weights"] == round(row["frozen 4-bit packed"] + row["frozen bf16"] + row["frozen fp32"])
+    assert table["trained weights or adapters"] == round(row["adapters"]) and table["whole resident set after step 1"] \
+        == round(row["VmRSS after step 1"]), "each row is the sum of its memory_table columns, in whole MiB"
 
 
 def test_experiment_record_has_components_from_the_first_optimizer_step(data_dir: Path, tmp_path: Path) -> None:

@@ -266,6 +266,31 @@ def bench_values(result: Page, runs: list[Run]) -> None:
         f"{v['bench_score_reference_s']} s, with {v['bench_score_differ']} differing predictions."))
 
 
+ARMS = {("nf4", "attention"): "QLoRA q,k,v", ("nf4", "attention_mlp"): "QLoRA all linear",
+        ("bf16", "attention"): "16-bit LoRA q,k,v", ("full", "all weights"): "full fine-tuning"}
+
+
+def components(result: Page, baseline: Sequence[Run]) -> None:
+    """Memory by component (memory.components_by_arm) for the lead model's week 2 arms, each arm's lowest seed among
+    the runs that recorded components; the run names beside the table."""
+    from ..memory import components_by_arm
+    from ..protocol import primary_runs
+
+    frame = experiments_frame([r for r in baseline if r.metrics.get("memory_components")])
+    chosen: dict[str, Run] = {}
+    if len(frame):
+        lead = frame[frame["model"] == frame.sort_values("parameters")["model"].iloc[-1]]
+        by_name = {r.name: r for r in baseline}
+        for (mode, placement), arm in ARMS.items():
+            rows = primary_runs(lead, mode, placement if mode != "full" else "attention")
+            if len(rows):
+                chosen[arm] = by_name[rows.sort_values("seed")["run"].iloc[0]]
+    table = pd.DataFrame(components_by_arm({arm: run.metrics for arm, run in chosen.items()}))
+    result.tables["components"] = table if chosen else pd.DataFrame(columns=["component (MiB)"])
+    result.value("components_runs", ", ".join(f"{arm}: {run.name}" for arm, run in chosen.items()) or NA)
+    result.value("components_model", next(iter(chosen.values())).metrics["model"]["label"] if chosen else NA)
+
+
 def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
     """Everything the scaling page shows: the efficiency table and figures, the memory ratio, thread and load
     caveats on throughput, runs not started, and the accuracy table (`baseline`: week 2's runs, the smaller sizes'
@@ -302,6 +327,7 @@ def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
     result.figures["memory"] = chart_or_note(ran, figures.scaling_memory, "no efficiency runs in this profile")
     result.figures["speed"] = chart_or_note(speed, figures.scaling_throughput, "no efficiency runs in this profile")
     bench_values(result, runs)
+    components(result, baseline)
     accuracy_scaling(result, runs, baseline)
     result.value("accuracy_note", "" if len(result.tables["accuracy"]) else
                  "Accuracy scaling did not run in this profile: it needs two pretrained sizes (offline, "
