@@ -3,6 +3,8 @@ plan's expectations."""
 
 from __future__ import annotations
 
+import re
+import string
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -196,13 +198,12 @@ ERROR_KINDS = ("exact match", "answer too long (contains the gold span)", "answe
                "partial overlap", "wrong span (no overlap)", "empty answer")
 
 
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 def _normalize(text: str) -> str:
     """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    import re
-    import string
-
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text.lower().translate(_PUNCTUATION)).split())
 
 
 def squad_error_kind(prediction: str | None, answers: Sequence[str]) -> str:
@@ -220,6 +221,56 @@ def squad_error_kind(prediction: str | None, answers: Sequence[str]) -> str:
     if any(set(pred.split()) & set(g.split()) for g in golds):
         return ERROR_KINDS[3]
     return ERROR_KINDS[4]
+
+
+def trimmed_answer(answer: str, question: str) -> str:
+    """An answer-format baseline that never sees the gold answers: the answer's first sentence, less the words it
+    shares with the question (after SQuAD's normalisation), or that sentence whole when nothing else is left."""
+    first = re.split(r"(?<=[.;!?])\s|\n", answer.strip(), maxsplit=1)[0]
+    asked = set(_normalize(question).split())
+    kept = [w for w in first.split() if _normalize(w) not in asked]
+    return " ".join(kept) if any(_normalize(w) for w in kept) else first
+
+
+def _token_f1(prediction: list[str], gold: list[str]) -> float:
+    """SQuAD's token F1 (percent) of two normalised token lists."""
+    from collections import Counter
+
+    same = sum((Counter(prediction) & Counter(gold)).values())
+    if not prediction or not gold:
+        return 100.0 * (prediction == gold)
+    return 0.0 if same == 0 else 100.0 * 2 * same / (len(prediction) + len(gold))
+
+
+def best_span(answer: str, answers: Sequence[str]) -> str:
+    """The contiguous run of an answer's words with the best SQuAD F1 against the gold answers: what a perfect
+    trimmer would keep, so its score bounds what cutting the answer's format alone can reach (it uses the gold)."""
+    words = answer.split()
+    tokens = [_normalize(w).split() for w in words]  # normalising word by word is normalising the span
+    golds = [_normalize(a).split() for a in answers]
+    spans = [(i, j) for i in range(len(words)) for j in range(i + 1, len(words) + 1)]
+    if not spans:
+        return answer
+    i, j = max(spans, key=lambda s: (max(_token_f1([t for w in tokens[s[0]:s[1]] for t in w], g) for g in golds),
+                                      s[0] - s[1]))  # ties: the shortest
+    return " ".join(words[i:j])
+
+
+def answer_format(generations: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How much of a SQuAD fine-tuning gain the answer's format alone gets: official EM and F1 (percent) of the
+    zero-shot answers, of those answers trimmed without the gold (`trimmed_answer`), of their best span (`best_span`,
+    a ceiling), and of the fine-tuned answers, with each one's mean length in words, over the questions with both."""
+    from .metrics import squad_scores
+
+    both = [g for g in generations if g.get("zero_shot") is not None and g.get("fine_tuned") is not None]
+    golds = [g["answers"] for g in both]
+    answers = {"zero-shot": [g["zero_shot"] for g in both],
+               "zero-shot trimmed": [trimmed_answer(g["zero_shot"], g["question"]) for g in both],
+               "zero-shot best span": [best_span(g["zero_shot"], g["answers"]) for g in both],
+               "fine-tuned": [g["fine_tuned"] for g in both]}
+    return {"n": len(both), **{name: {**(squad_scores(texts, golds) if both else {"exact_match": None, "f1": None}),
+                                      "words": float(np.mean([len(t.split()) for t in texts])) if both else None}
+                               for name, texts in answers.items()}}
 
 
 def squad_gain(generations: Sequence[dict[str, Any]], metric: str = "f1") -> dict[str, float]:

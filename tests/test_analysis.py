@@ -125,3 +125,21 @@ def test_sentence_interval_pairs_each_seeds_runs_sentence_by_sentence(tmp_path: 
     assert row["items verdict"] == "not supported"  # reference ahead by 20 points against a 2-point margin
     lone = with_sentence_intervals(table.assign(runs=[["q0", "f0"]], seeds=1), runs).iloc[0]
     assert np.isnan(lone["items low"]) and lone["items verdict"] is None
+
+
+def test_answer_format_baselines_trim_without_the_gold_and_bound_with_it() -> None:
+    from qlora_utils.analysis import answer_format, best_span, trimmed_answer
+
+    question = "Who were the defending Super Bowl champions?"
+    answer = "The defending Super Bowl champions were the New England Patriots. They won in 2015."
+    assert trimmed_answer(answer, question) == "The the New England Patriots.", "first sentence, question words out"
+    assert trimmed_answer("Super Bowl champions", question) == "Super Bowl champions", "nothing left: kept whole"
+    assert best_span(answer, ["the New England Patriots"]) == "New England Patriots."
+    rows = [{"question": question, "answers": ["New England Patriots"], "zero_shot": answer,
+             "fine_tuned": "Patriots"},
+            {"question": "How many?", "answers": ["118"], "zero_shot": "He had 118 tackles.", "fine_tuned": "118"}]
+    scores = answer_format(rows)
+    assert scores["n"] == 2 and scores["zero-shot best span"]["exact_match"] == 100.0
+    assert scores["zero-shot"]["exact_match"] == 0.0 and scores["fine-tuned"]["exact_match"] == 50.0
+    assert scores["zero-shot trimmed"]["f1"] > scores["zero-shot"]["f1"]
+    assert scores["fine-tuned"]["words"] == 1.0

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .. import figures
-from ..analysis import MODE_NAMES, runs_by_size, squad_error_table, squad_gain
+from ..analysis import MODE_NAMES, answer_format, runs_by_size, squad_error_table, squad_gain
 from ..report import chart_or_note
 from ..runs import Run
 from . import NA, Page
@@ -105,6 +105,7 @@ def page(runs: list[Run]) -> Page:
     paired = squad_gain(generations)
     result.value("gain_ci", f"95 % CI {paired['low']:+.1f} to {paired['high']:+.1f} points, paired over "
                  f"{paired['n']:,} questions" if paired["n"] > 1 else None, "{}")
+    format_values(result, generations)
     errors = errors_table(generations)
     result.tables["errors"] = errors
     misses = errors[errors["kind of answer"] != "exact match"].sort_values("fine-tuned answers", kind="stable") \
@@ -115,3 +116,25 @@ def page(runs: list[Run]) -> Page:
     result.value("exact_n", int(errors.loc[errors["kind of answer"] == "exact match", "fine-tuned answers"].sum())
                  if len(errors) else None, "{:d}")
     return result
+
+
+FORMAT_ROWS = {"zero-shot": "zero-shot answers", "zero-shot trimmed": "zero-shot, trimmed without the gold",
+               "zero-shot best span": "zero-shot, best span (uses the gold: a ceiling)",
+               "fine-tuned": "fine-tuned answers"}
+
+
+def format_values(result: Page, generations: list[dict[str, Any]]) -> None:
+    """The answer-format baseline (analysis.answer_format) of the lead run: a table of EM, F1 and answer length,
+    and the share of the F1 gain that trimming the zero-shot answers already gets."""
+    scores = answer_format(generations)
+    table = pd.DataFrame([{"answers": label, "EM (%)": scores[key]["exact_match"], "F1 (%)": scores[key]["f1"],
+                           "mean words": scores[key]["words"]} for key, label in FORMAT_ROWS.items()]) \
+        if scores["n"] else pd.DataFrame(columns=["answers", "EM (%)", "F1 (%)", "mean words"])
+    result.tables["format"] = table
+    f1 = {key: scores[key]["f1"] for key in FORMAT_ROWS} if scores["n"] else {}
+    gain = f1["fine-tuned"] - f1["zero-shot"] if f1 else None
+    result.value("format_trimmed_f1", f1.get("zero-shot trimmed"))
+    result.value("format_span_f1", f1.get("zero-shot best span"))
+    result.value("format_share", 100 * (f1["zero-shot trimmed"] - f1["zero-shot"]) / gain if gain else None, "{:.0f}")
+    result.value("format_words", f"{scores['zero-shot']['words']:.1f} to {scores['fine-tuned']['words']:.1f}"
+                 if scores["n"] else None, "{}")
