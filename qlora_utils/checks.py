@@ -25,7 +25,16 @@ def _choice(options: Any) -> Callable[[Any], str | None]:
 
 
 def _positive(v: Any) -> str | None:
+    if isinstance(v, str) and _number(v) is not None:  # YAML 1.1 reads 3e-05 (no dot) as text
+        return f"is text, not a number: write it with a dot, e.g. {_number(v):.1e}".replace("e-0", "e-")
     return None if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else "must be positive"
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _non_negative(v: Any) -> str | None:

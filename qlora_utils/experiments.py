@@ -48,7 +48,8 @@ class Experiment:
     eval_batch_size: int = SCORE_BATCH  # scoring; generation uses a quarter of it (metrics.GENERATE_BATCH)
     data_dir: str | None = None
     gradient_checkpointing: bool = True  # same gradients either way: it trades compute for activation memory
-    selection_examples: int = SELECTION_SIZE  # SST-2: training sentences set aside to choose configurations on
+    selection_examples: int | None = None  # training items set aside to choose configurations on; None: the task's
+    # default (SST-2 SELECTION_SIZE; 0 for the others, whose earlier runs drew from the whole training split)
     score_dev: bool = True  # False: only the selection split is scored (pilot and learning-rate runs never see dev)
     min_words: int = 0  # SST-2: train and choose only on training items of at least this many words (0: all items)
 
@@ -57,9 +58,14 @@ class Experiment:
             raise QLoraError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.train_examples <= 0:
             raise QLoraError(f"train_examples must be positive, got {self.train_examples}")
-        if not self.score_dev and (self.task != "sst2" or not self.selection_examples):
-            raise QLoraError("score_dev=False scores only the selection split, which only SST-2 has; set score_dev "
-                             "to True for this task")
+        if self.selection_examples is None:
+            self.selection_examples = SELECTION_SIZE if self.task == "sst2" else 0
+        if self.selection_examples and self.task == "alpaca":
+            raise QLoraError("instruction tuning has no selection split (its judge scores the dev outputs); set "
+                             "selection_examples to 0")
+        if not self.score_dev and not self.selection_examples:
+            raise QLoraError(f"score_dev=False scores only the selection split, and this {self.task} experiment has "
+                             "none: set selection_examples (SST-2 has 500 by default), or score_dev to True")
         if self.min_words < 0 or (self.min_words and self.task != "sst2"):
             raise QLoraError(f"min_words applies to SST-2's phrases and must be 0 or more, got {self.min_words} for "
                              f"{self.task}; leave it at 0")
@@ -81,8 +87,13 @@ def evaluate(exp: Experiment, loaded: LoadedModel, model: Any, data: TaskData) -
     return {"n": len(outputs), "outputs": outputs, "mean_output_chars": sum(map(len, outputs)) / max(1, len(outputs))}
 
 
+def _scores(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's scores without its per-item outputs (those go to generations.json or selection.json)."""
+    return {k: v for k, v in result.items() if k not in ("predictions", "examples", "outputs")}
+
+
 def _summary(result: dict[str, Any], memory: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: v for k, v in result.items() if k not in ("predictions", "examples", "outputs")}, "memory": memory}
+    return {**_scores(result), "memory": memory}
 
 
 def _per_example(exp: Experiment, data: TaskData, zero: dict[str, Any] | None,
@@ -115,10 +126,10 @@ def _record_model_outputs(exp: Experiment, data: TaskData, zero: dict[str, Any] 
 
 
 def training_data(exp: Experiment) -> tuple[TaskData, TaskData | None]:
-    """The experiment's training sample (drawn by its seed) and, for SST-2, the selection split: sentences of the
-    training set set aside once by a fixed seed, never trained on, to choose configurations without the dev set;
-    with `min_words`, both come from the training items of at least that many words."""
-    if exp.task != "sst2":
+    """The experiment's training sample (drawn by its seed) and the selection split (SST-2 by default, SQuAD when
+    asked): items of the training set set aside once by a fixed seed, never trained on, to choose configurations
+    without the dev set; with `min_words`, both come from the training items of at least that many words."""
+    if exp.task != "sst2" and not exp.selection_examples:
         return load_task(exp.task, "train", n=exp.train_examples, seed=exp.train.seed, data_dir=exp.data_dir), None
     items = at_least_words(load_task(exp.task, "train", data_dir=exp.data_dir), exp.min_words)
     if not exp.selection_examples:
@@ -156,7 +167,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
             record["zero_shot"] = _summary(zero, mem.result)
         if selection_data is not None:
             zero_selection = evaluate(exp, loaded, loaded.model, selection_data)
-            record["selection_zero_shot"] = {k: v for k, v in zero_selection.items() if k != "predictions"}
+            record["selection_zero_shot"] = _scores(zero_selection)
     set_seed(exp.train.seed)  # the adapters' initialisation does not depend on whether zero-shot scoring ran
     after_load = resident_set()
     model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
@@ -174,7 +185,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
         record["fine_tuned"] = _summary(tuned, mem.result)
     if selection_data is not None:
         chosen_on = evaluate(exp, loaded, model, selection_data)
-        record["selection"] = {k: v for k, v in chosen_on.items() if k != "predictions"}
+        record["selection"] = _scores(chosen_on)
         recorder.selection(_per_example(exp, selection_data, zero_selection, chosen_on))
     if isinstance(model, PeftModel):
         save_adapter(model, Path(output_dir) / "adapter", base=exp.preset)

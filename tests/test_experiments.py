@@ -33,6 +33,26 @@ def test_selection_only_is_refused_where_there_is_no_selection_split() -> None:
         Experiment(task="squad", score_dev=False)
     with pytest.raises(QLoraError, match="score_dev"):
         Experiment(task="sst2", selection_examples=0, score_dev=False)
+    with pytest.raises(QLoraError, match="selection_examples"):
+        Experiment(task="alpaca", selection_examples=10)
+    assert Experiment(task="squad").selection_examples == 0 and Experiment(task="sst2").selection_examples == 500
+
+
+def test_squad_selection_split_is_held_out_scored_per_question_and_dev_untouched(data_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    """SQuAD's learning rates are chosen like SST-2's: on training questions set aside by a fixed seed."""
+    exp = Experiment(task="squad", preset="tiny-qwen2", mode="nf4", train_examples=8, eval_examples=4,
+                     selection_examples=6, score_dev=False, max_new_tokens=4, data_dir=str(data_dir),
+                     train=TrainSettings(learning_rate=1e-3, batch_size=4))
+    train, held = training_data(exp)
+    assert len(held.dataset) == 6 and not set(train.dataset["id"]) & set(held.dataset["id"])
+    default, none = training_data(Experiment(task="squad", train_examples=8, data_dir=str(data_dir)))
+    assert none is None, "without selection_examples the earlier runs' draw is unchanged"
+    record = run_experiment(exp, tmp_path / "run")
+    assert "fine_tuned" not in record and "examples" not in record["selection"]
+    rows = read_run(tmp_path / "run").selection()
+    assert [r["id"] for r in rows] == held.dataset["id"] and {"zero_shot", "fine_tuned_f1"} <= set(rows[0])
+    assert record["selection"]["f1"] == pytest.approx(sum(r["fine_tuned_f1"] for r in rows) / 6, abs=1e-3)
 
 
 def test_min_words_draws_training_and_selection_from_long_items_only(data_dir: Path) -> None:

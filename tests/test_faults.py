@@ -68,6 +68,7 @@ BAD_PROFILES = [
     ("{mode: int3}", ["mode='int3' is not one of", "nf4"]),
     ("{mode: full, rank: 0, placement: bogus}", ["rank=0 must be positive", "mean(s) nothing for mode 'full'"]),
     ("{learning_rate: 0.0}", ["learning_rate=0.0 must be positive"]),
+    ("{learning_rate: 3e-05}", ["learning_rate='3e-05' is text, not a number: write it with a dot, e.g. 3.0e-5"]),
     ("{dropout: 1.5}", ["dropout=1.5 must be in [0, 1)"]),
     ("{scheduler: sometimes}", ["scheduler='sometimes' is not one of"]),
     ("{batch_size: 0}", ["batch_size=0 must be positive"]),
