@@ -116,6 +116,7 @@ def page(runs: list[Run]) -> Page:
         placeholder_chart("no SST-2 runs in this profile")
 
     _pilot(out, runs)
+    _designs(out, runs, frame, main, models)
     for i, prefix in enumerate(FAMILIES):
         test = zero_shot_mcnemar(week2, main, models[i]) if i < len(models) else None
         out.value(f"{prefix}zero_shot_test", None if test is None else
@@ -127,6 +128,26 @@ def page(runs: list[Run]) -> Page:
     runs_table = frame[[c for c in RUN_COLUMNS if c in frame]] if len(frame) else frame
     out.tables["runs"] = _short_commit(runs_table).rename(columns=RUN_COLUMNS) if len(frame) else frame
     return out
+
+
+def _designs(out: Page, runs: list[Run], frame: pd.DataFrame, main: pd.DataFrame, models: list[str]) -> None:
+    """Which design the lead model's headline holds (protocol v2's study, with its seeds so far against the
+    planned, or the first design), and the first design's size, steps and outcome for the pilot's opening."""
+    lead = models[0] if models else None
+    first = headline_frame(frame[frame["min words"] == 0]) if "min words" in frame else frame
+    first = first[first["model"] == lead] if lead else first
+    qlora = first[first["mode"] == "nf4"] if len(first) else first
+    run = next((r for r in runs if len(qlora) and r.name == qlora["run"].iloc[0]), None)
+    out.value("first_train_examples", qlora["train examples"].iloc[0] if len(qlora) else None, "{:,.0f}")
+    out.value("first_steps", run.metrics["training"]["steps"] if run else None, "{:d}")
+    out.value("first_moved", training_moved(first) if len(first) else None, "{}")
+    mine = main[main["model"] == lead] if lead else main
+    study = len(mine) and (mine["min words"] == protocol.SST2_MIN_WORDS).all()
+    seeds = mine.groupby(["mode", "placement"])["seed"].nunique() if len(mine) else pd.Series(dtype=int)
+    out.value("design", (f"protocol v2's study ({int(mine['train examples'].iloc[0]):,} training items of "
+                         f"{protocol.SST2_MIN_WORDS}+ words): {int(seeds.min())} to {int(seeds.max())} of the "
+                         f"{protocol.MIN_SEEDS_V2} planned seeds per arm have finished" if study else
+                         "the first design (protocol v2's study has no finished run yet)") if len(mine) else None, "{}")
 
 
 def _family_sentences(out: Page) -> None:
