@@ -167,6 +167,8 @@ def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any
     """One row per task, model and amount of data on which both modes ran: the paired effect, its interval, the
     margin and the verdict."""
     rows = []
+    if rule.placement != PLAN["placement"] and "min words" in frame:  # a protocol v2 arm: its study only
+        frame = frame[frame["min words"] == SST2_MIN_WORDS]
     pairs = paired(frame, rule.treatment, rule.reference, placement=rule.placement) if len(frame) else pd.DataFrame()
     if pairs.empty:  # the plan's adapters always get a row; another arm's rule only where its runs exist
         return [] if rule.placement != PLAN["placement"] else [{

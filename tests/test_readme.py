@@ -28,7 +28,7 @@ def test_every_other_figure_of_the_readme_is_computed(runs: list) -> None:
     t = week2.page(runs).text
     assert f"QLoRA trains {t['nf4_trainable_pct']} % of the parameters" in README
     assert f"at {t['pilot_size']} training items of {t['min_words']}+ words" in README
-    assert f"{t['train_examples']} sentences, {t['steps']} steps" in README
+    assert f"{t['first_train_examples']} sentences, {t['first_steps']} steps" in README
     gpu = week8.page(runs).text["gpu_sentence"]
     peak = re.search(r"training peak ([\d.]+) GiB", gpu).group(1)
     assert f"QLoRA of Qwen3-8B's architecture peaked at {peak} GiB" in README

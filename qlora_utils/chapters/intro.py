@@ -29,7 +29,8 @@ def page(runs: list[Run], profile: str) -> Page:
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
                 "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds",
                 "train_examples", "model", "gain_sentence", "moved", "pilot_size", "pilot_gain", "pilot_p",
-                "pilot_zero", "pilot_tuned", "min_words", "steps"):
+                "pilot_zero", "pilot_tuned", "min_words", "steps", "first_train_examples", "first_steps",
+                "first_moved", "design"):
         out.text[key] = baseline.text[key]
     t = baseline.text
     source = next((r.metrics["model"].get("source") for r in runs if r.metrics.get("model", {}).get("label")
@@ -57,32 +58,50 @@ def page(runs: list[Run], profile: str) -> Page:
 
 
 def results_table(runs: list[Run]) -> pd.DataFrame:
-    """The README's results table: the lead model's three modes in the design run so far (zero-shot, after
-    fine-tuning, the gain with its 95 % interval, peak memory, the verdict against full fine-tuning), then the pilot
-    of protocol v2. A test holds the README to it."""
+    """The README's results table: the lead model's modes in the first design, then the pilot of protocol v2, then
+    the study so far (zero-shot, after fine-tuning, the gain with its 95 % interval, peak memory and, for the design
+    the verdicts judge, QLoRA's verdict against the mode). A test holds the README to it."""
+    from .. import protocol
     from .week2 import gains, headline_frame, page as week2_page
 
     t = week2_page(runs).text
     frame = experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])
-    main = headline_frame(frame) if len(frame) else frame
-    found = gains(main[main["model"] == t["model"]]) if len(main) else {}
-    rows = []
-    for mode, name in MODE_NAMES.items():
-        if name not in found:
-            continue
-        mean, low, high, seeds = found[name]
-        verdict = {"nf4": "—", "bf16": f"{t['lora_verdict']}, {t['lora_significance']}",
-                   "full": f"{t['full_verdict']}, {t['full_significance']}"}[mode]
-        rows.append({"arm": f"{name}, {t['train_examples']} sentences × {seeds} seeds",
-                     "zero-shot %": t[f"{mode}_zero_shot"], "tuned %": f"{t[f'{mode}_mean']} ± {t[f'{mode}_std']}",
-                     "gain (95 % CI)": f"{mean:+.1f} ({low:+.1f} to {high:+.1f})",
-                     "peak MiB": t[f"{mode}_peak_mib"], "QLoRA's gap to it": verdict})
+    if frame.empty:
+        return pd.DataFrame()
+    lead = frame[frame["model"] == t["model"]]
+    first = headline_frame(lead[lead["min words"] == 0])
+    study = headline_frame(lead)
+    study = study[study["min words"] == protocol.SST2_MIN_WORDS]
+    verdicts = {"nf4": "—", "bf16": f"{t['lora_verdict']}, {t['lora_significance']}",
+                "full": f"{t['full_verdict']}, {t['full_significance']}"}
+    rows = _design_rows(first, "first design", "sentences", {} if len(study) else verdicts, gains)
     if t["pilot_size"] != NA:
         rows.append({"arm": f"pilot: QLoRA, {t['pilot_size']} items of {t['min_words']}+ words (selection split)",
                      "zero-shot %": t["pilot_zero"], "tuned %": t["pilot_tuned"],
                      "gain (95 % CI)": f"{t['pilot_gain']} (McNemar p = {t['pilot_p']})", "peak MiB": "—",
                      "QLoRA's gap to it": "—"})
+    rows += _design_rows(study, "study", f"items of {protocol.SST2_MIN_WORDS}+ words", verdicts, gains)
     return pd.DataFrame(rows)
+
+
+def _design_rows(rows: pd.DataFrame, design: str, items: str, verdicts: dict[str, str], gains) -> list[dict]:
+    """One row per mode of one design: zero-shot, mean ± sd after fine-tuning, the gain over zero-shot with its
+    interval (one seed: none), mean peak memory and the verdict where this design is the one judged."""
+    found = gains(rows) if len(rows) else {}
+    out = []
+    for mode, name in MODE_NAMES.items():
+        if name not in found:
+            continue
+        mine = rows[rows["mode"] == mode]
+        mean, low, high, seeds = found[name]
+        tuned = f"{mine['quality'].mean():.1f}" + (f" ± {mine['quality'].std():.1f}" if seeds > 1 else "")
+        out.append({"arm": f"{design}: {name}, {int(mine['train examples'].iloc[0]):,} {items} × {seeds} "
+                           f"seed{'s' * (seeds > 1)}",
+                    "zero-shot %": f"{mine['zero-shot'].max():.1f}", "tuned %": tuned,
+                    "gain (95 % CI)": f"{mean:+.1f} ({low:+.1f} to {high:+.1f})" if seeds > 1 else
+                    f"{mean:+.1f} (one seed)",
+                    "peak MiB": f"{mine['peak MiB'].mean():,.0f}", "QLoRA's gap to it": verdicts.get(mode, "—")})
+    return out
 
 
 def markdown(table: pd.DataFrame) -> str:

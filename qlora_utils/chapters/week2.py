@@ -206,9 +206,9 @@ def gains(rows: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
 def training_moved(rows: pd.DataFrame) -> str | None:
     """Whether fine-tuning moved dev accuracy, in a few words: "moved" when every mode's gain interval lies above 0,
     "did not measurably move" when none does, else which modes it moved."""
-    found = gains(rows)
+    found = {name: g for name, g in gains(rows).items() if g[3] > 1}  # one seed gives no interval
     if not found:
-        return None
+        return "has too few seeds so far to say whether it moved" if len(gains(rows)) else None
     up = [name for name, (_, low, _, _) in found.items() if pd.notna(low) and low > 0]
     if len(up) == len(found):
         return "moved"
@@ -232,6 +232,7 @@ def gain_sentence(rows: pd.DataFrame) -> str | None:
     if not parts:
         return None
     reading = (f"the interval excludes zero for {join_words(settled)}" if settled else
+               "one seed gives no interval yet" if all(", 1 seed)" in part for part in parts) else
                "no interval excludes zero: at this amount of training the model ends about where it started, and "
                "the comparisons between the modes are between runs that moved little")
     return f"{'; '.join(parts)}. Here {reading}."

@@ -62,7 +62,7 @@ def verdicts_frame(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None,
     home = {model: plan["notebook"].iloc[0] for model, rows in (frame.groupby("model") if "model" in frame else [])
             if len(plan := primary_runs(rows, "nf4"))}  # the notebook of each model's plan-configuration QLoRA runs
     table["evidence"] = [QUALITY_EVIDENCE.get(home.get(model, ""), QUALITY_EVIDENCE["week2_sst2_baseline"])
-                         if expectation.startswith(("QLoRA within 3 %", "QLoRA within 1.5")) else
+                         if expectation.startswith(("QLoRA within 3 %", "QLoRA within 1.5", "QLoRA on every")) else
                          next(v for k, v in EVIDENCE.items() if expectation.startswith(k))
                          for expectation, model in zip(table["expectation"],
                                                        table["model"] if "model" in table else [None] * len(table))]
@@ -133,6 +133,10 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
     for key in ("v1", "v2"):
         out.value(f"protocol_{key}_commit", pilot.introducing_commit(pilot.PROTOCOL_MARKS[key]), "{}")
     out.value("moved", training_moved(main[main["model"] == models[0]]) if models and len(main) else None, "{}")
+    first = headline_frame(frame[(frame["notebook"] == "week2_sst2_baseline") & (frame["min words"] == 0)]) \
+        if len(frame) else frame
+    out.value("first_moved", training_moved(first[first["model"] == models[0]]) if models and len(first) else None,
+              "{}")
     t = out.text
     out.value("second", f"For the second family, {t['second_model']}: within 3 % of full fine-tuning — "
               f"{t['second_full']} ({t['second_full_sentence']}); within 1.5 points of 16-bit LoRA — "
