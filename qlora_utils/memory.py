@@ -364,25 +364,33 @@ def release_free_heap() -> bool:
     return True
 
 
-COMPONENT_ROWS = {  # the components table's rows: a label, and the memory_table columns it sums
+COMPONENT_ROWS = {  # the components table's tensor rows: a label, and the memory_table columns it sums
     "frozen weights": ("frozen 4-bit packed", "frozen bf16", "frozen fp32"),
     "of which memory-mapped from the file": ("frozen file-backed",),
     "quantization state": ("quantization state",),
     "trained weights or adapters": ("trained weights", "adapters"),
     "gradients": ("gradients",),
     "optimizer states": ("optimizer states",),
-    "whole resident set after step 1": ("VmRSS after step 1",),
-    "of which anonymous": ("RssAnon after step 1",),
-    "whole resident set, sampled peak": ("sampled peak whole",),
+}
+PROCESS_ROWS = {  # then the process: its resident set at the first optimizer step (whole, and anonymous) and the
+    # training phase's sampled peak above the process before loading
+    "process after step 1 (VmRSS)": "VmRSS", "of which anonymous (RssAnon)": "RssAnon",
 }
 
 
 def components_by_arm(records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The memory a training process holds, by component, one column per arm (`records`: an arm's label and a run
-    record with `memory_components`), in whole MiB above the process before loading: tensor storages at the first
-    optimizer step, then the resident set (memory_table)."""
-    columns = {arm: row for arm, record in records.items() for row in memory_table([record])}
-    return [{"component (MiB)": label, **{arm: round(sum(row[k] or 0.0 for k in keys))
-                                            if all(row[k] is not None for k in keys) else None
-                                            for arm, row in columns.items()}}
+    record with `memory_components`), in whole MiB: tensor storages at the first optimizer step (memory_table), the
+    whole process's resident set then, and the training peak above the process before loading."""
+    tables = {arm: (row, record["memory_components"]["resident_set"].get("first_optimizer_step", {}))
+              for arm, record in records.items() for row in memory_table([record])}
+    rows = [{"component (MiB)": label, **{arm: round(sum(row[k] or 0.0 for k in keys))
+                                            for arm, (row, _) in tables.items()}}
             for label, keys in COMPONENT_ROWS.items()]
+    rows += [{"component (MiB)": label, **{arm: round(step[key]) if key in step else None
+                                             for arm, (_, step) in tables.items()}}
+             for label, key in PROCESS_ROWS.items()]
+    rows.append({"component (MiB)": "training peak above the process before loading",
+                 **{arm: round(row["sampled peak whole"]) if row["sampled peak whole"] is not None else None
+                    for arm, (row, _) in tables.items()}})
+    return rows
