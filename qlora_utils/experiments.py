@@ -148,6 +148,7 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     started = time.perf_counter()
     set_seed(exp.train.seed)
     baseline_rss, baseline_total = process_memory(), total_rss()  # measured above the process before loading
+    before_load = resident_set()
     with PeakMemory("load", baseline_rss=baseline_rss, baseline_total=baseline_total) as load_mem:
         loaded = load_model(exp.preset, exp.mode)
     train_data, selection_data = training_data(exp)
@@ -172,7 +173,8 @@ def run_experiment(exp: Experiment, output_dir: str | os.PathLike[str]) -> dict[
     after_load = resident_set()
     model = prepare_for_training(loaded, exp.lora, gradient_checkpointing=exp.gradient_checkpointing)
     components = components_callback()
-    components.record["resident_set"].update({"after_load": after_load, "after_prepare": resident_set()})
+    components.record["resident_set"].update({"before_load": before_load, "after_load": after_load,
+                                              "after_prepare": resident_set()})
     add_eos = exp.task != "sst2" if exp.add_eos is None else exp.add_eos
     examples = tokenize_for_training(train_data, loaded.tokenizer, add_eos=add_eos, max_length=exp.max_length)
     record["data"]["train"]["examples_after_length_filter"] = len(examples)

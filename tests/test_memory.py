@@ -166,6 +166,8 @@ def test_experiment_record_has_components_from_the_first_optimizer_step(data_dir
     assert components["weights"]["gradients"]["bfloat16"] == pytest.approx(2 * trainable / 1024 ** 2, abs=1e-3)
     assert components["totals"]["optimizer_states"] == pytest.approx(4 * trainable / 1024 ** 2, abs=1e-3)
     assert components["weights"]["frozen weights"]["file_backed"] > 0  # the bf16 base stays memory-mapped
+    (row,) = memory_table([record])
+    assert row["VmRSS after step 1"] is not None, "before_load is recorded: the resident set above it is known"
     assert "step" not in components  # no extra step in an accuracy run
 
 
