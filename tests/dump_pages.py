@@ -26,9 +26,9 @@ def _module(*names: str):
 
 def pages(profile: str = "cpu") -> dict:
     os.environ["QLORA_PROFILE"] = profile
-    report = _module("qlora_utils.book.report", "qlora_utils.report")
-    profiles = _module("qlora_utils.grid.profiles", "qlora_utils.profiles")
-    chapters = {name: _module(f"qlora_utils.book.chapters.{name}", f"qlora_utils.chapters.{name}")
+    report = _module("qlora_utils.book.report", "qlora_utils.book.report")
+    profiles = _module("qlora_utils.grid.profiles", "qlora_utils.grid.profiles")
+    chapters = {name: _module(f"qlora_utils.book.chapters.{name}", f"qlora_utils.book.chapters.{name}")
                 for name in ("intro", "week1", "week2", "week3", "week4", "week5", "week6", "week7", "week8",
                              "appendix")}
     runs = report.book_runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import intro, week2
+from qlora_utils.book.chapters import intro, week2
 
 
 def test_intro_repeats_week2_and_names_each_verdict_once(tmp_path: Path) -> None:

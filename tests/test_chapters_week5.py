@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import week5
+from qlora_utils.book.chapters import week5
 
 
 def _runs(tmp_path: Path) -> list:

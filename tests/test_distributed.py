@@ -14,16 +14,16 @@ import pytest
 import torch
 import yaml
 
-from qlora_utils.distributed import CONFIGS
-from qlora_utils.models import quantization_config
-from qlora_utils.runner import REPO
+from qlora_utils.core.distributed import CONFIGS
+from qlora_utils.core.models import quantization_config
+from qlora_utils.grid.runner import REPO
 
 LOSS_TOLERANCE = 1e-3  # relative, per step: gloo sums in another order than one process does
 
 
 def _launch(command: list[str], output: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command + ["-m", "qlora_utils.distributed", "--output", str(output)], cwd=REPO, env=env,
+    done = subprocess.run(command + ["-m", "qlora_utils.core.distributed", "--output", str(output)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.experiments import Experiment, run_experiment, training_data
-from qlora_utils.runs import read_run
-from qlora_utils.training import TrainSettings
+from qlora_utils.study.experiments import Experiment, run_experiment, training_data
+from qlora_utils.core.records import read_run
+from qlora_utils.core.training import TrainSettings
 
 
 def test_selection_only_run_records_both_scorings_per_sentence_and_no_dev(data_dir: Path, tmp_path: Path) -> None:

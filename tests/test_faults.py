@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO, run_profile, status
-from qlora_utils.runs import profile_runs_dir, read_json, run_state
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO, run_profile, status
+from qlora_utils.core.records import profile_runs_dir, read_json, run_state
 
 SMOKE_RUN = "notebooks/week2_sst2_baseline.md"
 
@@ -31,7 +31,7 @@ def cli(*args: str, env: dict[str, str] | None = None, **popen: object) -> subpr
 
 def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
     """The command line's main() in this process (the same code path, without a new interpreter per case)."""
-    from qlora_utils.__main__ import main
+    from qlora_utils.cli import main
 
     try:
         code = main(list(args))
@@ -205,7 +205,7 @@ SST2_HEADER = "sentence\tlabel\n"
 ])
 def test_bad_sst2_files_name_the_file_and_line(tmp_path: Path, data_dir: Path, content: str,
                                                words: list[str]) -> None:
-    from qlora_utils.data import load_task
+    from qlora_utils.core.data import load_task
 
     (tmp_path / "sst2").mkdir()
     (tmp_path / "sst2" / "dev.tsv").write_text(content)
@@ -222,7 +222,7 @@ def test_bad_sst2_files_name_the_file_and_line(tmp_path: Path, data_dir: Path, c
     ("alpaca_train/alpaca_data.json", '[{"instruction": "x"}]', ["lack the column(s) ['input', 'output']"]),
 ])
 def test_bad_json_files_name_the_file(tmp_path: Path, relative: str, content: str, words: list[str]) -> None:
-    from qlora_utils.data import load_task
+    from qlora_utils.core.data import load_task
 
     path = tmp_path / relative
     path.parent.mkdir(parents=True)
@@ -300,7 +300,7 @@ def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, mon
     (runs / "b" / "status.json").unlink()
     shown = cli("status", str(path), env=_runs_env(tmp_path))
     assert "corrupt" in shown.stdout.split("a ", 1)[1].splitlines()[0] and shown.stdout.count("corrupt") >= 2
-    import qlora_utils.book as book
+    import qlora_utils.book.build as book
 
     monkeypatch.setenv("QLORA_RUNS_DIR", str(tmp_path / "runs"))
     with pytest.raises(QLoraError, match=r"the book reads runs/smoke/ of this repository, but QLORA_RUNS_DIR"):
@@ -320,7 +320,7 @@ def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
     """`book` started, then `run smoke --only 'week2-*' --force` finished runs during the build: the book exited 0 with
     an appendix of the old runs and embedded notebooks of the new. The build (jupyter-book, faked here) is checked
     against a snapshot of the runs taken at its start."""
-    import qlora_utils.book as book
+    import qlora_utils.book.build as book
 
     runs = tmp_path / "runs" / "smoke"
     for name in ("week1-setup", "week2-qlora-seed0", "week2-full-seed0"):
@@ -370,7 +370,7 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     # mid-cell logs its shutdown (`[IPKernelApp] ERROR … ZMQError: Socket operation on non-socket`) into the
     # attempt's kernel.log, not onto the terminal
     assert process.returncode == 130 and err.rstrip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
-    for noise in ("Traceback", "KeyboardInterrupt", "ZMQError", "IPKernelApp", "qlora_utils/runner.py"):
+    for noise in ("Traceback", "KeyboardInterrupt", "ZMQError", "IPKernelApp", "qlora_utils/grid/runner.py"):
         assert noise not in err, err[-3000:]
     said = [line for line in err.splitlines() if line.strip() and not line.startswith("faults: ")]  # no bar
     assert len(said) == 1, f"one line: {err[-3000:]}"
@@ -423,7 +423,7 @@ def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_ne
     """A read-only runs folder (simulated: tests may run as root, who writes anywhere): the run's lock or its attempt
     cannot be created. The error names the folder and the fix, and no folder that does not exist (it once said "The
     attempt is in …/.NAME.staging", never created)."""
-    from qlora_utils import runner
+    from qlora_utils.grid import runner
 
     runs = tmp_path / "runs" / "faults"
     runs.mkdir(parents=True)
@@ -441,8 +441,8 @@ def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_ne
 
 
 def test_failure_cause_names_the_exception_and_where() -> None:
-    from qlora_utils.paths import placeholders
-    from qlora_utils.runner import failure_cause
+    from qlora_utils.scrub import placeholders
+    from qlora_utils.grid.runner import failure_cause
 
     site = next(p for p, name in placeholders() if name == "<site-packages>")
 
@@ -454,7 +454,7 @@ def test_failure_cause_names_the_exception_and_where() -> None:
 
 
 def test_status_says_why(tmp_path: Path) -> None:
-    from qlora_utils.runner import state_detail
+    from qlora_utils.grid.runner import state_detail
 
     path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n")
     prof = load_profile(path)
@@ -468,7 +468,7 @@ def test_status_says_why(tmp_path: Path) -> None:
 def test_a_tree_changed_mid_grid_stops_before_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The clean-tree check runs again before each run: code edited while a grid runs never passes for the commit
     (the finished run is kept, the next one does not start)."""
-    from qlora_utils import runner
+    from qlora_utils.grid import runner
 
     answers = iter([[], [], ["qlora_utils/edited.py"]])  # the start, run one, then run two
     monkeypatch.setattr(runner, "changed_files", lambda repo: next(answers))

@@ -6,9 +6,9 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from qlora_utils.adapters import analytic_parameter_count
+from qlora_utils.core.adapters import analytic_parameter_count
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import PRESETS, architecture_config, get_preset, load_model, materialize
+from qlora_utils.core.models import PRESETS, architecture_config, get_preset, load_model, materialize
 
 
 def test_unknown_preset_names_the_choices() -> None:

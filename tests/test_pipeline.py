@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 
-from qlora_utils.book import build_book
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO, run_profile, status
-from qlora_utils.runs import read_run
-from qlora_utils.svgcheck import is_placeholder, mark_problems
+from qlora_utils.book.build import build_book
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO, run_profile, status
+from qlora_utils.core.records import read_run
+from qlora_utils.book.svgcheck import is_placeholder, mark_problems
 
 FIGURES = {"week2_sst2_baseline": 2, "week3_scaling": 2, "week5_ablations": 1, "week7_analysis": 1}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.chapters import intro, week2, week8
-from qlora_utils.runs import profile_runs_dir, read_runs
+from qlora_utils.book.chapters import intro, week2, week8
+from qlora_utils.core.records import profile_runs_dir, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.speedup import describe, side_by_side
+from qlora_utils.grid.speedup import describe, side_by_side
 
 
 def test_both_sides_run_the_same_entry_and_the_ratio_is_their_wall_times(tmp_path: Path, data_dir: Path) -> None:

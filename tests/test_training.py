@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.adapters import LoraSettings, prepare_for_training
-from qlora_utils.data import load_task
+from qlora_utils.core.adapters import LoraSettings, prepare_for_training
+from qlora_utils.core.data import load_task
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import load_model
-from qlora_utils.prompts import tokenize_for_training
-from qlora_utils.training import TrainSettings, effective_optimizer, runtime_optimizer, train
+from qlora_utils.core.models import load_model
+from qlora_utils.core.prompts import tokenize_for_training
+from qlora_utils.core.training import TrainSettings, effective_optimizer, runtime_optimizer, train
 
 
 def _batch_loss(model, tokenizer, examples) -> float:
@@ -93,8 +93,8 @@ def test_a_non_finite_gradient_fails_the_run_at_its_step_naming_the_value(tmp_pa
 
 
 def test_a_finite_divergence_is_kept_and_a_non_finite_one_is_not() -> None:
-    from qlora_utils.analysis import divergence_step
-    from qlora_utils.training import non_finite
+    from qlora_utils.study.analysis import divergence_step
+    from qlora_utils.core.training import non_finite
 
     finite = [{"step": 1, "loss": 0.7, "grad_norm": 1.2}, {"step": 2, "loss": 0.3, "grad_norm": 6.6e10},
               {"step": 3, "loss": 2.5, "grad_norm": 3e9}]
@@ -144,7 +144,7 @@ def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, da
     and the same training (LoRA dropout 0, so that the random masks are the same too)."""
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
-    from qlora_utils.training import AnswerLossTrainer
+    from qlora_utils.core.training import AnswerLossTrainer
 
     losses = {}
     for flags in ((False, False), (True, False), (True, True)):
@@ -178,7 +178,7 @@ def test_the_lean_loss_under_accumulation_and_the_seed_reaching_the_trainer(tmp_
     (data order, dropout) is the one the settings give."""
     from transformers import set_seed
 
-    from qlora_utils.training import AnswerLossTrainer
+    from qlora_utils.core.training import AnswerLossTrainer
 
     def curve(seed: int = 0, **flags: object) -> list[float]:
         set_seed(0)  # the same weights every time

@@ -1,0 +1,92 @@
+"""The landing page: the build's profile and time, the headline numbers of week 2 and the protocol's verdicts (the
+same code as weeks 2 and 8, so the pages agree)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ...core.design import MODE_NAMES
+from ...core.records import Run, busy_seconds, summed_seconds
+from ...study.analysis import experiments_frame
+from ..report import MISSING_ENV, placeholder_chart
+from . import NA, Page
+from .week2 import NOTEBOOK
+from .week2 import page as week2_page
+from .week8 import page as week8_page
+
+
+def page(runs: list[Run], profile: str) -> Page:
+    """Everything the landing page shows, from every finished run of the profile."""
+    out = Page("intro")
+    out.value("profile", profile, "{}")
+    out.value("runs", len(runs), "{:d}")
+    out.value("hours", busy_seconds(runs) / 3600, "{:.2f}")
+    out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
+    baseline, report = week2_page(runs), week8_page(runs)
+    for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
+                "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds",
+                "train_examples", "model", "gain_sentence", "moved", "pilot_size", "pilot_gain", "pilot_p",
+                "pilot_zero", "pilot_tuned", "min_words", "steps"):
+        out.text[key] = baseline.text[key]
+    t = baseline.text
+    source = next((r.metrics["model"].get("source") for r in runs if r.metrics.get("model", {}).get("label")
+                   == t["model"] and r.metrics["model"].get("source")), None)
+    out.value("model_source", source, "{}")
+    out.value("second", f"It repeats the comparisons on {t['second_model']} as a second model family, which goes "
+              f"from {t['second_nf4_zero_shot']} % zero-shot in NF4 ({t['second_bf16_zero_shot']} % in 16 bits) to "
+              f"{t['second_nf4_mean']} % (QLoRA), "
+              f"{t['second_bf16_mean']} % (16-bit LoRA) and {t['second_full_mean']} % (full fine-tuning); its verdicts "
+              f"on the first two expectations read {t['second_full_verdict']} and {t['second_lora_verdict']}."
+              if t["second_model"] != NA else "", "{}")
+    for key in ("full", "full_sentence", "lora", "trainable", "gpu", "gpu_sentence"):
+        out.text[f"verdict_{key}"] = report.text[key]
+    out.figures["accuracy"] = baseline.figures["accuracy"] if any(Path(r.notebook).stem == NOTEBOOK for r in runs) \
+        else placeholder_chart("no SST-2 runs in this profile")
+    models = sorted({r.metrics["model"]["label"] for r in runs if r.metrics.get("model", {}).get("pretrained")
+                     and r.metrics.get("experiment") == "sst2"})
+    out.value("models", ", ".join(models) or None, "{}")
+    missing = os.environ.get(MISSING_ENV, "")
+    out.value("completeness", f"This is a partial build: these runs of the profile are not finished, and every "
+                              f"number and figure leaves them out: {missing}." if missing else
+              f"Every run of the profile finished; the numbers below are read from all {len(runs)} of them.", "{}")
+    return out
+
+
+
+def results_table(runs: list[Run]) -> pd.DataFrame:
+    """The README's results table: the lead model's three modes in the design run so far (zero-shot, after
+    fine-tuning, the gain with its 95 % interval, peak memory, the verdict against full fine-tuning), then the pilot
+    of protocol v2. A test holds the README to it."""
+    from .week2 import gains, headline_frame, page as week2_page
+
+    t = week2_page(runs).text
+    frame = experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])
+    main = headline_frame(frame) if len(frame) else frame
+    found = gains(main[main["model"] == t["model"]]) if len(main) else {}
+    rows = []
+    for mode, name in MODE_NAMES.items():
+        if name not in found:
+            continue
+        mean, low, high, seeds = found[name]
+        verdict = {"nf4": "—", "bf16": f"{t['lora_verdict']}, {t['lora_significance']}",
+                   "full": f"{t['full_verdict']}, {t['full_significance']}"}[mode]
+        rows.append({"arm": f"{name}, {t['train_examples']} sentences × {seeds} seeds",
+                     "zero-shot %": t[f"{mode}_zero_shot"], "tuned %": f"{t[f'{mode}_mean']} ± {t[f'{mode}_std']}",
+                     "gain (95 % CI)": f"{mean:+.1f} ({low:+.1f} to {high:+.1f})",
+                     "peak MiB": t[f"{mode}_peak_mib"], "QLoRA's gap to it": verdict})
+    if t["pilot_size"] != NA:
+        rows.append({"arm": f"pilot: QLoRA, {t['pilot_size']} items of {t['min_words']}+ words (selection split)",
+                     "zero-shot %": t["pilot_zero"], "tuned %": t["pilot_tuned"],
+                     "gain (95 % CI)": f"{t['pilot_gain']} (McNemar p = {t['pilot_p']})", "peak MiB": "—",
+                     "QLoRA's gap to it": "—"})
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A table as GitHub Markdown, every cell as it is."""
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
