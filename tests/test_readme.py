@@ -21,7 +21,7 @@ def runs() -> list:
 
 
 def test_the_results_table_is_the_committed_runs(runs: list) -> None:
-    assert intro.markdown(intro.results_table(runs)) in README
+    assert intro.markdown(intro.results_table(runs, week2.page(runs))) in README
 
 
 def test_every_other_figure_of_the_readme_is_computed(runs: list) -> None:

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import QLoraError
-from .design import ATTENTION, PLACEMENTS, PLAN_ADAPTERS
+from .design import PLACEMENTS, PLAN_ADAPTERS
 from .models import LoadedModel
 
 @dataclass(frozen=True)

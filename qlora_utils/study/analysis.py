@@ -14,6 +14,14 @@ from ..core.records import Run, read_runs
 from ..speed.efficiency import headline_peak_mib
 from .protocol import decide, interval, two_level_bootstrap
 
+NA = "n/a"
+
+
+def join_words(words: list[str], last: str = "and") -> str:
+    """Words as prose lists them: "a", "a and b", "a, b and c" (or "a, b or c")."""
+    return f" {last} ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
 def quality(record: dict[str, Any]) -> tuple[str | None, float | None]:
     """The headline quality metric of a record: SST-2 accuracy (%) or SQuAD F1."""
     tuned = record.get("fine_tuned") or {}

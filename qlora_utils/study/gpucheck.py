@@ -4,6 +4,7 @@ counted), and SST-2 and SQuAD end to end on CUDA (4-bit loading, paged AdamW, sc
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import shutil
@@ -11,14 +12,19 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
 
 from ..core.adapters import LoraSettings
+from ..core.design import MODE_NAMES
 from ..core.records import REPO, read_json
 from ..core.training import TrainSettings
 from ..errors import QLoraError
+from . import planner
 from .experiments import EfficiencyRun, Experiment, run_efficiency, run_experiment
 from .planner import PLAN_GPU_SETTINGS, PLAN_LORA, plan_for_record
+from .protocol import GPU_GIB
 
 RESULTS = "gpu-check"  # runs/gpu-check/<commit>-<gpu>/<check>/: the committed GPU checks the book reads
 STEPS = 8  # training steps per efficiency check: the peak is reached in the first; the rest time throughput
@@ -200,8 +206,6 @@ def verdict_rows(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
     """The checks that speak to the plan's "8B within 24 GB" rule (`protocol.memory_verdict`): efficiency checks at
     the plan's settings with gradient checkpointing, each with the whole device's peak while training (CUDA context
     and anything else on the device included; PyTorch's peak where a record has no device figure)."""
-    import pandas as pd
-
     rows = []
     for record in records:
         memory = record.get("training", {}).get("memory", {})
@@ -223,3 +227,45 @@ def verdict_rows(records: Sequence[dict[str, Any]]) -> "pd.DataFrame":
 
 def _gib(mib: float | None) -> float | None:
     return None if mib is None else round(mib / 1024, 2)
+
+
+GPU_COLUMNS = ["model", "mode", "gradient checkpointing", "predicted (GiB)", "PyTorch's peak (GiB)",
+               "paged optimizer states (GiB)", "planner error (%)", "whole device while training (GiB)",
+               "fits 24 GB, measured", "tokens/s"]
+
+FIT_GIB = GPU_GIB - planner.RESERVE_GIB  # what a 24 GB card leaves for training after the CUDA context
+
+def gpu_table(records: Iterable[dict[str, Any]], fit_gib: float = FIT_GIB) -> pd.DataFrame:
+    """The planner's verdict rows as trained on a GPU (`gpu-check`): predicted and measured peak memory (PyTorch's
+    allocator plus bitsandbytes' paged states, and the whole device less what was in use before loading), whether
+    that fits a 24 GB card with the planner's 1 GiB for the CUDA context, and throughput."""
+    rows = []
+    for record in records:
+        if record.get("experiment") != "efficiency":
+            continue
+        row = summary_row(record)
+        trained = "allocated_gib" in row
+        measured = planner.measured_peak_mib(record) / 1024 if trained else math.nan
+        need = row.get("device_need_gib", math.nan) if trained else math.nan
+        shape = record.get("shape", {})
+        rows.append({"model": record["model"]["label"], "mode": MODE_NAMES.get(row["mode"], row["mode"]),
+                     "gradient checkpointing": "no" if shape.get("gradient_checkpointing") is False else "yes",
+                     "predicted (GiB)": row["predicted_gib"], "PyTorch's peak (GiB)": row.get("allocated_gib"),
+                     "paged optimizer states (GiB)": row.get("paged_states_gib"),
+                     "planner error (%)": 100 * (row["predicted_gib"] - measured) / measured if trained else math.nan,
+                     "whole device while training (GiB)": need,
+                     "fits 24 GB, measured": ("yes" if need <= fit_gib else "no") if trained
+                     else "not run: predicted above 85 % of the GPU's free memory",
+                     "tokens/s": row.get("tokens_per_s")})
+    order = {m: i for i, m in enumerate(MODE_NAMES.values())}
+    frame = pd.DataFrame(rows, columns=GPU_COLUMNS)
+    return frame.sort_values(["model", "mode", "gradient checkpointing"], key=lambda c: c.map(order).fillna(0)
+                             if c.name == "mode" else c, ascending=[True, True, False], ignore_index=True)
+
+
+def gpu_agreement(table: pd.DataFrame) -> tuple[int, int]:
+    """Of the rows of `gpu_table` trained on the GPU: how many the planner's predicted 24 GB verdict got right, and
+    how many there are."""
+    trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
+    return int(((trained["predicted (GiB)"] <= FIT_GIB) == (trained["fits 24 GB, measured"] == "yes")).sum()), \
+        len(trained)

@@ -11,12 +11,9 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-NA = "n/a"
+from ...study.analysis import NA, join_words
 
-
-def join_words(words: list[str], last: str = "and") -> str:
-    """Words as prose lists them: "a", "a and b", "a, b and c" (or "a, b or c")."""
-    return f" {last} ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+__all__ = ["NA", "Page", "join_words", "threads_caveat", "threads_differ"]  # NA and join_words: the study's
 
 
 def threads_differ(table: pd.DataFrame) -> bool:

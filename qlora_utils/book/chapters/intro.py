@@ -1,5 +1,6 @@
-"""The landing page: the build's profile and time, the headline numbers of week 2 and the protocol's verdicts (the
-same code as weeks 2 and 8, so the pages agree)."""
+"""The landing page: the build's profile and time, the headline numbers of week 2 and the protocol's verdicts, read
+from the week 2 and week 8 pages themselves (which the caller builds and passes in: a chapter imports no other), so
+the pages agree."""
 
 from __future__ import annotations
 
@@ -11,21 +12,19 @@ import pandas as pd
 from ...core.design import MODE_NAMES
 from ...core.records import Run, busy_seconds, summed_seconds
 from ...study.analysis import experiments_frame
+from ...study.headline import NOTEBOOK, gains, headline_frame
 from ..report import MISSING_ENV, placeholder_chart
 from . import NA, Page
-from .week2 import NOTEBOOK
-from .week2 import page as week2_page
-from .week8 import page as week8_page
 
 
-def page(runs: list[Run], profile: str) -> Page:
-    """Everything the landing page shows, from every finished run of the profile."""
+def page(runs: list[Run], profile: str, baseline: Page, report: Page) -> Page:
+    """Everything the landing page shows, from every finished run of the profile and from the week 2 (`baseline`)
+    and week 8 (`report`) pages of the same runs."""
     out = Page("intro")
     out.value("profile", profile, "{}")
     out.value("runs", len(runs), "{:d}")
     out.value("hours", busy_seconds(runs) / 3600, "{:.2f}")
     out.value("run_hours", summed_seconds(runs) / 3600, "{:.2f}")
-    baseline, report = week2_page(runs), week8_page(runs)
     for key in ("nf4_mean", "nf4_std", "bf16_mean", "bf16_std", "full_mean", "full_std", "nf4_peak_mib",
                 "bf16_peak_mib", "full_peak_mib", "nf4_zero_shot", "bf16_zero_shot", "nf4_trainable_pct", "nf4_seeds",
                 "train_examples", "model", "gain_sentence", "moved", "pilot_size", "pilot_gain", "pilot_p",
@@ -56,13 +55,11 @@ def page(runs: list[Run], profile: str) -> Page:
 
 
 
-def results_table(runs: list[Run]) -> pd.DataFrame:
+def results_table(runs: list[Run], baseline: Page) -> pd.DataFrame:
     """The README's results table: the lead model's three modes in the design run so far (zero-shot, after
     fine-tuning, the gain with its 95 % interval, peak memory, the verdict against full fine-tuning), then the pilot
-    of protocol v2. A test holds the README to it."""
-    from .week2 import gains, headline_frame, page as week2_page
-
-    t = week2_page(runs).text
+    of protocol v2, from the runs and their week 2 page (`baseline`). A test holds the README to it."""
+    t = baseline.text
     frame = experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])
     main = headline_frame(frame) if len(frame) else frame
     found = gains(main[main["model"] == t["model"]]) if len(main) else {}

@@ -11,11 +11,11 @@ from ...core.design import MODE_NAMES
 from ...core.records import Run
 from ...study import pilot, protocol
 from ...study.analysis import by_mode, experiments_frame, models_by_size, with_sentence_intervals
+from ...study.headline import FAMILIES, NOTEBOOK, headline_frame, training_moved
 from .. import figures
 from ..report import history_frame, placeholder_chart
 from . import NA, Page, join_words, threads_caveat
 
-NOTEBOOK = "week2_sst2_baseline"
 SUMMARY_COLUMNS = {"model": "model", "system": "system", "seeds": "seeds", "mean": "dev accuracy (%)", "std": "std over seeds (points)",
                    "zero_shot": "zero-shot (%)", "trainable": "trainable parameters",
                    "trainable_pct": "trainable (%)", "peak_mib": "peak memory (MiB)", "tokens_per_s": "tokens/s",
@@ -57,24 +57,8 @@ RUN_COLUMNS = {"run": "run", "model": "model", "mode": "mode", "seed": "seed", "
                "commit": "commit"}
 
 
-def headline_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The week 2 runs of the headline comparison: the plan's configuration, no sweep."""
-    if frame.empty:
-        return frame
-    keep = pd.concat([protocol.primary_runs(frame, mode) for mode in ("nf4", "bf16", "full")])
-    return keep[keep["notebook"] == NOTEBOOK]
-
-
 def _short_commit(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(commit=frame["commit"].fillna("—").str[:10]) if "commit" in frame else frame
-
-
-def study_models(runs: list[Run]) -> list[str]:
-    """The models of the week 2 headline, largest first: the first leads the book, the second is the second family."""
-    return models_by_size(headline_frame(experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])))
-
-
-FAMILIES = ("", "second_")  # text values of the lead model (largest first), then of the second family
 
 
 def page(runs: list[Run]) -> Page:
@@ -169,31 +153,6 @@ def _family_values(out: Page, prefix: str, summary: pd.DataFrame, verdicts: pd.D
         out.value(f"{prefix}{key}_verdict", row["verdict"] if row else None, "{}")
         out.value(f"{prefix}{key}_margin", row.get("margin") if row else None, "{:.1f}")
         out.value(f"{prefix}{key}_significance", row.get("significance") if row else None, "{}")
-
-
-def gains(rows: pd.DataFrame) -> dict[str, tuple[float, float, float, int]]:
-    """Per mode: each seed's dev accuracy minus the zero-shot accuracy of the same base in the same precision, as
-    (mean, low, high, seeds) with the 95 % t interval over the seeds."""
-    found: dict[str, tuple[float, float, float, int]] = {}
-    for mode, name in MODE_NAMES.items() if len(rows) else ():
-        mine = rows[rows["mode"] == mode]
-        start = mine["zero-shot"].dropna() if "zero-shot" in mine else pd.Series(dtype=float)
-        if mine.empty or start.empty:
-            continue
-        found[name] = (*protocol.interval((mine["quality"] - start.max()).to_list()), len(mine))
-    return found
-
-
-def training_moved(rows: pd.DataFrame) -> str | None:
-    """Whether fine-tuning moved dev accuracy, in a few words: "moved" when every mode's gain interval lies above 0,
-    "did not measurably move" when none does, else which modes it moved."""
-    found = gains(rows)
-    if not found:
-        return None
-    up = [name for name, (_, low, _, _) in found.items() if pd.notna(low) and low > 0]
-    if len(up) == len(found):
-        return "moved"
-    return "did not measurably move" if not up else f"moved only under {join_words(up)}"
 
 
 def gain_sentence(rows: pd.DataFrame) -> str | None:

@@ -11,7 +11,9 @@ import pandas as pd
 
 from ...core.design import MODE_NAMES
 from ...core.records import Run
-from ...study.analysis import efficiency_frame, experiments_frame, training_threads
+from ...study.analysis import efficiency_frame, experiments_frame, models_by_size, seed_summary, training_threads
+from ...study.headline import NOTEBOOK, headline_frame
+from ...study.protocol import SETTING_KEYS, interval
 from .. import figures
 from ..report import chart_or_note
 from . import NA, Page
@@ -145,15 +147,11 @@ def scaling_frame(runs: list[Run], baseline: Sequence[Run] = ()) -> pd.DataFrame
     """The accuracy-scaling runs (week 3, `kind: accuracy`) and the week 2 headline runs (among `runs` and
     `baseline`) of the other sizes at the same setting (training sentences, learning rate, schedule), mode and
     seeds: one row per run."""
-    from .week2 import NOTEBOOK, headline_frame
-
     scaling = experiments_frame([r for r in runs if Path(r.notebook).stem == "week3_scaling"
                                  and r.metrics.get("experiment") == "sst2"])
     if scaling.empty:
         return scaling
     headline = headline_frame(experiments_frame([r for r in [*runs, *baseline] if Path(r.notebook).stem == NOTEBOOK]))
-    from ...study.protocol import SETTING_KEYS
-
     keys = ["mode", "seed", *SETTING_KEYS]
     partners = headline.merge(scaling[keys].drop_duplicates(), on=keys) if len(headline) else headline
     return pd.concat([partners, scaling], ignore_index=True)
@@ -162,10 +160,8 @@ def scaling_frame(runs: list[Run], baseline: Sequence[Run] = ()) -> pd.DataFrame
 def accuracy_scaling(result: Page, runs: list[Run], baseline: Sequence[Run] = ()) -> None:
     """Accuracy per pretrained size and mode (mean over seeds), the larger size's seed-paired gain over the smaller
     per mode, and what the planner says of full fine-tuning for a size that did not run it."""
-    from ...study.analysis import models_by_size, seed_summary
     from ...study.inventory import config_of
     from ...study.planner import GiB, plan_memory
-    from ...study.protocol import interval
 
     frame = scaling_frame(runs, baseline)
     table = seed_summary(frame, ["model", "mode"]) if len(frame) else pd.DataFrame(columns=list(SCALING_COLUMNS))

@@ -5,7 +5,7 @@ validation against measured runs and its 24 GB verdicts."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -13,10 +13,14 @@ from ...core.adapters import LoraSettings, analytic_parameter_count
 from ...core.design import MODE_NAMES
 from ...core.records import Run, busy_seconds, summed_seconds
 from ...study import gpucheck, planner
-from ...study.analysis import by_mode, disagreements, efficiency_frame, experiments_frame, runs_by_size
+from ...study.analysis import by_mode, efficiency_frame, experiments_frame
+from ...study.gpucheck import FIT_GIB, gpu_agreement, gpu_table
+from ...study.headline import study_models
+from ...study.instruct import (EXAMPLES, REFERENCE_COLUMN, Family, answers_by_system, example_positions, example_rows,
+                               families, system_of, trust_sentence)
 from ...study.inventory import config_of
-from ...study.protocol import GPU_GIB, at_common_setting, primary_runs
-from ...study.winrate import REFERENCES, better_judge, judge_trust
+from ...study.protocol import at_common_setting, primary_runs
+from ...study.winrate import REFERENCES, judge_trust
 from .. import figures
 from ..report import chart_or_note
 from . import NA, Page, threads_caveat
@@ -24,9 +28,7 @@ from . import NA, Page, threads_caveat
 PREFIX = "week6"
 WITHIN_PCT = 15.0  # a planner prediction within ±15 % of the measurement counts as agreeing
 SMALL_BATCH_TOKENS = 256  # "a small batch": at most this many tokens per step
-EXAMPLES = 4  # side-by-side answers shown, one per AlpacaEval source data set
 OFFICIAL_JUDGES = ("openai:gpt-4-1106-preview", "openai:gpt-4-turbo")  # the leaderboard's AlpacaEval 2.0 judge
-REFERENCE_COLUMN = "reference (text-davinci-003)"
 WINRATE_COLUMNS = {"win rate (%)": "win_rate", "± s.e. (points)": "standard_error",
                    "length-controlled win rate (%)": "length_controlled_winrate",
                    "position consistency (%)": "position_consistency", "sanity pair (%)": "sanity_pair_win_rate",
@@ -81,40 +83,6 @@ def page(runs: Sequence[Run], baseline: Sequence[Run] = (), scaling: Sequence[Ru
     return p
 
 
-def model_of(run: Run) -> str:
-    """The label of the model a run fine-tuned (its preset where the record has no label)."""
-    model = run.metrics.get("model", {})
-    return model.get("label") or model.get("preset") or NA
-
-
-class Family(NamedTuple):
-    """One instructed model: its instruction-tuning runs and the win-rate runs that judged their answers."""
-
-    model: str
-    instruct: list[Run]
-    judged: list[Run]
-
-    @property
-    def reported(self) -> dict[str, Any]:
-        """The win-rate record whose judge `winrate.better_judge` picks ({} when none ran)."""
-        return better_judge([r.metrics for r in self.judged]) or {}
-
-
-def families(runs: Sequence[Run]) -> list[Family]:
-    """Per instructed model, the largest first (the lead): its instruction-tuning runs and the win-rate runs that
-    judged them (a win-rate run naming no known run goes with the lead). Always at least one family."""
-    instruct = runs_by_size([r for r in runs if r.metrics.get("experiment") == "alpaca"])
-    judged = [r for r in runs if r.metrics.get("experiment") == "alpacaeval"]
-    models = list(dict.fromkeys(model_of(r) for r in instruct)) or [NA]
-    by_name = {r.name: model_of(r) for r in instruct}
-
-    def judged_model(run: Run) -> str:
-        return next((by_name[n] for n in run.parameters.get("instruct_runs") or [] if n in by_name), models[0])
-
-    return [Family(m, [r for r in instruct if model_of(r) == m], [r for r in judged if judged_model(r) == m])
-            for m in models]
-
-
 def judges(p: Page, fams: Sequence[Family]) -> None:
     """Every judge's trust on each model's answers (position consistency, worst sanity gap), which one is reported
     by `winrate.better_judge`'s rule, and, where two judges judged the same answers, the comparison in words."""
@@ -162,12 +130,6 @@ def second_family(p: Page, fams: Sequence[Family]) -> None:
                          f"judged by {record['judge']['spec']}, whose verdict survived the swap in "
                          f"{trust['position_consistency']:.1f} % of pairs.")
     p.value("second", " ".join(sentences))
-
-
-def system_of(run: Run) -> str:
-    """The system name of an instruction-tuning run (its fine-tuning mode)."""
-    mode = run.metrics.get("model", {}).get("mode")
-    return MODE_NAMES.get(mode, mode or run.name)
 
 
 def per_system(values: dict[str, Any], fmt: str = "{:,}") -> str:
@@ -224,18 +186,6 @@ def winrate_table(record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=WINRATE_TABLE_COLUMNS)
 
 
-def trust_sentence(consistency: float, worst_sanity_gap: float) -> str:
-    """How far the judge can be trusted, from its position consistency (%) and its sanity pairs' distance from 50 %."""
-    if math.isnan(consistency) and math.isnan(worst_sanity_gap):
-        return "No judge ran in this profile, so there is nothing to trust yet."
-    if consistency < 50 or worst_sanity_gap > 10:
-        return ("Very little: the judge's preference is mostly a preference for a position, not for an answer, and "
-                "differences of a point or two between systems mean nothing.")
-    if consistency < 80 or worst_sanity_gap > 5:
-        return "With caution: the judge is partly swayed by the order of the answers."
-    return "Reasonably: the judge mostly keeps its verdict when the answers swap places and is unbiased on itself."
-
-
 def leaderboard_sentence(spec: str | None) -> str:
     """Whether these win rates can be set beside the public AlpacaEval leaderboard (judged by GPT-4 Turbo)."""
     if spec in OFFICIAL_JUDGES:
@@ -287,47 +237,6 @@ def length_table(record: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LENGTH_COLUMNS)
 
 
-def answers_by_system(instruct: Sequence[Run]) -> tuple[dict[str, list[str]], list[dict[str, Any]]]:
-    """Each system's answers in the seeded evaluation order (the base model first, from the run that recorded it)
-    and the instructions' metadata."""
-    answers: dict[str, list[str]] = {}
-    meta: list[dict[str, Any]] = []
-    for run in instruct:
-        gens = run.generations()
-        if not gens:
-            continue
-        meta = meta or gens
-        if "base" not in answers and gens[0].get("zero_shot") is not None:
-            answers = {"base": [g.get("zero_shot") or "" for g in gens], **answers}
-        answers[system_of(run)] = [g.get("fine_tuned") or "" for g in gens]
-    order = ["base", *MODE_NAMES.values()]
-    ranked = sorted(answers, key=lambda k: order.index(k) if k in order else len(order))
-    return {k: answers[k] for k in ranked}, meta
-
-
-def example_positions(answers: dict[str, list[str]], meta: Sequence[dict[str, Any]],
-                      limit: int = EXAMPLES) -> list[int]:
-    """The side-by-side rule: the first positions, in the seeded evaluation order, where the systems' answers
-    differ, at most one per AlpacaEval source data set."""
-    positions, used = [], set()
-    for i in disagreements(answers, limit=len(meta)) if answers else []:
-        source = meta[i].get("dataset", NA)
-        if source not in used:
-            used.add(source)
-            positions.append(i)
-        if len(positions) == limit:
-            break
-    return positions
-
-
-def example_rows(answers: dict[str, list[str]], meta: Sequence[dict[str, Any]],
-                 positions: Sequence[int]) -> pd.DataFrame:
-    """The instructions at these positions with each system's answer and the reference."""
-    return pd.DataFrame([{"instruction": meta[i].get("instruction", NA), "source data set": meta[i].get("dataset", NA),
-                          **{k: v[i] for k, v in answers.items()}, REFERENCE_COLUMN: meta[i].get("reference", NA)}
-                         for i in positions])
-
-
 def examples_table(instruct: Sequence[Run], limit: int = EXAMPLES) -> pd.DataFrame:
     """Side-by-side answers of one model's instruction-tuning runs at `example_positions`."""
     answers, meta = answers_by_system(instruct)
@@ -356,8 +265,6 @@ def baseline_modes(baseline: Sequence[Run], model: str | None) -> pd.DataFrame:
 
 def modes(p: Page, baseline: Sequence[Run]) -> None:
     """The modes table and the memory and speed of QLoRA relative to full fine-tuning."""
-    from .week2 import study_models
-
     models = study_models(list(baseline))
     table = baseline_modes(baseline, models[0] if models else None)
     p.tables["modes"] = table.drop(columns=["mode", "zero_shot"], errors="ignore").rename(columns=MODES_COLUMNS)
@@ -485,50 +392,6 @@ def gpu_verdicts(p: Page, gpu_gib: float = 24.0) -> None:
     settings = planner.PLAN_GPU_SETTINGS
     p.value("plan_settings", f"batch {settings['batch_size']} × {settings['seq_len']} tokens, r = "
             f"{planner.PLAN_LORA.rank} on {planner.PLAN_LORA.placement}, gradient checkpointing, paged AdamW 32-bit")
-
-
-GPU_COLUMNS = ["model", "mode", "gradient checkpointing", "predicted (GiB)", "PyTorch's peak (GiB)",
-               "paged optimizer states (GiB)", "planner error (%)", "whole device while training (GiB)",
-               "fits 24 GB, measured", "tokens/s"]
-
-
-FIT_GIB = GPU_GIB - planner.RESERVE_GIB  # what a 24 GB card leaves for training after the CUDA context
-
-
-def gpu_table(records: Iterable[dict[str, Any]], fit_gib: float = FIT_GIB) -> pd.DataFrame:
-    """The planner's verdict rows as trained on a GPU (`gpu-check`): predicted and measured peak memory (PyTorch's
-    allocator plus bitsandbytes' paged states, and the whole device less what was in use before loading), whether
-    that fits a 24 GB card with the planner's 1 GiB for the CUDA context, and throughput."""
-    rows = []
-    for record in records:
-        if record.get("experiment") != "efficiency":
-            continue
-        row = gpucheck.summary_row(record)
-        trained = "allocated_gib" in row
-        measured = planner.measured_peak_mib(record) / 1024 if trained else math.nan
-        need = row.get("device_need_gib", math.nan) if trained else math.nan
-        shape = record.get("shape", {})
-        rows.append({"model": record["model"]["label"], "mode": MODE_NAMES.get(row["mode"], row["mode"]),
-                     "gradient checkpointing": "no" if shape.get("gradient_checkpointing") is False else "yes",
-                     "predicted (GiB)": row["predicted_gib"], "PyTorch's peak (GiB)": row.get("allocated_gib"),
-                     "paged optimizer states (GiB)": row.get("paged_states_gib"),
-                     "planner error (%)": 100 * (row["predicted_gib"] - measured) / measured if trained else math.nan,
-                     "whole device while training (GiB)": need,
-                     "fits 24 GB, measured": ("yes" if need <= fit_gib else "no") if trained
-                     else "not run: predicted above 85 % of the GPU's free memory",
-                     "tokens/s": row.get("tokens_per_s")})
-    order = {m: i for i, m in enumerate(MODE_NAMES.values())}
-    frame = pd.DataFrame(rows, columns=GPU_COLUMNS)
-    return frame.sort_values(["model", "mode", "gradient checkpointing"], key=lambda c: c.map(order).fillna(0)
-                             if c.name == "mode" else c, ascending=[True, True, False], ignore_index=True)
-
-
-def gpu_agreement(table: pd.DataFrame) -> tuple[int, int]:
-    """Of the rows of `gpu_table` trained on the GPU: how many the planner's predicted 24 GB verdict got right, and
-    how many there are."""
-    trained = table[table["fits 24 GB, measured"].isin(["yes", "no"])]
-    return int(((trained["predicted (GiB)"] <= FIT_GIB) == (trained["fits 24 GB, measured"] == "yes")).sum()), \
-        len(trained)
 
 
 def gpu_measured(p: Page, records: Sequence[dict[str, Any]]) -> None:

@@ -7,12 +7,13 @@ import pandas as pd
 
 from ...core.design import MODE_NAMES
 from ...core.records import Run
+from ...study import ablation, instruct
 from ...study.analysis import (by_mode, disagreements, efficiency_frame, experiments_frame, mode_comparison,
                                models_by_size, runs_by_size)
+from ...study.headline import headline_frame
 from .. import figures
 from ..report import history_frame, placeholder_chart
-from . import Page, threads_differ, week5, week6
-from .week2 import headline_frame
+from . import Page, threads_differ
 
 RANK_COLUMNS = {"model": "model", "placement": "adapters on", "rank": "rank r", "seeds": "seeds",
                 "mean": "dev accuracy (%)", "std": "std (points)", "low": "lowest seed (%)", "high": "highest seed (%)",
@@ -45,8 +46,8 @@ def page(runs: list[Run]) -> Page:
 def _ranks(out: Page, runs: list[Run]) -> None:
     """QLoRA SST-2 accuracy per rank and placement over every ablated model (week 5's grid, seeds grouped by the
     full configuration), and the lead model's reading of it."""
-    families = week5.ablated_models(week5.grid_frame(runs), week5.diverged_runs(runs))
-    ranks = week5.combined_grid(families)
+    families = ablation.ablated_models(ablation.grid_frame(runs), ablation.diverged_runs(runs))
+    ranks = ablation.combined_grid(families)
     out.figures["rank"] = figures.rank_tradeoff(ranks) if len(ranks) else \
         placeholder_chart("no rank x placement ablation runs")
     out.tables["rank_table"] = ranks[[c for c in RANK_COLUMNS if c in ranks]].rename(columns=RANK_COLUMNS) \
@@ -54,12 +55,12 @@ def _ranks(out: Page, runs: list[Run]) -> None:
     lead = families[0] if families else None
     best = lead.best if lead else None
     out.value("rank_model", lead.model if lead else None, "{}")
-    out.value("best", f"{week5.best_text(best)} ({best['selection']:.1f} % on the selection split; {best['dev']:.1f} % "
+    out.value("best", f"{ablation.best_text(best)} ({best['selection']:.1f} % on the selection split; {best['dev']:.1f} % "
                       f"on the dev set, mean of {best['seeds']:.0f} seeds)" if best else
               "not available: no run of this profile scored the selection split", "{}")
     out.value("rank_reading", lead.reading() if lead else None, "{}")
     out.value("rank_others", "".join(f" For {f.model}: {f.reading()}; the selection split chose "
-                                     f"{week5.best_text(f.best)}." for f in families[1:]), "{}")
+                                     f"{ablation.best_text(f.best)}." for f in families[1:]), "{}")
 
 
 def _quality_memory(out: Page, frame: pd.DataFrame) -> None:
@@ -123,7 +124,7 @@ def _side_by_side(out: Page, runs: list[Run], seed0: list[Run]) -> None:
                          **{k: v[i] for k, v in outputs.items()}})
     out.tables["sst2_examples"] = pd.DataFrame(rows)
     squad = runs_by_size(r for r in runs if r.metrics.get("experiment") == "squad")
-    lead = [r for r in squad if week6.model_of(r) == week6.model_of(squad[0])] if squad else []
+    lead = [r for r in squad if instruct.model_of(r) == instruct.model_of(squad[0])] if squad else []
     rows = []
     if lead:
         gens = lead[0].generations()
@@ -133,11 +134,11 @@ def _side_by_side(out: Page, runs: list[Run], seed0: list[Run]) -> None:
             rows.append({"question": gens[i]["question"], "gold": " | ".join(dict.fromkeys(gens[i]["answers"])),
                          **{k: v[i] for k, v in outputs.items()}})
     out.tables["squad_examples"] = pd.DataFrame(rows)
-    out.value("squad_model", week6.model_of(lead[0]) if lead else None, "{}")
+    out.value("squad_model", instruct.model_of(lead[0]) if lead else None, "{}")
     out.value("squad_modes", ", ".join(sorted({MODE_NAMES[r.metrics["model"]["mode"]] for r in lead})) or "none", "{}")
-    family = week6.families(runs)[0]
-    answers, meta = week6.answers_by_system(family.instruct)
-    shown = set(week6.example_positions(answers, meta))
+    family = instruct.families(runs)[0]
+    answers, meta = instruct.answers_by_system(family.instruct)
+    shown = set(instruct.example_positions(answers, meta))
     later = [i for i in disagreements(answers, limit=len(meta)) if i not in shown][:ALPACA_EXAMPLES] if answers else []
-    out.tables["alpaca_examples"] = week6.example_rows(answers, meta, later)
+    out.tables["alpaca_examples"] = instruct.example_rows(answers, meta, later)
     out.value("alpaca_model", family.model, "{}")

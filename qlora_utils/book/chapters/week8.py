@@ -9,15 +9,16 @@ import pandas as pd
 
 from ...core.design import MODE_NAMES
 from ...core.records import Run
-from ...study import gpucheck, protocol
+from ...study import gpucheck, pilot, protocol
 from ...study.analysis import experiments_frame
+from ...study.gpucheck import gpu_agreement, gpu_table
+from ...study.headline import FAMILIES, headline_frame, study_models, training_moved
+from ...study.instruct import families, trust_sentence
 from ...study.planner import gpu_verdicts, validation_rows
 from ...study.protocol import primary_runs
 from ...study.winrate import judge_trust
 from .. import figures
 from . import NA, Page
-from .week2 import FAMILIES, study_models
-from .week6 import gpu_agreement, gpu_table
 
 QUALITY_EVIDENCE = {  # where a model's comparisons of the modes live, by the notebook of its primary runs
     "week2_sst2_baseline": '<a href="week2_sst2_baseline.html#tbl-week2-verdicts">week 2 verdicts</a>',
@@ -86,8 +87,6 @@ def trainable_elsewhere(frame: pd.DataFrame) -> str:
 
 def judge_limit(runs: list[Run]) -> str:
     """The lead model's reported AlpacaEval judge and how far it can be trusted, in a sentence or two."""
-    from .week6 import families, trust_sentence
-
     lead = families(runs)[0]
     record = lead.reported
     if not record:
@@ -127,11 +126,7 @@ def page(runs: list[Run], gpu: Sequence[dict[str, Any]] | None = None) -> Page:
             if key in ("full", "lora"):
                 out.value(f"{prefix}{key}_significance", row.get("significance") if row else None, "{}")
     out.value("trainable_elsewhere", trainable_elsewhere(frame), "{}")
-    from .week2 import headline_frame, training_moved
-
     main = headline_frame(frame[frame["notebook"] == "week2_sst2_baseline"]) if len(frame) else frame
-    from ...study import pilot
-
     for key in ("v1", "v2"):
         out.value(f"protocol_{key}_commit", pilot.introducing_commit(pilot.PROTOCOL_MARKS[key]), "{}")
     out.value("moved", training_moved(main[main["model"] == models[0]]) if models and len(main) else None, "{}")
