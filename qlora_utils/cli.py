@@ -334,7 +334,7 @@ def _command(argv: list[str] | None) -> int:
             from .study.inventory import config_of
             from .study.planner import plan_memory, verdict
 
-            lora = None if args.mode == "full" else LoraSettings(args.rank, 16, 0.1, args.placement)
+            lora = None if args.mode == "full" else LoraSettings(rank=args.rank, placement=args.placement)  # the plan's α
             memory = plan_memory(config_of(args.model), args.mode, lora, args.batch, args.seq,
                                  not args.no_checkpointing, args.optimizer)
             for row in memory.table():

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.design import MODES, PLAN_ADAPTERS
 from ..core.records import RUNS_ENV, read_json, run_state
 from ..errors import QLoraError
 from ..locations import atomic_write_json
@@ -30,9 +31,8 @@ def planned_memory_gib(entry: Entry, gpu: bool = False) -> float | None:
     """The host memory an entry that trains a preset needs, from the memory planner (None for analyses and win
     rates): on CPU the planner's predicted training peak at the entry's longest sequence; with a GPU, which holds
     the training, the 16-bit weights the host loads before moving them there."""
-    from ..core.adapters import LoraSettings
+    from ..core.adapters import LoraSettings  # the model stack: imported only when memory is planned
     from ..study.inventory import config_of
-    from ..core.models import MODES
 
     values = {name: _literal(spec.get("default")) for name, spec in notebook_parameters(entry.notebook).items()}
     values.update(entry.parameters)
@@ -44,8 +44,8 @@ def planned_memory_gib(entry: Entry, gpu: bool = False) -> float | None:
 
     if gpu:
         return 2.0 * analytic_parameter_count(config_of(preset)).total / GiB
-    lora = None if mode == "full" else LoraSettings(rank=int(values.get("rank") or 8),
-                                                    placement=values.get("placement") or "attention")
+    lora = None if mode == "full" else LoraSettings(rank=int(values.get("rank") or PLAN_ADAPTERS["rank"]),
+                                                    placement=values.get("placement") or PLAN_ADAPTERS["placement"])
     seq_len = int(values.get("max_length") or values.get("seq_len") or 512)
     plan = plan_memory(config_of(preset), mode, lora, int(values.get("batch_size") or 1), seq_len,
                        bool(values.get("gradient_checkpointing", True)))

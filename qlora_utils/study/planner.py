@@ -143,7 +143,7 @@ def plan_for_record(record: dict[str, Any]) -> MemoryPlan:
 
     lora = record.get("lora")
     shape = record["shape"]
-    settings = LoraSettings(lora["rank"], lora["alpha"], lora.get("dropout", 0.1), lora["placement"]) if lora else None
+    settings = LoraSettings(lora["rank"], lora["alpha"], lora.get("dropout", PLAN_ADAPTERS["dropout"]), lora["placement"]) if lora else None
     return plan_memory(config_of(record["model"]["preset"]), record["model"]["mode"], settings, shape["batch_size"],
                        shape["seq_len"], shape.get("gradient_checkpointing", True),
                        record["training"].get("settings", {}).get("optim", "paged_adamw_32bit"))

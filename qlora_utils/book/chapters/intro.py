@@ -7,12 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
-
-from ...core.design import MODE_NAMES
 from ...core.records import Run, busy_seconds, summed_seconds
-from ...study.analysis import experiments_frame
-from ...study.headline import NOTEBOOK, gains, headline_frame
+from ...study.headline import NOTEBOOK
 from ..report import MISSING_ENV, placeholder_chart
 from . import NA, Page
 
@@ -52,38 +48,3 @@ def page(runs: list[Run], profile: str, baseline: Page, report: Page) -> Page:
                               f"number and figure leaves them out: {missing}." if missing else
               f"Every run of the profile finished; the numbers below are read from all {len(runs)} of them.", "{}")
     return out
-
-
-
-def results_table(runs: list[Run], baseline: Page) -> pd.DataFrame:
-    """The README's results table: the lead model's three modes in the design run so far (zero-shot, after
-    fine-tuning, the gain with its 95 % interval, peak memory, the verdict against full fine-tuning), then the pilot
-    of protocol v2, from the runs and their week 2 page (`baseline`). A test holds the README to it."""
-    t = baseline.text
-    frame = experiments_frame([r for r in runs if Path(r.notebook).stem == NOTEBOOK])
-    main = headline_frame(frame) if len(frame) else frame
-    found = gains(main[main["model"] == t["model"]]) if len(main) else {}
-    rows = []
-    for mode, name in MODE_NAMES.items():
-        if name not in found:
-            continue
-        mean, low, high, seeds = found[name]
-        verdict = {"nf4": "—", "bf16": f"{t['lora_verdict']}, {t['lora_significance']}",
-                   "full": f"{t['full_verdict']}, {t['full_significance']}"}[mode]
-        rows.append({"arm": f"{name}, {t['train_examples']} sentences × {seeds} seeds",
-                     "zero-shot %": t[f"{mode}_zero_shot"], "tuned %": f"{t[f'{mode}_mean']} ± {t[f'{mode}_std']}",
-                     "gain (95 % CI)": f"{mean:+.1f} ({low:+.1f} to {high:+.1f})",
-                     "peak MiB": t[f"{mode}_peak_mib"], "QLoRA's gap to it": verdict})
-    if t["pilot_size"] != NA:
-        rows.append({"arm": f"pilot: QLoRA, {t['pilot_size']} items of {t['min_words']}+ words (selection split)",
-                     "zero-shot %": t["pilot_zero"], "tuned %": t["pilot_tuned"],
-                     "gain (95 % CI)": f"{t['pilot_gain']} (McNemar p = {t['pilot_p']})", "peak MiB": "—",
-                     "QLoRA's gap to it": "—"})
-    return pd.DataFrame(rows)
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A table as GitHub Markdown, every cell as it is."""
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
