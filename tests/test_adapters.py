@@ -10,8 +10,8 @@ import torch
 from qlora_utils.core.adapters import (
     PLACEMENTS, LoraSettings, adapted_modules, analytic_parameter_count, parameter_report, prepare_for_training,
 )
-from qlora_utils.errors import QLoraError
 from qlora_utils.core.models import load_model
+from qlora_utils.errors import QLoraError
 
 
 @pytest.mark.parametrize("placement", sorted(PLACEMENTS))
@@ -26,6 +26,7 @@ def test_lora_sits_on_exactly_the_chosen_modules(placement: str) -> None:
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3"])
 @pytest.mark.parametrize("mode", ["nf4", "bf16"])
 @pytest.mark.parametrize("placement", sorted(PLACEMENTS))
@@ -64,6 +65,7 @@ def test_full_fine_tuning_trains_everything() -> None:
     assert report.trainable == report.total == analytic_parameter_count(loaded.model.config).total
 
 
+@pytest.mark.slow
 def test_offline_model_lora_is_under_one_percent() -> None:
     loaded = load_model("smollm2-135m-instruct", "nf4")
     lora = LoraSettings(rank=8, placement="attention")

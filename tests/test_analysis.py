@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from qlora_utils.study.analysis import disagreements, divergence_step, seed_summary, squad_error_kind, squad_error_table
-from qlora_utils.study.planner import GiB, plan_memory, validation_rows
 from qlora_utils.study.inventory import config_of
+from qlora_utils.study.planner import GiB, plan_memory, validation_rows
 
 
 @pytest.mark.parametrize("prediction, kind", [

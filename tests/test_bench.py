@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.study.bench import NOISE_FLOOR, VARIANTS, BenchSettings, compare_losses, run_bench, table
 from qlora_utils.errors import QLoraError
+from qlora_utils.study.bench import NOISE_FLOOR, VARIANTS, BenchSettings, compare_losses, run_bench, table
 
 
+@pytest.mark.slow
 def test_project_and_reference_do_identical_work(tmp_path: Path, data_dir: Path) -> None:
     settings = BenchSettings(preset="tiny-qwen2", train_examples=32, batch_size=8, repeats=1, max_steps=3,
                              eval_examples=24, variants=("plain", "project"))

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from qlora_utils.study import instruct, planner
 from qlora_utils.book.chapters import NA, week6
 from qlora_utils.core.records import Run
+from qlora_utils.study import instruct, planner
 
 NOTEBOOK = "notebooks/week6_alpacaeval_efficiency.md"
 MODE_KEYS = {"QLoRA (NF4)": "nf4", "16-bit LoRA": "bf16", "full fine-tuning": "full"}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from qlora_utils.core.records import RunLock, read_json, run_state
+from qlora_utils.errors import QLoraError
 from qlora_utils.grid.cluster import (
     JOBS_FILE, JobSettings, _slurm_parameters, job_parameters, job_records, queued, submit_profile,
 )
-from qlora_utils.errors import QLoraError
 from qlora_utils.grid.profiles import load_profile
 from qlora_utils.grid.runner import REPO, status
-from qlora_utils.core.records import RunLock, read_json, run_state
 
 from slurm_cluster import REQUIRE_ENV, local_slurm, missing_tools
 
@@ -76,6 +76,7 @@ def test_a_requeued_job_takes_over_the_lock_of_its_earlier_start(tmp_path: Path,
     assert not lock.path.exists()
 
 
+@pytest.mark.slow
 def test_the_local_executor_runs_each_job_once(tmp_path: Path, data_dir: Path) -> None:
     profile = load_profile(_grid(tmp_path))
     root = tmp_path / "runs"
@@ -106,6 +107,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPa
         yield env
 
 
+@pytest.mark.slow
 def test_the_grid_survives_a_killed_and_requeued_job_on_slurm(tmp_path: Path, data_dir: Path,
                                                                slurm: dict[str, str]) -> None:
     which = os.environ.get("QLORA_CLUSTER_PROFILE")

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
+from qlora_utils.errors import QLoraError
 from qlora_utils.speed import dequant
 from qlora_utils.speed.cpu_bf16 import SWITCH_ENV as ROUTE_ENV
-from qlora_utils.errors import QLoraError
 
 # Every evaluation path (a forward, label scoring with the LM head, greedy generation) of a 4-bit model with LoRA
 # adapters, a bf16 model and an fp32 ("full") model, with the preparation off ("0") and on ("1") in one process.
@@ -60,6 +60,7 @@ print("REPORT" + json.dumps(report))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["1", "0"], ids=["bf16-via-fp32", "bf16-kernels-as-they-are"])
 def test_prepared_weights_give_the_same_bits_and_the_layers_are_restored(route: str) -> None:
     env = {**os.environ, ROUTE_ENV: route}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from qlora_utils.grid.runner import REPO
@@ -30,6 +31,7 @@ def _numbers(metrics: dict) -> dict:
             "selection": metrics["selection"]["accuracy"]}
 
 
+@pytest.mark.slow
 def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Path, data_dir: Path) -> None:
     first, weights_a = _run(tmp_path / "a", seed=0)
     second, weights_b = _run(tmp_path / "b", seed=0)
@@ -43,6 +45,7 @@ def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Pat
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, data_dir: Path) -> None:
     from qlora_utils.grid.reproduce import reproduce
     from qlora_utils.grid.profiles import load_profile

@@ -28,6 +28,7 @@ def _launch(command: list[str], output: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path: Path, data_dir: Path) -> None:
     _launch([sys.executable], tmp_path / "one")
     accelerate = str(Path(sys.executable).with_name("accelerate"))  # torchrun underneath; gloo on CPU

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from qlora_utils.cli import main
-from qlora_utils.speed.efficiency import PeakMemory
 from qlora_utils.core.environment import HOST_FLAGS, environment, host_kind
 from qlora_utils.locations import atomic_write_json
+from qlora_utils.speed.efficiency import PeakMemory
 
 
 def test_peak_memory_sees_a_transient_allocation() -> None:
@@ -98,6 +98,7 @@ def test_cli_bad_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]
     assert len(err) == 1 and "unknown model preset 'qwen9-1b'" in err[0]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["sst2", "--model", "tiny-qwen2", "--train-examples", "16", "--eval-examples", "16",

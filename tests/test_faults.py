@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from qlora_utils.core.records import profile_runs_dir, read_json, run_state
 from qlora_utils.errors import QLoraError
 from qlora_utils.grid.profiles import load_profile
 from qlora_utils.grid.runner import REPO, run_profile, status
-from qlora_utils.core.records import profile_runs_dir, read_json, run_state
 
 SMOKE_RUN = "notebooks/week2_sst2_baseline.md"
 
@@ -157,6 +157,7 @@ def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str
     one_clear_error(main_in_process(capsys, *args), *words)
 
 
+@pytest.mark.slow
 def test_a_copied_profile_that_kept_the_originals_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A copy of smoke.yaml under another file name that kept `profile: smoke` would write into runs/smoke/ (the run
@@ -250,6 +251,7 @@ def _wait_for(path: Path, seconds: float = 240) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
+@pytest.mark.slow
 def test_two_runners_never_execute_one_run_twice(tmp_path: Path, data_dir: Path) -> None:
     path = profile(tmp_path, f"  - {{name: slow, notebook: {SLOW}, parameters: {{model: tiny-qwen2, "
                              "table_presets: [tiny-qwen2], peft_check_presets: [tiny-qwen2], length_sample: 400}}\n")
@@ -265,6 +267,7 @@ def test_two_runners_never_execute_one_run_twice(tmp_path: Path, data_dir: Path)
     assert run_state(run) == "done" and not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
 
 
+@pytest.mark.slow
 def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) -> None:
     path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
     assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
@@ -276,6 +279,7 @@ def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) 
     assert metrics.read_text() == before and run_state(metrics.parent) == "done"
 
 
+@pytest.mark.slow
 def test_a_failing_attempt_keeps_the_finished_run_and_shows_its_cause(tmp_path: Path, data_dir: Path) -> None:
     path = profile(tmp_path, "  - {name: squad, notebook: notebooks/week4_squad.md, parameters: {train_examples: 4, "
                              "eval_examples: 2, max_new_tokens: 4, batch_size: 2, zero_shot: false}}\n")
@@ -291,6 +295,7 @@ def test_a_failing_attempt_keeps_the_finished_run_and_shows_its_cause(tmp_path: 
     assert read_json(tmp_path / "runs" / "faults" / ".squad.staging" / "notebook.failed.ipynb") is not None
 
 
+@pytest.mark.slow
 def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n  - {{name: b, notebook: {FAST}}}\n")
     assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
@@ -348,6 +353,7 @@ def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
                                  "states; build it again once no runner is writing runs/smoke/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_path: Path, data_dir: Path,
                                                                            sig: signal.Signals) -> None:
@@ -381,6 +387,7 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     assert not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,codes", [(["status", "smoke"], {141}), (["--help"], {0, 141})])
 def test_output_into_a_closed_pipe_ends_quietly(args: list[str], codes: set[int]) -> None:
     """`python -m qlora_utils status smoke | head -3` printed a BrokenPipeError traceback. A reader that left ends the
@@ -395,6 +402,7 @@ def test_output_into_a_closed_pipe_ends_quietly(args: list[str], codes: set[int]
     assert process.wait(timeout=300) in codes and err == "", err[-2000:]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import papermill
 
@@ -453,6 +461,7 @@ def test_failure_cause_names_the_exception_and_where() -> None:
     assert failure_cause(Fake()) == "ValueError: boom (File <site-packages>/lib/x.py:12, in f)"
 
 
+@pytest.mark.slow
 def test_status_says_why(tmp_path: Path) -> None:
     from qlora_utils.grid.runner import state_detail
 
@@ -465,6 +474,7 @@ def test_status_says_why(tmp_path: Path) -> None:
     assert state_detail(prof, prof.entries[0], state, root=tmp_path / "runs") == "notebook.ipynb is missing"
 
 
+@pytest.mark.slow
 def test_a_tree_changed_mid_grid_stops_before_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The clean-tree check runs again before each run: code edited while a grid runs never passes for the commit
     (the finished run is kept, the next one does not start)."""

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from qlora_utils.book import figures
-from qlora_utils.core.design import MODE_NAMES
-from qlora_utils.study.planner import gpu_verdicts
 from qlora_utils.book.report import placeholder_chart
 from qlora_utils.book.svgcheck import chart_svg, check_chart, is_placeholder, mark_groups, mark_problems, path_box
+from qlora_utils.core.design import MODE_NAMES
+from qlora_utils.study.planner import gpu_verdicts
 
 QLORA, LORA, FULL = MODE_NAMES["nf4"], MODE_NAMES["bf16"], MODE_NAMES["full"]
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.study import gpucheck
-from qlora_utils.errors import QLoraError
-from qlora_utils.study.experiments import EfficiencyRun, Experiment
 from qlora_utils.core.models import materialize, model_folder
 from qlora_utils.core.training import TrainSettings, optimizer_states
+from qlora_utils.errors import QLoraError
+from qlora_utils.study import gpucheck
+from qlora_utils.study.experiments import EfficiencyRun, Experiment
 
 
+@pytest.mark.slow
 def test_checks_resume_survive_a_failure_and_drop_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          data_dir: Path) -> None:
     smollm2 = materialize("smollm2-135m-instruct")  # the tiny models' tokenizer, from the usual cache

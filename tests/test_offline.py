@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from qlora_utils.grid.runner import REPO
 
 SCRIPT = """
@@ -28,6 +30,7 @@ print("LC:", result["length_controlled_note"])
 """
 
 
+@pytest.mark.slow
 def test_offline_runs_make_no_connection(data_dir: Path, tmp_path: Path) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

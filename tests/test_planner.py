@@ -6,8 +6,8 @@ import pytest
 
 from qlora_utils.cli import main
 from qlora_utils.core.adapters import LoraSettings
-from qlora_utils.errors import QLoraError
 from qlora_utils.core.models import architecture_config
+from qlora_utils.errors import QLoraError
 from qlora_utils.study.planner import _linear_params, plan_memory
 
 

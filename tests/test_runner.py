@@ -9,12 +9,12 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from qlora_utils.core.records import RunLock, config_hash, mark_finished, mark_started, run_state
 from qlora_utils.errors import QLoraError
 from qlora_utils.grid.profiles import (
     available_profiles, load_profile, notebook_parameters, pattern_match, validate_profile,
 )
 from qlora_utils.grid.runner import REPO, run_profile
-from qlora_utils.core.records import RunLock, config_hash, mark_finished, mark_started, run_state
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
 FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
@@ -230,6 +230,7 @@ mark_finished(run_dir, state, started)
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--jobs 2: two at a time with half the cores each; `needs` waits for its run; `exclusive` runs alone."""
     import sys
@@ -584,6 +585,7 @@ def test_only_patterns_are_alternatives(tmp_path: Path) -> None:
         "a": "skipped (done)", "b": "skipped (done)"}
 
 
+@pytest.mark.slow
 def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
@@ -608,6 +610,7 @@ def test_check_inputs_names_a_missing_data_file(tmp_path: Path, monkeypatch: pyt
         check_inputs(list(load_profile(_profile(tmp_path, f"  - {{name: a, notebook: {WEEK2}}}\n")).entries))
 
 
+@pytest.mark.slow
 def test_a_dirty_run_keeps_its_diff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import qlora_utils.core.environment as environment
 
@@ -634,6 +637,7 @@ def test_value_checks_at_their_edges(tmp_path: Path) -> None:
     assert "judge='openai:' must be local:PRESET" in _invalid(tmp_path, WEEK6, "{kind: winrates, judge: 'openai:'}")
 
 
+@pytest.mark.slow
 def test_a_planned_entry_is_committed_before_it_runs_and_runs_only_when_asked(tmp_path: Path) -> None:
     """The plan is fixed in the profile first; `run` (and so `make book`) leaves it alone, `status` says planned, and
     the book does not wait for it; `run --planned` starts it."""

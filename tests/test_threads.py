@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.speed import threads
 from qlora_utils.grid.profiles import load_profile
 from qlora_utils.grid.runner import run_profile
+from qlora_utils.speed import threads
 
 
 def test_cores_are_split_evenly_the_remainder_to_the_earliest_run() -> None:
@@ -84,6 +84,7 @@ mark_finished(run_dir, state, started)
 """
 
 
+@pytest.mark.slow
 def test_a_run_left_alone_takes_the_cores_the_finished_run_freed(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import qlora_utils.grid.runner as runner
@@ -144,6 +145,7 @@ def _steps(file: Path | None, free_after: int | None) -> list[torch.Tensor]:
     return outputs
 
 
+@pytest.mark.slow
 def test_a_run_whose_thread_count_changed_is_reproduced_exactly_by_replaying_the_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
     """On CPUs where one and two threads round differently (AMX hosts do), the numbers of a grid's run depend on when

@@ -9,10 +9,10 @@ import torch
 
 from qlora_utils.core.adapters import LoraSettings, prepare_for_training
 from qlora_utils.core.data import load_task
-from qlora_utils.errors import QLoraError
 from qlora_utils.core.models import load_model
 from qlora_utils.core.prompts import tokenize_for_training
 from qlora_utils.core.training import TrainSettings, effective_optimizer, runtime_optimizer, train
+from qlora_utils.errors import QLoraError
 
 
 def _batch_loss(model, tokenizer, examples) -> float:
@@ -26,6 +26,7 @@ def _batch_loss(model, tokenizer, examples) -> float:
     return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["nf4", "bf16"])
 def test_short_lora_run_lowers_the_loss_on_a_fixed_batch(tmp_path: Path, data_dir: Path, mode: str) -> None:
     loaded = load_model("tiny-qwen2", mode)
@@ -138,6 +139,7 @@ def test_bad_train_settings_are_refused() -> None:
         TrainSettings(scheduler="cosin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["nf4", "full"])
 def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, data_dir: Path, mode: str) -> None:
     """The LM head at the labelled positions only, and the shared opening run once: the same loss as the model's own,
@@ -171,6 +173,7 @@ def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, da
         assert curve == pytest.approx(losses[False, False], rel=1e-2), (flags, losses)
 
 
+@pytest.mark.slow
 def test_the_lean_loss_under_accumulation_and_the_seed_reaching_the_trainer(tmp_path: Path, data_dir: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With gradient accumulation the lean loss divides by the items of the whole accumulated batch, as the model's
