@@ -1,4 +1,5 @@
-# One-command entry points. `make test` and `make book` set up .venv themselves when it is missing or stale.
+# One-command entry points. `make test`, `make test-all` and `make book` set up .venv themselves when it is missing
+# or stale.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ PROFILE ?= cpu
 # two-core run. Entries marked `exclusive` in the profile (memory and throughput measurements) still run alone.
 JOBS ?= 2
 
-.PHONY: setup test book runs status clean-venv cluster-test
+.PHONY: setup test test-all book runs status clean-venv cluster-test
 
 setup: $(STAMP)
 
@@ -24,11 +25,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The fast tier: unit tests and one smoke pass of the pipeline, leaving out the tests marked `slow` (real models and
+# data, repeated grid runs, SLURM); test-all runs everything (CI's .ci/run).
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 # A real one-node SLURM cluster (Debian packages, installed when missing), the whole smoke profile submitted through
-# it with one job killed mid-run and requeued by SLURM, then the cluster torn down. `make test` runs a 3-run version.
+# it with one job killed mid-run and requeued by SLURM, then the cluster torn down. `make test-all` runs a 3-run version.
 cluster-test: $(STAMP)
 	bash tests/install-slurm.sh
 	QLORA_REQUIRE_SLURM=1 QLORA_CLUSTER_PROFILE=smoke $(PY) -m pytest -q -s tests/test_cluster.py -k slurm

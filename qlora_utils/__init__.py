@@ -1,8 +1,10 @@
 """qlora_utils: quantized loading, LoRA adapters, data, training and evaluation for the QLoRA-on-Qwen report.
 
-Modules: models (presets, load modes), adapters (LoRA, parameter counts), data (loaders), prompts (chat templates,
-answer-only labels), training (Trainer), metrics (label scoring, SQuAD), efficiency (memory, throughput),
-environment (provenance), experiments (end-to-end runs)."""
+Subpackages, each importing only those below it (a contract in pyproject.toml, checked by tests/test_layers.py):
+cli (the command line) > book (the Jupyter Book) > grid (profiles, the runner, re-runs) > study (experiments,
+statistics, planner, judge, analysis) > core (models, adapters, data, prompts, training, metrics, run records) > speed
+(CPU fast paths, memory and throughput probes) > the top-level modules errors, locations (this checkout, data, cache,
+atomic writes) and scrub (machine paths out of committed files)."""
 
 __version__ = "0.1.0"
 

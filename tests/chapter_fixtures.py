@@ -6,7 +6,7 @@ from pathlib import Path
 import json
 from typing import Any
 
-from qlora_utils.runs import Run
+from qlora_utils.core.records import Run
 
 
 def sst2_run(path: Path, name: str, mode: str, seed: int, accuracy: float, *, notebook: str = "week2_sst2_baseline",

@@ -7,16 +7,11 @@ import json
 import pytest
 import torch
 
-from qlora_utils.adapters import (
-    PLACEMENTS,
-    LoraSettings,
-    adapted_modules,
-    analytic_parameter_count,
-    parameter_report,
-    prepare_for_training,
+from qlora_utils.core.adapters import (
+    PLACEMENTS, LoraSettings, adapted_modules, analytic_parameter_count, parameter_report, prepare_for_training,
 )
+from qlora_utils.core.models import load_model
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import load_model
 
 
 @pytest.mark.parametrize("placement", sorted(PLACEMENTS))
@@ -31,6 +26,7 @@ def test_lora_sits_on_exactly_the_chosen_modules(placement: str) -> None:
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-qwen3"])
 @pytest.mark.parametrize("mode", ["nf4", "bf16"])
 @pytest.mark.parametrize("placement", sorted(PLACEMENTS))
@@ -47,7 +43,7 @@ def test_placements_and_counts_by_hand() -> None:
     """The placements and the analytic count checked against hand-worked numbers, not against themselves."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qlora_utils.planner import llama_7b_config
+    from qlora_utils.study.planner import llama_7b_config
 
     assert PLACEMENTS["attention"] == ("q_proj", "k_proj", "v_proj")  # the plan's: q, k, v
     assert set(PLACEMENTS["attention_mlp"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -69,6 +65,7 @@ def test_full_fine_tuning_trains_everything() -> None:
     assert report.trainable == report.total == analytic_parameter_count(loaded.model.config).total
 
 
+@pytest.mark.slow
 def test_offline_model_lora_is_under_one_percent() -> None:
     loaded = load_model("smollm2-135m-instruct", "nf4")
     lora = LoraSettings(rank=8, placement="attention")
@@ -134,8 +131,8 @@ def test_evaluating_first_does_not_break_training() -> None:
 def test_saved_adapters_name_their_base_by_preset_and_hold_no_machine_path(tmp_path) -> None:
     from peft import PeftModel
 
-    from qlora_utils.adapters import save_adapter
-    from qlora_utils.paths import absolute_paths
+    from qlora_utils.core.adapters import save_adapter
+    from qlora_utils.scrub import absolute_paths
 
     loaded = load_model("tiny-qwen2", "bf16")
     model = prepare_for_training(loaded, LoraSettings(rank=4), gradient_checkpointing=False)

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qlora_utils.analysis import disagreements, divergence_step, seed_summary, squad_error_kind, squad_error_table
-from qlora_utils.planner import GiB, plan_memory, validation_rows
-from qlora_utils.inventory import config_of
+from qlora_utils.study.analysis import disagreements, divergence_step, seed_summary, squad_error_kind, squad_error_table
+from qlora_utils.study.inventory import config_of
+from qlora_utils.study.planner import GiB, plan_memory, validation_rows
 
 
 @pytest.mark.parametrize("prediction, kind", [
@@ -64,7 +64,7 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
               "lora": {"rank": 8, "alpha": 16, "dropout": 0.1, "placement": "attention"},
               "shape": {"batch_size": 2, "seq_len": 32, "gradient_checkpointing": True},
               "training": {"memory": {"cpu_peak_above_baseline_mib": 100.0}, "settings": {"optim": "paged_adamw_32bit"}}}
-    from qlora_utils.adapters import LoraSettings
+    from qlora_utils.core.adapters import LoraSettings
 
     plan = plan_memory(config_of("tiny-qwen2"), "bf16", LoraSettings(8, 16, 0.1, "attention"), 2, 32)
     (row,) = validation_rows([record, {"experiment": "sst2"}])
@@ -74,8 +74,8 @@ def test_validation_rows_compare_the_plan_with_the_measurement() -> None:
 
 
 def test_training_threads_give_one_count_or_the_range_a_grid_gave_mid_training() -> None:
-    from qlora_utils.analysis import training_threads
-    from qlora_utils.runs import Run
+    from qlora_utils.study.analysis import training_threads
+    from qlora_utils.core.records import Run
 
     def run(metrics: dict, env: dict) -> Run:
         return Run(Path("r"), {}, {}, metrics, env)
@@ -105,8 +105,8 @@ def test_sentence_interval_pairs_each_seeds_runs_sentence_by_sentence(tmp_path: 
     import json
 
     from chapter_fixtures import sst2_run
-    from qlora_utils.analysis import with_sentence_intervals
-    from qlora_utils.protocol import two_level_bootstrap
+    from qlora_utils.study.analysis import with_sentence_intervals
+    from qlora_utils.study.protocol import two_level_bootstrap
 
     labels = [1, 0] * 500
     runs, right = [], {"q": [600, 700, 650], "f": [800, 850, 900]}  # sentences right per seed, of 1,000
@@ -128,7 +128,7 @@ def test_sentence_interval_pairs_each_seeds_runs_sentence_by_sentence(tmp_path: 
 
 
 def test_answer_format_baselines_trim_without_the_gold_and_bound_with_it() -> None:
-    from qlora_utils.analysis import answer_format, best_span, trimmed_answer
+    from qlora_utils.study.analysis import answer_format, best_span, trimmed_answer
 
     question = "Who were the defending Super Bowl champions?"
     answer = "The defending Super Bowl champions were the New England Patriots. They won in 2015."

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.bench import NOISE_FLOOR, VARIANTS, BenchSettings, compare_losses, run_bench, table
 from qlora_utils.errors import QLoraError
+from qlora_utils.study.bench import NOISE_FLOOR, VARIANTS, BenchSettings, compare_losses, run_bench, table
 
 
+@pytest.mark.slow
 def test_project_and_reference_do_identical_work(tmp_path: Path, data_dir: Path) -> None:
     settings = BenchSettings(preset="tiny-qwen2", train_examples=32, batch_size=8, repeats=1, max_steps=3,
                              eval_examples=24, variants=("plain", "project"))
@@ -45,7 +46,7 @@ def test_compare_losses_and_variants() -> None:
 
     assert compare_losses([1.1, 2.0], [1.0, 2.0], statistics.fmean) == pytest.approx(0.05)
     assert VARIANTS["project"] == {}, "the project variant is TrainSettings' defaults"
-    from qlora_utils.bench import _train_settings
+    from qlora_utils.study.bench import _train_settings
 
     with pytest.raises(QLoraError, match="unknown bench variant 'fast'"):
         _train_settings(BenchSettings(), "fast")
@@ -56,7 +57,7 @@ def test_the_rules_on_made_up_timings_and_losses(tmp_path: Path, monkeypatch: py
     whose numbers are checked by hand (no model trained)."""
     from types import SimpleNamespace
 
-    from qlora_utils import bench
+    from qlora_utils.study import bench
 
     seconds = {"reference": [6.0, 4.0], "noise": [5.0, 5.0], "plain": [3.0, 2.0], "project": [2.0, 1.0]}
     losses = {"reference": [1.0, 0.5], "noise": [1.0, 0.56], "plain": [1.0, 0.555], "project": [1.02, 0.5]}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import appendix
-from qlora_utils.runs import packing_floor_seconds
+from qlora_utils.book.chapters import appendix
+from qlora_utils.core.records import packing_floor_seconds
 
 
 def test_dirty_runs_are_shown_as_such(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_the_grid_time_is_set_against_the_profiles_budget(tmp_path: Path) -> Non
 
 
 def test_span_and_busy_time_differ_by_the_pauses(tmp_path: Path) -> None:
-    from qlora_utils.runs import busy_seconds, span_seconds
+    from qlora_utils.core.records import busy_seconds, span_seconds
 
     first, second = sst2_run(tmp_path, "a", "nf4", 0, 0.8), sst2_run(tmp_path, "b", "nf4", 1, 0.8)
     second.status.update(started="2026-11-29T12:10:00+00:00", finished="2026-11-29T12:15:00+00:00")
@@ -56,7 +56,7 @@ def test_the_machines_speed_is_given_per_thread_from_the_runs_that_probed_it(tmp
 
 
 def test_a_run_records_the_machines_speed_when_it_starts(tmp_path: Path) -> None:
-    from qlora_utils.runs import mark_started, read_json
+    from qlora_utils.core.records import mark_started, read_json
 
     mark_started(tmp_path / "r", "notebooks/week7_analysis.md", {}, "ptest")
     speed = read_json(tmp_path / "r" / "env.json")["speed"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import intro, week2
+from qlora_utils.book.chapters import intro, week2, week8
 
 
 def test_intro_repeats_week2_and_names_each_verdict_once(tmp_path: Path) -> None:
@@ -15,7 +15,7 @@ def test_intro_repeats_week2_and_names_each_verdict_once(tmp_path: Path) -> None
             runs.append(sst2_run(tmp_path, f"m-{mode}-{seed}", mode, seed, accuracy + seed / 100, zero_shot=zero))
             runs.append(sst2_run(tmp_path, f"q-{mode}-{seed}", mode, seed, accuracy + 0.05, zero_shot=zero + 0.2,
                                  label="Q-0.5B", total=600_000, preset="q"))
-    page, baseline = intro.page(runs, "cpu"), week2.page(runs)
+    page, baseline = intro.page(runs, "cpu", week2.page(runs), week8.page(runs)), week2.page(runs)
     text = page.text
     assert text["model"] == "Q-0.5B" and text["nf4_mean"] == baseline.text["nf4_mean"]
     assert (text["nf4_zero_shot"], text["bf16_zero_shot"]) == ("75.0", "78.0"), "both starting points are given"
@@ -31,6 +31,6 @@ def test_intro_repeats_week2_and_names_each_verdict_once(tmp_path: Path) -> None
 def test_intro_hours_and_models(tmp_path: Path) -> None:
     runs = [sst2_run(tmp_path, f"{label}-{mode}", mode, 0, 0.8, label=label)
             for label in ("M-135M", "Q-0.5B") for mode in ("nf4", "bf16", "full")]
-    text = intro.page(runs, "cpu").text
+    text = intro.page(runs, "cpu", week2.page(runs), week8.page(runs)).text
     assert text["hours"] == "0.09" and text["run_hours"] == "0.53"  # 6 runs side by side, 320 s each
     assert text["models"] == "M-135M, Q-0.5B"

@@ -1,4 +1,4 @@
-"""The setup, scaling and SQuAD chapters (qlora_utils.chapters.week1/3/4) on hand-built run records."""
+"""The setup, scaling and SQuAD chapters (qlora_utils.book.chapters.week1/3/4) on hand-built run records."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import NA, week1, week3, week4
-from qlora_utils.runs import Run
+from qlora_utils.book.chapters import NA, week1, week3, week4
+from qlora_utils.core.records import Run
 
 
 def _run(path: Path, metrics: dict[str, Any], threads: int | None = 1, cores: int = 2) -> Run:

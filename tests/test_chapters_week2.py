@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import week2
+from qlora_utils.book.chapters import week2
+from qlora_utils.study import headline
 
 FULL = [0.86, 0.87, 0.88, 0.86, 0.87]
 QLORA_GAP = [0.00, 0.05, 0.01, 0.04, 0.02]
@@ -111,7 +112,7 @@ def test_gain_over_zero_shot_is_judged_on_both_sides_of_zero() -> None:
 def test_pilot_section_reads_the_size_the_seeds_and_the_rates_from_the_runs(tmp_path: Path) -> None:
     from chapter_fixtures import pilot_run
 
-    from qlora_utils import protocol
+    from qlora_utils.study import protocol
 
     runs = [pilot_run(tmp_path, 1000, 0, 70, 72, min_words=0)]  # the first pilot, on every item
     runs += [pilot_run(tmp_path, 1000, s, 70, right) for s, right in enumerate([90, 92, 94])]
@@ -155,15 +156,15 @@ def test_training_moved_reads_each_modes_gain_interval(tmp_path: Path) -> None:
         return pd.DataFrame([{"mode": mode, "quality": 80.0 + g, "zero-shot": 80.0}
                              for mode, values in gains.items() for g in values])
 
-    assert week2.training_moved(rows({"nf4": [5, 6, 7], "full": [4, 5, 6]})) == "moved"
-    assert week2.training_moved(rows({"nf4": [-1, 1, 0], "full": [2, -2, 1]})) == "did not measurably move"
-    assert week2.training_moved(rows({"nf4": [5, 6, 7], "full": [2, -2, 1]})) == "moved only under QLoRA (NF4)"
-    assert week2.training_moved(rows({})) is None
+    assert headline.training_moved(rows({"nf4": [5, 6, 7], "full": [4, 5, 6]})) == "moved"
+    assert headline.training_moved(rows({"nf4": [-1, 1, 0], "full": [2, -2, 1]})) == "did not measurably move"
+    assert headline.training_moved(rows({"nf4": [5, 6, 7], "full": [2, -2, 1]})) == "moved only under QLoRA (NF4)"
+    assert headline.training_moved(rows({})) is None
 
 
 def test_a_verdict_is_preregistered_only_when_its_rule_precedes_every_run(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from qlora_utils import pilot
+    from qlora_utils.study import pilot
 
     runs = _runs(tmp_path)
     monkeypatch.setattr(pilot, "introducing_commit", lambda text, path="": "rule")

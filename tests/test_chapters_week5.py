@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import week5
+from qlora_utils.book.chapters import week5
+from qlora_utils.study import ablation
 
 
 def _runs(tmp_path: Path) -> list:
@@ -106,12 +107,12 @@ def test_the_placement_is_inconclusive_when_its_paired_interval_holds_zero(tmp_p
                                  notebook="week5_ablations"))
             runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention_mlp-seed{seed}", "nf4", seed, mlp, rank=rank,
                                  placement="attention_mlp", notebook="week5_ablations"))
-    frame = week5.grid_frame(runs)
-    mean, low, high, seeds, ranks = week5.placement_effect(frame)
+    frame = ablation.grid_frame(runs)
+    mean, low, high, seeds, ranks = ablation.placement_effect(frame)
     assert seeds == 2 and ranks == (4, 16) and mean == pytest.approx(0.0, abs=1e-9) and low < 0 < high
-    assert week5.findings(frame).reading().endswith("(95 % CI -25.4 to +25.4, 2 seeds): inconclusive, the interval "
+    assert ablation.findings(frame).reading().endswith("(95 % CI -25.4 to +25.4, 2 seeds): inconclusive, the interval "
                                                     "holds zero")
-    one = week5.findings(frame[frame["seed"] == 0]).reading()
+    one = ablation.findings(frame[frame["seed"] == 0]).reading()
     assert one.endswith("one seed pairs the placements, too few for an interval (+2.0 points, r = 4, 16)")
 
 
@@ -126,10 +127,10 @@ def test_every_seed_of_the_placement_interval_averages_the_same_ranks(tmp_path: 
                                  notebook="week5_ablations"))
             runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention_mlp-seed{seed}", "nf4", seed, 0.80 + gain / 100,
                                  rank=rank, placement="attention_mlp", notebook="week5_ablations"))
-    effect = week5.placement_effect(week5.grid_frame(runs))
+    effect = ablation.placement_effect(ablation.grid_frame(runs))
     assert (effect.seeds, effect.ranks) == (3, (8,)), "the most seeds, over the ranks all of them ran"
     assert effect.mean == pytest.approx(2.0)  # r = 8 alone: 1, 3, 2; not (1 + 3 + 2 ... mixed with 10-12)
-    without_third = week5.placement_effect(week5.grid_frame([r for r in runs if not r.name.endswith("seed2")]))
+    without_third = ablation.placement_effect(ablation.grid_frame([r for r in runs if not r.name.endswith("seed2")]))
     assert (without_third.seeds, without_third.ranks) == (2, (4, 8, 16)) and without_third.mean == pytest.approx(
         (10 + 1 + 10 + 12 + 3 + 12) / 6)
 
@@ -158,9 +159,9 @@ def test_the_rank_spread_is_shown_with_and_without_a_diverged_run(tmp_path: Path
                                  notebook="week5_ablations"))
             runs.append(sst2_run(tmp_path, f"week5-r{rank}-attention_mlp-seed{seed}", "nf4", seed, mlp, rank=rank,
                                  placement="attention_mlp", notebook="week5_ablations"))
-    frame = week5.grid_frame(runs)
-    found = week5.findings(frame, {"week5-r4-attention-seed0"})
+    frame = ablation.grid_frame(runs)
+    found = ablation.findings(frame, {"week5-r4-attention-seed0"})
     assert found.rank_spread["attention"] == pytest.approx(16.0)  # (81 + 81) / 2 − (50 + 80) / 2
     assert found.rank_spread_kept["attention"] == pytest.approx(1.0)  # 81 − 80
     assert "against at most 16.0, or 1.0 without the diverged run, which would read 'more than'" in found.reading()
-    assert "without" not in week5.findings(frame).reading(), "no diverged run named: one spread"
+    assert "without" not in ablation.findings(frame).reading(), "no diverged run named: one spread"

@@ -10,9 +10,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from qlora_utils import planner
-from qlora_utils.chapters import NA, week6
-from qlora_utils.runs import Run
+from qlora_utils.book.chapters import NA, week6
+from qlora_utils.core.records import Run
+from qlora_utils.study import instruct, planner
 
 NOTEBOOK = "notebooks/week6_alpacaeval_efficiency.md"
 MODE_KEYS = {"QLoRA (NF4)": "nf4", "16-bit LoRA": "bf16", "full fine-tuning": "full"}
@@ -43,7 +43,7 @@ def instruct_run(tmp: Path, mode: str, used: int = 150, answers: list[str] | Non
 
 def rate(system: str, baseline: str, win: float, consistency: float | None = 0.1, sanity: float | None = 70.0,
          lc: float | None = None) -> dict[str, Any]:
-    """One row of a win-rate record, as qlora_utils.winrate writes it."""
+    """One row of a win-rate record, as qlora_utils.study.winrate writes it."""
     row = {"system": system, "baseline": baseline, "n": 4, "win_rate": win, "standard_error": 0.5,
            "length_controlled_winrate": lc, "position_consistency": consistency, "sanity_pair_win_rate": sanity}
     if lc is None:
@@ -132,9 +132,9 @@ def test_win_rates_sit_beside_the_judges_consistency_and_sanity_pair(tmp_path: P
 
 
 def test_trust_follows_consistency_and_sanity() -> None:
-    assert week6.trust_sentence(95.0, 2.0).startswith("Reasonably")
-    assert week6.trust_sentence(70.0, 2.0).startswith("With caution")
-    assert week6.trust_sentence(95.0, 12.0).startswith("Very little")
+    assert instruct.trust_sentence(95.0, 2.0).startswith("Reasonably")
+    assert instruct.trust_sentence(70.0, 2.0).startswith("With caution")
+    assert instruct.trust_sentence(95.0, 12.0).startswith("Very little")
     assert "openai" not in week6.leaderboard_sentence("openai:gpt-4-1106-preview")
     assert "can be set beside" in week6.leaderboard_sentence("openai:gpt-4-1106-preview")
     computed = {"win_rates": [rate("a", "base", 50.0, lc=40.0), rate("b", "base", 50.0)]}
@@ -331,7 +331,7 @@ def test_gpu_checks_measure_the_8b_answer_against_24_gb() -> None:
     assert page.text["q8_speed_share"] == "n/a"  # no 16-bit LoRA record to compare with
     assert page.text["gpu_verdicts_agree"] == "1 of the 3"  # these records all predict 16 GiB: "fits", twice wrong
 
-    from qlora_utils import gpucheck, protocol
+    from qlora_utils.study import gpucheck, protocol
 
     verdict = protocol.memory_verdict(pd.DataFrame(), gpu_checks=gpucheck.verdict_rows(records))
     assert verdict["verdict"] == protocol.SUPPORTED and verdict["effect"] == pytest.approx(12.0)
@@ -344,11 +344,11 @@ def test_gpu_checks_measure_the_8b_answer_against_24_gb() -> None:
 def test_example_positions_shows_up_to_the_limit() -> None:
     answers = {"a": ["x"] * 6, "b": ["y"] * 6}  # every position differs
     meta = [{"dataset": f"source{i}"} for i in range(6)]  # each from its own source
-    assert week6.example_positions(answers, meta) == [0, 1, 2, 3]  # EXAMPLES = 4
+    assert instruct.example_positions(answers, meta) == [0, 1, 2, 3]  # EXAMPLES = 4
 
 
 def test_trust_a_sanity_gap_between_5_and_10_is_caution() -> None:
-    assert week6.trust_sentence(95.0, 7.0).startswith("With caution")
+    assert instruct.trust_sentence(95.0, 7.0).startswith("With caution")
 
 
 def test_miss_note_mixed_signs_is_not_under_prediction() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from chapter_fixtures import sst2_run
-from qlora_utils.chapters import week7
-from qlora_utils.runs import Run
+from qlora_utils.book.chapters import week7
+from qlora_utils.core.records import Run
 
 
 def test_rank_table_groups_by_full_configuration(tmp_path: Path) -> None:

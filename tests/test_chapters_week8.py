@@ -6,7 +6,7 @@ from pathlib import Path
 
 from chapter_fixtures import sst2_run
 from test_chapters_week6 import gpu_record
-from qlora_utils.chapters import week2, week8
+from qlora_utils.book.chapters import week2, week8
 
 
 def test_week8_and_week2_agree(tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ def test_week8_and_week2_agree(tmp_path: Path) -> None:
 
 
 def test_the_judge_limitation_names_the_reported_judge_and_its_trust(tmp_path: Path) -> None:
-    from qlora_utils.runs import Run
+    from qlora_utils.core.records import Run
 
     def judged(name: str, spec: str, consistency: float, sanity: float) -> Run:
         metrics = {"experiment": "alpacaeval", "judge": {"spec": spec},

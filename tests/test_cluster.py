@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.cluster import (JOBS_FILE, JobSettings, _slurm_parameters, job_parameters, job_records, queued,
-                                 submit_profile)
+from qlora_utils.core.records import RunLock, read_json, run_state
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO, status
-from qlora_utils.runs import RunLock, read_json, run_state
+from qlora_utils.grid.cluster import (
+    JOBS_FILE, JobSettings, _slurm_parameters, job_parameters, job_records, queued, submit_profile,
+)
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO, status
 
 from slurm_cluster import REQUIRE_ENV, local_slurm, missing_tools
 
@@ -75,6 +76,7 @@ def test_a_requeued_job_takes_over_the_lock_of_its_earlier_start(tmp_path: Path,
     assert not lock.path.exists()
 
 
+@pytest.mark.slow
 def test_the_local_executor_runs_each_job_once(tmp_path: Path, data_dir: Path) -> None:
     profile = load_profile(_grid(tmp_path))
     root = tmp_path / "runs"
@@ -105,6 +107,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPa
         yield env
 
 
+@pytest.mark.slow
 def test_the_grid_survives_a_killed_and_requeued_job_on_slurm(tmp_path: Path, data_dir: Path,
                                                                slurm: dict[str, str]) -> None:
     which = os.environ.get("QLORA_CLUSTER_PROFILE")
@@ -155,9 +158,9 @@ def test_job_memory_is_the_plan_times_the_margin_plus_overhead(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import math
 
-    import qlora_utils.cluster as cluster
-    from qlora_utils.adapters import analytic_parameter_count
-    from qlora_utils.inventory import config_of
+    import qlora_utils.grid.cluster as cluster
+    from qlora_utils.core.adapters import analytic_parameter_count
+    from qlora_utils.study.inventory import config_of
 
     profile = load_profile(_grid(tmp_path))
     alone = profile.entries[2]
@@ -169,7 +172,7 @@ def test_job_memory_is_the_plan_times_the_margin_plus_overhead(tmp_path: Path,
 
 
 def test_slurm_jobs_depend_on_their_needs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import qlora_utils.cluster as cluster
+    import qlora_utils.grid.cluster as cluster
 
     class Job:
         def __init__(self, n: int) -> None:

@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
-from qlora_utils.cpu_bf16 import SWITCH_ENV, has_bf16_kernels
+from qlora_utils.speed.cpu_bf16 import SWITCH_ENV, has_bf16_kernels
 
 CHECK = textwrap.dedent("""
     import torch
-    from qlora_utils.cpu_bf16 import install, products
+    from qlora_utils.speed.cpu_bf16 import install, products
     torch.manual_seed(0)
     bf = torch.bfloat16
     a, b = torch.randn(7, 33), torch.randn(33, 5)
@@ -52,7 +52,7 @@ def test_bf16_products_are_fp32_products_of_the_same_inputs_rounded_once() -> No
 
 
 def test_a_bad_switch_is_one_clear_error() -> None:
-    code = "from qlora_utils.cpu_bf16 import install; install()"
+    code = "from qlora_utils.speed.cpu_bf16 import install; install()"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH_ENV: "yes"}, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode != 0 and "QLORA_BF16_VIA_FP32='yes': use 1 (always), 0 (never)" in out.stderr
@@ -62,7 +62,7 @@ def test_a_bad_switch_is_one_clear_error() -> None:
 def test_without_bf16_kernels_the_products_are_many_times_faster() -> None:
     code = textwrap.dedent("""
         import sys, time, torch
-        from qlora_utils.cpu_bf16 import install
+        from qlora_utils.speed.cpu_bf16 import install
         torch.set_num_threads(1)
         a, b = torch.randn(256, 512, dtype=torch.bfloat16), torch.randn(512, 512, dtype=torch.bfloat16)
         def seconds():
@@ -82,11 +82,11 @@ def test_without_bf16_kernels_the_products_are_many_times_faster() -> None:
 
 
 def test_a_rerun_of_an_older_commit_gets_the_route_in_every_python_process(tmp_path, monkeypatch) -> None:
-    from qlora_utils.reproduce import platform_fix
+    from qlora_utils.grid.reproduce import platform_fix
 
     old, new = tmp_path / "old", tmp_path / "new"
-    (new / "qlora_utils").mkdir(parents=True)
-    (new / "qlora_utils" / "cpu_bf16.py").write_text("")
+    (new / "qlora_utils" / "speed").mkdir(parents=True)
+    (new / "qlora_utils" / "speed" / "cpu_bf16.py").write_text("")
     old.mkdir()
     monkeypatch.setenv(SWITCH_ENV, "0")
     assert platform_fix(old) is None  # not wanted here
@@ -101,7 +101,7 @@ def test_a_rerun_of_an_older_commit_gets_the_route_in_every_python_process(tmp_p
 
 
 def test_installed_reports_without_installing() -> None:
-    code = ("from qlora_utils import cpu_bf16\n"
+    code = ("from qlora_utils.speed import cpu_bf16\n"
             "print(cpu_bf16.installed(), len(cpu_bf16._library), cpu_bf16.install(), cpu_bf16.installed())")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, SWITCH_ENV: "1"}, capture_output=True,
                          text=True, timeout=300)

@@ -8,7 +8,7 @@ import pytest
 
 import datasets
 
-from qlora_utils.data import EVAL_SIZES, TaskData, load_task, split_for_selection, subsample
+from qlora_utils.core.data import EVAL_SIZES, TaskData, load_task, split_for_selection, subsample
 from qlora_utils.errors import DataUnavailableError, QLoraError
 
 
@@ -113,7 +113,7 @@ def test_selection_split_is_fixed_and_disjoint_from_every_training_sample(data_d
 
 
 def test_an_experiment_trains_on_the_pool_and_chooses_on_the_held_split(data_dir: Path) -> None:
-    from qlora_utils.experiments import Experiment, training_data
+    from qlora_utils.study.experiments import Experiment, training_data
 
     train, selection = training_data(Experiment(train_examples=16, selection_examples=50, data_dir=str(data_dir)))
     pool, held = split_for_selection(load_task("sst2", "train", data_dir=data_dir), 50)

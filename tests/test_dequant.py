@@ -10,18 +10,18 @@ import sys
 import pytest
 import torch
 
-from qlora_utils import dequant
-from qlora_utils.cpu_bf16 import SWITCH_ENV as ROUTE_ENV
 from qlora_utils.errors import QLoraError
+from qlora_utils.speed import dequant
+from qlora_utils.speed.cpu_bf16 import SWITCH_ENV as ROUTE_ENV
 
 # Every evaluation path (a forward, label scoring with the LM head, greedy generation) of a 4-bit model with LoRA
 # adapters, a bf16 model and an fp32 ("full") model, with the preparation off ("0") and on ("1") in one process.
 CHECK = r"""
 import json, os, torch
-from qlora_utils import dequant
-from qlora_utils.adapters import LoraSettings, prepare_for_training
-from qlora_utils.metrics import evaluating, generate, score_candidates
-from qlora_utils.models import load_model
+from qlora_utils.speed import dequant
+from qlora_utils.core.adapters import LoraSettings, prepare_for_training
+from qlora_utils.core.metrics import evaluating, generate, score_candidates
+from qlora_utils.core.models import load_model
 
 torch.manual_seed(0)
 prompts = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [9, 10, 11, 12]]
@@ -60,6 +60,7 @@ print("REPORT" + json.dumps(report))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["1", "0"], ids=["bf16-via-fp32", "bf16-kernels-as-they-are"])
 def test_prepared_weights_give_the_same_bits_and_the_layers_are_restored(route: str) -> None:
     env = {**os.environ, ROUTE_ENV: route}
@@ -84,7 +85,7 @@ def test_prepared_weights_give_the_same_bits_and_the_layers_are_restored(route: 
 def test_the_expansion_is_bitsandbytes_own() -> None:
     import bitsandbytes.functional as bnbf
 
-    from qlora_utils.models import load_model
+    from qlora_utils.core.models import load_model
 
     layer = dequant.four_bit_layers(load_model("tiny-qwen2", "nf4").model)[0]
     mine = dequant.dequantize(layer, torch.bfloat16)
@@ -94,7 +95,7 @@ def test_the_expansion_is_bitsandbytes_own() -> None:
 
 
 def test_nothing_is_prepared_on_cuda_or_past_the_memory_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qlora_utils.models import load_model
+    from qlora_utils.core.models import load_model
 
     model = load_model("tiny-qwen2", "nf4").model
     monkeypatch.setenv(dequant.SWITCH_ENV, "1")
@@ -113,7 +114,7 @@ def test_the_memory_cap_counts_every_prepared_copy(monkeypatch: pytest.MonkeyPat
     """A quarter of the available memory holds exactly the first two bf16 copies, or one byte less than them."""
     from types import SimpleNamespace
 
-    from qlora_utils.models import load_model
+    from qlora_utils.core.models import load_model
 
     model = load_model("tiny-qwen2", "nf4").model
     monkeypatch.setenv(dequant.SWITCH_ENV, "1")

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
-from qlora_utils.runner import REPO
+from qlora_utils.grid.runner import REPO
 
 
 def _run(out: Path, seed: int, threads: int = 1) -> tuple[dict, dict]:
@@ -30,6 +31,7 @@ def _numbers(metrics: dict) -> dict:
             "selection": metrics["selection"]["accuracy"]}
 
 
+@pytest.mark.slow
 def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Path, data_dir: Path) -> None:
     first, weights_a = _run(tmp_path / "a", seed=0)
     second, weights_b = _run(tmp_path / "b", seed=0)
@@ -43,10 +45,11 @@ def test_same_seed_same_adapters_and_metrics_in_separate_processes(tmp_path: Pat
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, data_dir: Path) -> None:
-    from qlora_utils.reproduce import reproduce
-    from qlora_utils.profiles import load_profile
-    from qlora_utils.runner import run_profile
+    from qlora_utils.grid.reproduce import reproduce
+    from qlora_utils.grid.profiles import load_profile
+    from qlora_utils.grid.runner import run_profile
 
     profile = load_profile("smoke")
     assert run_profile(profile, root=tmp_path / "runs", only=["week2-qlora-seed0"], allow_dirty=True) == {
@@ -63,7 +66,7 @@ def test_reproduce_reruns_a_finished_run_and_finds_it_identical(tmp_path: Path, 
 
 
 def test_the_machine_note_says_when_identical_numbers_are_not_to_be_expected() -> None:
-    from qlora_utils.reproduce import machine_note
+    from qlora_utils.grid.reproduce import machine_note
 
     slow = {"platform": "Linux-a", "torch_threads": 1}  # a run from before the CPU's model was recorded
     here = {"platform": "Linux-b", "cpu_model": "Xeon", "cpu_capability": "AVX512", "torch_threads": 1}

@@ -14,20 +14,21 @@ import pytest
 import torch
 import yaml
 
-from qlora_utils.distributed import CONFIGS
-from qlora_utils.models import quantization_config
-from qlora_utils.runner import REPO
+from qlora_utils.core.distributed import CONFIGS
+from qlora_utils.core.models import quantization_config
+from qlora_utils.grid.runner import REPO
 
 LOSS_TOLERANCE = 1e-3  # relative, per step: gloo sums in another order than one process does
 
 
 def _launch(command: list[str], output: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command + ["-m", "qlora_utils.distributed", "--output", str(output)], cwd=REPO, env=env,
+    done = subprocess.run(command + ["-m", "qlora_utils.core.distributed", "--output", str(output)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path: Path, data_dir: Path) -> None:
     _launch([sys.executable], tmp_path / "one")
     accelerate = str(Path(sys.executable).with_name("accelerate"))  # torchrun underneath; gloo on CPU

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from qlora_utils.__main__ import main
-from qlora_utils.efficiency import PeakMemory
-from qlora_utils.environment import HOST_FLAGS, environment, host_kind
-from qlora_utils.io import atomic_write_json
+from qlora_utils.cli import main
+from qlora_utils.core.environment import HOST_FLAGS, environment, host_kind
+from qlora_utils.locations import atomic_write_json
+from qlora_utils.speed.efficiency import PeakMemory
 
 
 def test_peak_memory_sees_a_transient_allocation() -> None:
@@ -35,7 +35,7 @@ def test_peak_memory_is_above_the_given_baseline_and_tokens_per_second_by_hand(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import math
 
-    from qlora_utils import efficiency
+    from qlora_utils.speed import efficiency
 
     mib = 1024 ** 2
     fake = {"RssAnon": 1000 * mib, "VmRSS": 1500 * mib}  # the process holds 1000 MiB anonymous, 1500 MiB in all
@@ -78,7 +78,7 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     import os
     import stat
 
-    from qlora_utils.io import atomic_write_text
+    from qlora_utils.locations import atomic_write_text
 
     old = os.umask(0o002)
     try:
@@ -98,6 +98,7 @@ def test_cli_bad_preset_exits_2_with_one_line(capsys: pytest.CaptureFixture[str]
     assert len(err) == 1 and "unknown model preset 'qwen9-1b'" in err[0]
 
 
+@pytest.mark.slow
 def test_cli_runs_a_tiny_experiment_end_to_end(tmp_path: Path, data_dir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["sst2", "--model", "tiny-qwen2", "--train-examples", "16", "--eval-examples", "16",
@@ -132,9 +133,9 @@ def test_help_and_status_start_without_the_model_stack() -> None:
     import subprocess
     import sys
 
-    from qlora_utils.runner import REPO
+    from qlora_utils.grid.runner import REPO
 
-    probe = ("import sys, contextlib, io\nfrom qlora_utils.__main__ import main\n"
+    probe = ("import sys, contextlib, io\nfrom qlora_utils.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n    main(['status', 'smoke'])\n"
              "    with contextlib.suppress(SystemExit):\n        main(['--help'])\n"
              "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
@@ -144,7 +145,7 @@ def test_help_and_status_start_without_the_model_stack() -> None:
 
 
 def test_run_only_patterns_add_up_when_the_flag_repeats() -> None:
-    from qlora_utils.__main__ import build_parser
+    from qlora_utils.cli import build_parser
 
     args = build_parser("run").parse_args(["run", "cpu", "--only", "week7-*", "--only", "week8-report"])
     assert args.only == ["week7-*", "week8-report"], "a repeated --only once kept only its last patterns"

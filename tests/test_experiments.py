@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from qlora_utils.core.records import read_run
+from qlora_utils.core.training import TrainSettings
 from qlora_utils.errors import QLoraError
-from qlora_utils.experiments import Experiment, run_experiment, training_data
-from qlora_utils.runs import read_run
-from qlora_utils.training import TrainSettings
+from qlora_utils.study.experiments import Experiment, run_experiment, training_data
 
 
+@pytest.mark.slow
 def test_selection_only_run_records_both_scorings_per_sentence_and_no_dev(data_dir: Path, tmp_path: Path) -> None:
     exp = Experiment(task="sst2", preset="tiny-qwen2", mode="nf4", train_examples=16, eval_examples=8,
                      selection_examples=40, score_dev=False, data_dir=str(data_dir),

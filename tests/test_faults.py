@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from qlora_utils.core.records import profile_runs_dir, read_json, run_state
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO, run_profile, status
-from qlora_utils.runs import profile_runs_dir, read_json, run_state
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO, run_profile, status
 
 SMOKE_RUN = "notebooks/week2_sst2_baseline.md"
 
@@ -31,7 +31,7 @@ def cli(*args: str, env: dict[str, str] | None = None, **popen: object) -> subpr
 
 def main_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
     """The command line's main() in this process (the same code path, without a new interpreter per case)."""
-    from qlora_utils.__main__ import main
+    from qlora_utils.cli import main
 
     try:
         code = main(list(args))
@@ -158,6 +158,7 @@ def test_bad_command_lines_are_one_clear_error(capsys: pytest.CaptureFixture[str
     one_clear_error(main_in_process(capsys, *args), *words)
 
 
+@pytest.mark.slow
 def test_a_copied_profile_that_kept_the_originals_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A copy of smoke.yaml under another file name that kept `profile: smoke` would write into runs/smoke/ (the run
@@ -206,7 +207,7 @@ SST2_HEADER = "sentence\tlabel\n"
 ])
 def test_bad_sst2_files_name_the_file_and_line(tmp_path: Path, data_dir: Path, content: str,
                                                words: list[str]) -> None:
-    from qlora_utils.data import load_task
+    from qlora_utils.core.data import load_task
 
     (tmp_path / "sst2").mkdir()
     (tmp_path / "sst2" / "dev.tsv").write_text(content)
@@ -223,7 +224,7 @@ def test_bad_sst2_files_name_the_file_and_line(tmp_path: Path, data_dir: Path, c
     ("alpaca_train/alpaca_data.json", '[{"instruction": "x"}]', ["lack the column(s) ['input', 'output']"]),
 ])
 def test_bad_json_files_name_the_file(tmp_path: Path, relative: str, content: str, words: list[str]) -> None:
-    from qlora_utils.data import load_task
+    from qlora_utils.core.data import load_task
 
     path = tmp_path / relative
     path.parent.mkdir(parents=True)
@@ -251,6 +252,7 @@ def _wait_for(path: Path, seconds: float = 240) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
+@pytest.mark.slow
 def test_two_runners_never_execute_one_run_twice(tmp_path: Path, data_dir: Path) -> None:
     path = profile(tmp_path, f"  - {{name: slow, notebook: {SLOW}, parameters: {{model: tiny-qwen2, "
                              "table_presets: [tiny-qwen2], peft_check_presets: [tiny-qwen2], length_sample: 400}}\n")
@@ -266,6 +268,7 @@ def test_two_runners_never_execute_one_run_twice(tmp_path: Path, data_dir: Path)
     assert run_state(run) == "done" and not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
 
 
+@pytest.mark.slow
 def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) -> None:
     path = profile(tmp_path, f"  - {{name: fast, notebook: {FAST}}}\n")
     assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
@@ -277,6 +280,7 @@ def test_force_over_a_bad_data_directory_keeps_the_finished_run(tmp_path: Path) 
     assert metrics.read_text() == before and run_state(metrics.parent) == "done"
 
 
+@pytest.mark.slow
 def test_a_failing_attempt_keeps_the_finished_run_and_shows_its_cause(tmp_path: Path, data_dir: Path) -> None:
     path = profile(tmp_path, "  - {name: squad, notebook: notebooks/week4_squad.md, parameters: {train_examples: 4, "
                              "eval_examples: 2, max_new_tokens: 4, batch_size: 2, zero_shot: false}}\n")
@@ -292,6 +296,7 @@ def test_a_failing_attempt_keeps_the_finished_run_and_shows_its_cause(tmp_path: 
     assert read_json(tmp_path / "runs" / "faults" / ".squad.staging" / "notebook.failed.ipynb") is not None
 
 
+@pytest.mark.slow
 def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n  - {{name: b, notebook: {FAST}}}\n")
     assert cli("run", str(path), "--allow-dirty", env=_runs_env(tmp_path)).returncode == 0
@@ -301,7 +306,7 @@ def test_corrupt_records_are_found_redone_and_block_the_book(tmp_path: Path, mon
     (runs / "b" / "status.json").unlink()
     shown = cli("status", str(path), env=_runs_env(tmp_path))
     assert "corrupt" in shown.stdout.split("a ", 1)[1].splitlines()[0] and shown.stdout.count("corrupt") >= 2
-    import qlora_utils.book as book
+    import qlora_utils.book.build as book
 
     monkeypatch.setenv("QLORA_RUNS_DIR", str(tmp_path / "runs"))
     with pytest.raises(QLoraError, match=r"the book reads runs/smoke/ of this repository, but QLORA_RUNS_DIR"):
@@ -321,7 +326,7 @@ def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
     """`book` started, then `run smoke --only 'week2-*' --force` finished runs during the build: the book exited 0 with
     an appendix of the old runs and embedded notebooks of the new. The build (jupyter-book, faked here) is checked
     against a snapshot of the runs taken at its start."""
-    import qlora_utils.book as book
+    import qlora_utils.book.build as book
 
     runs = tmp_path / "runs" / "smoke"
     for name in ("week1-setup", "week2-qlora-seed0", "week2-full-seed0"):
@@ -349,6 +354,7 @@ def test_a_run_that_changes_while_the_book_builds_fails_the_book(tmp_path: Path,
                                  "states; build it again once no runner is writing runs/smoke/")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_path: Path, data_dir: Path,
                                                                            sig: signal.Signals) -> None:
@@ -371,7 +377,7 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     # mid-cell logs its shutdown (`[IPKernelApp] ERROR … ZMQError: Socket operation on non-socket`) into the
     # attempt's kernel.log, not onto the terminal
     assert process.returncode == 130 and err.rstrip().splitlines()[-1].startswith("interrupted:"), err[-2000:]
-    for noise in ("Traceback", "KeyboardInterrupt", "ZMQError", "IPKernelApp", "qlora_utils/runner.py"):
+    for noise in ("Traceback", "KeyboardInterrupt", "ZMQError", "IPKernelApp", "qlora_utils/grid/runner.py"):
         assert noise not in err, err[-3000:]
     said = [line for line in err.splitlines() if line.strip() and not line.startswith("faults: ")]  # no bar
     assert len(said) == 1, f"one line: {err[-3000:]}"
@@ -382,6 +388,7 @@ def test_a_signal_is_recorded_as_interrupted_and_the_finished_run_survives(tmp_p
     assert not (tmp_path / "runs" / "faults" / ".slow.lock").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,codes", [(["status", "smoke"], {141}), (["--help"], {0, 141})])
 def test_output_into_a_closed_pipe_ends_quietly(args: list[str], codes: set[int]) -> None:
     """`python -m qlora_utils status smoke | head -3` printed a BrokenPipeError traceback. A reader that left ends the
@@ -396,6 +403,7 @@ def test_output_into_a_closed_pipe_ends_quietly(args: list[str], codes: set[int]
     assert process.wait(timeout=300) in codes and err == "", err[-2000:]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_and_leaves_no_broken_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import papermill
 
@@ -424,7 +432,7 @@ def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_ne
     """A read-only runs folder (simulated: tests may run as root, who writes anywhere): the run's lock or its attempt
     cannot be created. The error names the folder and the fix, and no folder that does not exist (it once said "The
     attempt is in …/.NAME.staging", never created)."""
-    from qlora_utils import runner
+    from qlora_utils.grid import runner
 
     runs = tmp_path / "runs" / "faults"
     runs.mkdir(parents=True)
@@ -442,8 +450,8 @@ def test_a_runs_folder_that_cannot_be_written_is_named_and_no_folder_that_was_ne
 
 
 def test_failure_cause_names_the_exception_and_where() -> None:
-    from qlora_utils.paths import placeholders
-    from qlora_utils.runner import failure_cause
+    from qlora_utils.scrub import placeholders
+    from qlora_utils.grid.runner import failure_cause
 
     site = next(p for p, name in placeholders() if name == "<site-packages>")
 
@@ -454,8 +462,9 @@ def test_failure_cause_names_the_exception_and_where() -> None:
     assert failure_cause(Fake()) == "ValueError: boom (File <site-packages>/lib/x.py:12, in f)"
 
 
+@pytest.mark.slow
 def test_status_says_why(tmp_path: Path) -> None:
-    from qlora_utils.runner import state_detail
+    from qlora_utils.grid.runner import state_detail
 
     path = profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n")
     prof = load_profile(path)
@@ -466,10 +475,11 @@ def test_status_says_why(tmp_path: Path) -> None:
     assert state_detail(prof, prof.entries[0], state, root=tmp_path / "runs") == "notebook.ipynb is missing"
 
 
+@pytest.mark.slow
 def test_a_tree_changed_mid_grid_stops_before_the_next_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The clean-tree check runs again before each run: code edited while a grid runs never passes for the commit
     (the finished run is kept, the next one does not start)."""
-    from qlora_utils import runner
+    from qlora_utils.grid import runner
 
     answers = iter([[], [], ["qlora_utils/edited.py"]])  # the start, run one, then run two
     monkeypatch.setattr(runner, "changed_files", lambda repo: next(answers))

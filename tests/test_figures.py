@@ -1,5 +1,5 @@
-"""Every chart of `qlora_utils.figures` is drawn (its data marks have extent and finite coordinates in the SVG that
-vl-convert makes), and the checker in `qlora_utils.svgcheck` rejects blank and NaN charts."""
+"""Every chart of `qlora_utils.book.figures` is drawn (its data marks have extent and finite coordinates in the SVG that
+vl-convert makes), and the checker in `qlora_utils.book.svgcheck` rejects blank and NaN charts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from qlora_utils import figures
-from qlora_utils.analysis import MODE_NAMES
-from qlora_utils.planner import gpu_verdicts
-from qlora_utils.report import placeholder_chart
-from qlora_utils.svgcheck import chart_svg, check_chart, is_placeholder, mark_groups, mark_problems, path_box
+from qlora_utils.book import figures
+from qlora_utils.book.report import placeholder_chart
+from qlora_utils.book.svgcheck import chart_svg, check_chart, is_placeholder, mark_groups, mark_problems, path_box
+from qlora_utils.core.design import MODE_NAMES
+from qlora_utils.study.planner import gpu_verdicts
 
 QLORA, LORA, FULL = MODE_NAMES["nf4"], MODE_NAMES["bf16"], MODE_NAMES["full"]
 

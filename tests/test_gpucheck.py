@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils import gpucheck
+from qlora_utils.core.models import materialize, model_folder
+from qlora_utils.core.training import TrainSettings, optimizer_states
 from qlora_utils.errors import QLoraError
-from qlora_utils.experiments import EfficiencyRun, Experiment
-from qlora_utils.models import materialize, model_folder
-from qlora_utils.training import TrainSettings, optimizer_states
+from qlora_utils.study import gpucheck
+from qlora_utils.study.experiments import EfficiencyRun, Experiment
 
 
+@pytest.mark.slow
 def test_checks_resume_survive_a_failure_and_drop_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          data_dir: Path) -> None:
     smollm2 = materialize("smollm2-135m-instruct")  # the tiny models' tokenizer, from the usual cache
@@ -54,7 +55,7 @@ def test_gpu_check_refuses_a_machine_without_cuda_and_unknown_names(tmp_path: Pa
 
 
 def test_default_checks_are_the_planner_verdict_rows() -> None:
-    from qlora_utils import planner
+    from qlora_utils.study import planner
 
     names = [c.name for c in gpucheck.default_checks()]
     assert len(names) == len(set(names))

@@ -1,4 +1,4 @@
-"""Memory by component (qlora_utils.memory): tensor accounting on tiny models, against what it must come to."""
+"""Memory by component (qlora_utils.core.memory): tensor accounting on tiny models, against what it must come to."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.adapters import LoraSettings, parameter_report, prepare_for_training
-from qlora_utils.memory import (PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, components_by_arm,
-                                memory_table, optimizer_ledger, resident_set, step_components, weight_ledger)
-from qlora_utils.models import architecture_config, load_model
-from qlora_utils.planner import _linear_params
+from qlora_utils.core.adapters import LoraSettings, parameter_report, prepare_for_training
+from qlora_utils.core.memory import (
+    PACKED_4BIT, Ledger, SavedForBackward, allocation_peak, components_by_arm, memory_table, optimizer_ledger,
+    resident_set, step_components, weight_ledger,
+)
+from qlora_utils.core.models import architecture_config, load_model
+from qlora_utils.study.planner import _linear_params
 
 
 def _prepared(preset: str, mode: str, rank: int = 4) -> torch.nn.Module:
@@ -121,8 +123,8 @@ def test_step_components_of_full_fine_tuning() -> None:
 
 
 def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: Path) -> None:
-    from qlora_utils.experiments import EfficiencyRun, run_efficiency
-    from qlora_utils.planner import component_rows
+    from qlora_utils.study.experiments import EfficiencyRun, run_efficiency
+    from qlora_utils.study.planner import component_rows
 
     record = run_efficiency(EfficiencyRun(preset="tiny-qwen3", mode="nf4", lora=LoraSettings(4), batch_size=2,
                                           seq_len=16, steps=2, gradient_checkpointing=False), tmp_path)
@@ -154,8 +156,8 @@ def test_efficiency_run_records_components_and_planner_compares_them(tmp_path: P
 
 
 def test_experiment_record_has_components_from_the_first_optimizer_step(data_dir: Path, tmp_path: Path) -> None:
-    from qlora_utils.experiments import Experiment, run_experiment
-    from qlora_utils.training import TrainSettings
+    from qlora_utils.study.experiments import Experiment, run_experiment
+    from qlora_utils.core.training import TrainSettings
 
     exp = Experiment(task="sst2", preset="tiny-qwen2", mode="bf16", lora=LoraSettings(4), train_examples=8,
                      eval_examples=4, selection_examples=0, zero_shot=False, data_dir=str(data_dir),
@@ -176,7 +178,7 @@ def test_kbit_preparation_keeps_the_embedding_mapped_and_changes_no_number(monke
     the same dtypes after a step, the same loss and the same adapter gradients, and no copy of the embedding."""
     import peft
 
-    from qlora_utils import adapters
+    from qlora_utils.core import adapters
 
     def run(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.dtype]]:
         torch.manual_seed(1)  # the same dropout masks
@@ -202,7 +204,7 @@ def test_kbit_preparation_keeps_the_embedding_mapped_and_changes_no_number(monke
 
 
 def test_release_free_heap_hands_freed_memory_back() -> None:
-    from qlora_utils.memory import release_free_heap
+    from qlora_utils.core.memory import release_free_heap
 
     if not resident_set() or not release_free_heap():
         pytest.skip("no /proc or no glibc here")
@@ -220,6 +222,6 @@ def test_release_free_heap_hands_freed_memory_back() -> None:
 def test_resident_set_is_in_mib() -> None:
     import psutil
 
-    from qlora_utils.memory import resident_set
+    from qlora_utils.core.memory import resident_set
 
     assert abs(resident_set()["VmRSS"] - psutil.Process().memory_info().rss / 1024 ** 2) < 64, "MiB, as psutil sees it"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.data import load_task
-from qlora_utils.metrics import generate, score_candidates, squad_evaluate, squad_scores, sst2_accuracy
-from qlora_utils.models import load_model
+from qlora_utils.core.data import load_task
+from qlora_utils.core.metrics import generate, score_candidates, squad_evaluate, squad_scores, sst2_accuracy
+from qlora_utils.core.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_sst2_accuracy_counts_agreement(tiny, data_dir: Path, monkeypatch: pytes
     labels = list(data.dataset["label"])
     wanted = labels[:7] + [1 - y for y in labels[7:]]  # 7 of 10 right
     fake = torch.tensor([[0.0, 1.0] if w else [1.0, 0.0] for w in wanted])
-    monkeypatch.setattr("qlora_utils.metrics.score_candidates", lambda *a, **k: fake)
+    monkeypatch.setattr("qlora_utils.core.metrics.score_candidates", lambda *a, **k: fake)
     result = sst2_accuracy(tiny.model, tiny.tokenizer, data)
     assert result["accuracy"] == pytest.approx(0.7) and result["predictions"] == wanted
     assert sum(wanted) == 6 and result["predicted_positive_share"] == pytest.approx(0.6)  # 6 of 10 predicted positive
@@ -71,7 +71,7 @@ def test_squad_evaluate_keeps_every_prediction(tiny, data_dir: Path) -> None:
 
 
 def test_generation_runs_with_sdpa_and_gives_the_training_kernel_back(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qlora_utils import metrics
+    from qlora_utils.core import metrics
 
     tiny.model.set_attn_implementation("eager")
     seen: list[str] = []

@@ -6,9 +6,9 @@ import bitsandbytes as bnb
 import pytest
 import torch
 
-from qlora_utils.adapters import analytic_parameter_count
+from qlora_utils.core.adapters import analytic_parameter_count
+from qlora_utils.core.models import PRESETS, architecture_config, get_preset, load_model, materialize
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import PRESETS, architecture_config, get_preset, load_model, materialize
 
 
 def test_unknown_preset_names_the_choices() -> None:
@@ -61,6 +61,7 @@ def test_16_and_32_bit_modes_keep_plain_linear_layers(mode: str, dtype: torch.dt
     assert type(layer) is torch.nn.Linear and layer.weight.dtype == dtype
 
 
+@pytest.mark.slow
 def test_materialize_is_idempotent_and_marks_completion(tmp_path) -> None:
     first = materialize("tiny-qwen2", cache=tmp_path, seed=3)
     stamp = (first / "model.safetensors").stat().st_mtime_ns
@@ -70,6 +71,7 @@ def test_materialize_is_idempotent_and_marks_completion(tmp_path) -> None:
     assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")], "no temporary folder left"
 
 
+@pytest.mark.slow
 def test_interrupted_build_is_rebuilt(tmp_path) -> None:
     target = materialize("tiny-qwen2", cache=tmp_path, seed=4)
     (target / "qlora_materialized.json").unlink()  # as if killed before the marker was written
@@ -77,6 +79,7 @@ def test_interrupted_build_is_rebuilt(tmp_path) -> None:
     assert (target / "qlora_materialized.json").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_same_random_weights(tmp_path) -> None:
     a = load_model("tiny-qwen2", "bf16", cache=tmp_path / "a", seed=1).model
     b = load_model("tiny-qwen2", "bf16", cache=tmp_path / "b", seed=1).model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils import official
+from qlora_utils.core import official
 from qlora_utils.errors import QLoraError
 
 PAYLOAD = bytes(range(256)) * 50 + b"the end"  # 12,807 bytes, split into 11 parts (part10/part11 sort after part9)

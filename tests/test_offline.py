@@ -11,13 +11,15 @@ import sys
 import threading
 from pathlib import Path
 
-from qlora_utils.runner import REPO
+import pytest
+
+from qlora_utils.grid.runner import REPO
 
 SCRIPT = """
 import pandas as pd
-from qlora_utils.data import load_task
-from qlora_utils.models import load_model
-from qlora_utils.winrate import win_rate
+from qlora_utils.core.data import load_task
+from qlora_utils.core.models import load_model
+from qlora_utils.study.winrate import win_rate
 load_task("sst2", "validation", n=8)
 load_model("tiny-qwen2", "bf16")
 pairs = pd.DataFrame({"preference": [1.0, 2.0, 1.5, 2.0], "consistent": [True, False, True, True],
@@ -28,6 +30,7 @@ print("LC:", result["length_controlled_note"])
 """
 
 
+@pytest.mark.slow
 def test_offline_runs_make_no_connection(data_dir: Path, tmp_path: Path) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

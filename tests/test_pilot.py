@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from chapter_fixtures import pilot_run as _pilot_run
-from qlora_utils import pilot, protocol
+from qlora_utils.study import pilot, protocol
 
 def test_pilot_rows_test_each_size_against_its_own_zero_shot_sentences(tmp_path: Path) -> None:
     runs = [_pilot_run(tmp_path, 1000, 0, 80, 82), _pilot_run(tmp_path, 2000, 0, 80, 92)]

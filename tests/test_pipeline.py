@@ -13,12 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
-from qlora_utils.book import build_book
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO, run_profile, status
-from qlora_utils.runs import read_run
-from qlora_utils.svgcheck import is_placeholder, mark_problems
+from qlora_utils.book.build import build_book
+from qlora_utils.book.svgcheck import is_placeholder, mark_problems
+from qlora_utils.core.records import read_run
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO, run_profile, status
 
 FIGURES = {"week2_sst2_baseline": 2, "week3_scaling": 2, "week5_ablations": 1, "week7_analysis": 1}
 
@@ -74,6 +75,7 @@ def test_smoke_profile_runs_every_notebook_and_builds_the_book(tmp_path: Path, d
         assert f"runs/smoke/{entry.name}/notebook.html" in appendix
 
 
+@pytest.mark.slow
 def test_killed_run_is_partial_and_the_rerun_skips_finished_runs(tmp_path: Path) -> None:
     profile = tmp_path / "kill.yaml"
     profile.write_text("profile: kill\nruns:\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from qlora_utils.__main__ import main
-from qlora_utils.adapters import LoraSettings
+from qlora_utils.cli import main
+from qlora_utils.core.adapters import LoraSettings
+from qlora_utils.core.models import architecture_config
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import architecture_config
-from qlora_utils.planner import _linear_params, plan_memory
+from qlora_utils.study.planner import _linear_params, plan_memory
 
 
 def test_double_quantization_costs_0127_bits_per_weight() -> None:
@@ -59,7 +59,7 @@ def test_efficiency_run_that_cannot_fit_is_recorded_not_started(tmp_path, monkey
 
     import psutil
 
-    from qlora_utils.experiments import EfficiencyRun, run_efficiency
+    from qlora_utils.study.experiments import EfficiencyRun, run_efficiency
 
     class Tiny:  # pretend this machine has 1 MiB free
         available = total = 1024 ** 2
@@ -71,7 +71,7 @@ def test_efficiency_run_that_cannot_fit_is_recorded_not_started(tmp_path, monkey
 
 
 def test_efficiency_run_measures_memory_and_speed(tmp_path) -> None:
-    from qlora_utils.experiments import EfficiencyRun, run_efficiency
+    from qlora_utils.study.experiments import EfficiencyRun, run_efficiency
 
     record = run_efficiency(EfficiencyRun(preset="tiny-qwen3", mode="nf4", lora=LoraSettings(4), batch_size=2,
                                           seq_len=16, steps=2), tmp_path)
@@ -82,7 +82,7 @@ def test_efficiency_run_measures_memory_and_speed(tmp_path) -> None:
 def test_llama_7b_terms_by_hand() -> None:
     """Each term of the plan for LLaMA-7B (6,738,415,616 parameters, the published count) worked out by hand:
     comparisons between modes alone would let a wrong term through."""
-    from qlora_utils.planner import WORKSPACE, MemoryPlan, llama_7b_config, verdict
+    from qlora_utils.study.planner import WORKSPACE, MemoryPlan, llama_7b_config, verdict
 
     config, lora = llama_7b_config(), LoraSettings(8)  # r = 8 on q, k, v: 32 layers x 3 x 8 x (4096 + 4096)
     nf4 = plan_memory(config, "nf4", lora, batch_size=1, seq_len=512)

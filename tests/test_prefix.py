@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.adapters import prepare_for_training
-from qlora_utils.data import load_task
-from qlora_utils.metrics import score_candidates, token_logprobs
-from qlora_utils.models import load_model
-from qlora_utils.prefix import MIN_PREFIX, common_prefix, decoder_hidden, shared_length
-from qlora_utils.prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids, tokenize_for_training
+from qlora_utils.core.adapters import prepare_for_training
+from qlora_utils.core.data import load_task
+from qlora_utils.core.metrics import score_candidates, token_logprobs
+from qlora_utils.core.models import load_model
+from qlora_utils.core.prompts import SST2_LABELS, answer_ids, messages_for, prompt_ids, tokenize_for_training
+from qlora_utils.speed.prefix import MIN_PREFIX, common_prefix, decoder_hidden, shared_length
 
 
 def test_shared_length_stops_at_the_first_difference_padding_and_label() -> None:

@@ -6,17 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.data import load_task
-from qlora_utils.errors import QLoraError
-from qlora_utils.models import load_model
-from qlora_utils.prompts import (
-    IGNORE_INDEX,
-    build_example,
-    length_stats,
-    messages_for,
-    token_length_stats,
-    tokenize_for_training,
+from qlora_utils.core.data import load_task
+from qlora_utils.core.models import load_model
+from qlora_utils.core.prompts import (
+    IGNORE_INDEX, build_example, length_stats, messages_for, token_length_stats, tokenize_for_training,
 )
+from qlora_utils.errors import QLoraError
 
 
 @pytest.fixture(scope="module")

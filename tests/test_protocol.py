@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from qlora_utils import protocol
-from qlora_utils.protocol import INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
+from qlora_utils.study import protocol
+from qlora_utils.study.protocol import INCONCLUSIVE, NOT_SUPPORTED, NOT_TESTABLE, SUPPORTED
 
 
 def _row(mode: str, seed: int, quality: float, **extra: object) -> dict:

@@ -10,8 +10,8 @@ import pytest
 import pandas as pd
 from scipy import stats
 
-from qlora_utils import protocol
-from qlora_utils.protocol import NOT_SIGNIFICANT, SIGNIFICANT
+from qlora_utils.study import protocol
+from qlora_utils.study.protocol import NOT_SIGNIFICANT, SIGNIFICANT
 
 
 @pytest.mark.parametrize("low,high,word", [(0.1, 2.0, SIGNIFICANT), (-3.0, -0.2, SIGNIFICANT),

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from qlora_utils.runs import profile_runs_dir, provenance_problems, read_runs
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import REPO
+from qlora_utils.core.records import profile_runs_dir, provenance_problems, read_runs
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import REPO
 
 
 @pytest.mark.parametrize("profile", ["cpu", "quick"])

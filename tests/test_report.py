@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qlora_utils.report import styled
+from qlora_utils.book.report import styled
 
 
 def test_styled_formats_numbers_for_reading() -> None:

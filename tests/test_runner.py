@@ -9,11 +9,12 @@ from pathlib import Path
 import jupytext
 import pytest
 
+from qlora_utils.core.records import RunLock, config_hash, mark_finished, mark_started, run_state
 from qlora_utils.errors import QLoraError
-from qlora_utils.profiles import (available_profiles, load_profile, notebook_parameters, pattern_match,
-                                 validate_profile)
-from qlora_utils.runner import REPO, run_profile
-from qlora_utils.runs import RunLock, config_hash, mark_finished, mark_started, run_state
+from qlora_utils.grid.profiles import (
+    available_profiles, load_profile, notebook_parameters, pattern_match, validate_profile,
+)
+from qlora_utils.grid.runner import REPO, run_profile
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("week*.md"))
 FAST, WEEK2, WEEK6 = ("notebooks/week7_analysis.md", "notebooks/week2_sst2_baseline.md",
@@ -36,7 +37,7 @@ def test_every_profile_validates_against_the_notebooks(name: str, monkeypatch: p
 def test_train_examples_are_checked_against_the_training_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before anything runs, not seconds into a run: SST-2's pool is its train split less the selection split; a
     local copy is counted (the SQuAD file beside the checkout keeps 11 articles), the Hub's size is published."""
-    from qlora_utils.data import train_pool
+    from qlora_utils.core.data import train_pool
 
     squad = tmp_path / "data" / "squad_v1.1" / "train-v1.1.first11articles.json"
     squad.parent.mkdir(parents=True)
@@ -211,7 +212,7 @@ def test_a_run_that_another_live_runner_holds_is_skipped(tmp_path: Path) -> None
 FAKE_RUNNER = """
 import json, os, sys, time
 from pathlib import Path
-from qlora_utils.runs import mark_finished, mark_started
+from qlora_utils.core.records import mark_finished, mark_started
 run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 started = time.perf_counter()
 state = mark_started(run_dir, notebook, parameters, "ptest")
@@ -229,11 +230,12 @@ mark_finished(run_dir, state, started)
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_respect_needs_and_exclusive_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--jobs 2: two at a time with half the cores each; `needs` waits for its run; `exclusive` runs alone."""
     import sys
 
-    import qlora_utils.runner as runner
+    import qlora_utils.grid.runner as runner
 
     root = tmp_path / "runs"
     monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
@@ -261,7 +263,7 @@ def test_needs_must_name_an_earlier_run(tmp_path: Path) -> None:
 
 
 def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
-    from qlora_utils.runs import Run, busy_seconds
+    from qlora_utils.core.records import Run, busy_seconds
 
     def run(start: str, end: str) -> Run:
         return Run(tmp_path, {}, {"started": f"2026-01-01T{start}+00:00", "finished": f"2026-01-01T{end}+00:00"}, {}, {})
@@ -275,7 +277,7 @@ def test_busy_seconds_counts_overlapping_runs_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("needs", ["    needs: ['*']\n", ""])
 def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Path, needs: str) -> None:
     """With `needs` or without (the smoke profile's weeks 7 and 8 have none): an analysis reads every earlier run."""
-    from qlora_utils.runner import entry_state
+    from qlora_utils.grid.runner import entry_state
 
     path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n"
                               f"  - name: b\n    notebook: notebooks/week8_report.md\n{needs}")
@@ -300,7 +302,7 @@ def test_an_analysis_is_stale_once_a_run_it_needs_finished_after_it(tmp_path: Pa
 
 
 def test_the_runs_an_entry_reads_with_needs_or_without() -> None:
-    from qlora_utils.profiles import prerequisites
+    from qlora_utils.grid.profiles import prerequisites
 
     smoke = load_profile("smoke")
     reads = {e.name: [p.name for p in prerequisites(smoke, e)] for e in smoke.entries}
@@ -316,8 +318,8 @@ def test_the_runs_an_entry_reads_with_needs_or_without() -> None:
 
 
 def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
-    from qlora_utils.report import wall_time_table
-    from qlora_utils.runs import Run
+    from qlora_utils.book.report import wall_time_table
+    from qlora_utils.core.records import Run
 
     def run(notebook: str, start: str, end: str, wall: float) -> Run:
         status = {"started": f"2026-01-01T{start}+00:00", "finished": f"2026-01-01T{end}+00:00", "wall_seconds": wall}
@@ -331,11 +333,11 @@ def test_wall_time_table_sums_and_overlaps_per_notebook(tmp_path: Path) -> None:
 
 
 def test_a_dirty_tree_is_refused_naming_the_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import qlora_utils.runner as runner
+    import qlora_utils.grid.runner as runner
 
-    monkeypatch.setattr(runner, "changed_files", lambda repo: ["qlora_utils/training.py"])
+    monkeypatch.setattr(runner, "changed_files", lambda repo: ["qlora_utils/core/training.py"])
     path = _profile(tmp_path, "  - name: a\n    notebook: notebooks/week7_analysis.md\n")
-    with pytest.raises(QLoraError, match=r"uncommitted changes to tracked files: qlora_utils/training.py.*--allow-dirty"):
+    with pytest.raises(QLoraError, match=r"uncommitted changes to tracked files: qlora_utils/core/training.py.*--allow-dirty"):
         run_profile(load_profile(path), root=tmp_path / "runs")
     assert not (tmp_path / "runs").exists(), "nothing ran"
 
@@ -343,7 +345,7 @@ def test_a_dirty_tree_is_refused_naming_the_files(monkeypatch: pytest.MonkeyPatc
 def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
-    from qlora_utils.environment import changed_files, git_commit
+    from qlora_utils.core.environment import changed_files, git_commit
 
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -365,8 +367,8 @@ def test_changed_files_sees_code_but_not_run_directories(tmp_path: Path, monkeyp
 
 
 def test_provenance_problems_name_dirty_code_mixed_commits_and_machine_paths(tmp_path: Path) -> None:
-    from qlora_utils.io import atomic_write_json
-    from qlora_utils.runs import provenance_problems, read_run
+    from qlora_utils.locations import atomic_write_json
+    from qlora_utils.core.records import provenance_problems, read_run
 
     run_dir = tmp_path / "r"
     atomic_write_json(run_dir / "env.json", {"git_commit": "a" * 40})
@@ -384,7 +386,7 @@ def test_provenance_problems_name_dirty_code_mixed_commits_and_machine_paths(tmp
 def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import sysconfig
 
-    from qlora_utils.paths import REPO as CHECKOUT, absolute_paths, scrub
+    from qlora_utils.scrub import REPO as CHECKOUT, absolute_paths, scrub
 
     monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path))
     site = sysconfig.get_paths()["purelib"]
@@ -403,12 +405,12 @@ def test_scrub_replaces_every_known_machine_path(monkeypatch: pytest.MonkeyPatch
 
 
 def test_scrub_file_rewrites_the_file(tmp_path: Path) -> None:
-    from qlora_utils.paths import REPO as CHECKOUT, scrub_file
+    from qlora_utils.scrub import REPO as CHECKOUT, scrub_file
 
     log = tmp_path / "x.log"
-    log.write_text(f"File {CHECKOUT}/qlora_utils/runs.py:1\n")
+    log.write_text(f"File {CHECKOUT}/qlora_utils/core/records.py:1\n")
     scrub_file(log)
-    assert log.read_text() == "File <repo>/qlora_utils/runs.py:1\n"
+    assert log.read_text() == "File <repo>/qlora_utils/core/records.py:1\n"
 
 
 def test_kernels_import_this_checkout_even_when_another_is_installed(tmp_path: Path,
@@ -416,7 +418,7 @@ def test_kernels_import_this_checkout_even_when_another_is_installed(tmp_path: P
     import subprocess
     import sys
 
-    from qlora_utils.runner import REPO, kernel_environment
+    from qlora_utils.grid.runner import REPO, kernel_environment
 
     other = tmp_path / "other-clone" / "qlora_utils"
     other.mkdir(parents=True)
@@ -433,7 +435,7 @@ def test_result_files_are_readable_by_others(tmp_path: Path) -> None:
     import os
     import stat
 
-    from qlora_utils.io import atomic_write_json
+    from qlora_utils.locations import atomic_write_json
 
     old = os.umask(0o022)
     try:
@@ -446,13 +448,13 @@ def test_result_files_are_readable_by_others(tmp_path: Path) -> None:
 def test_checkout_at_gives_a_temporary_worktree_of_a_commit_and_removes_it() -> None:
     import subprocess
 
-    from qlora_utils.environment import git_commit
-    from qlora_utils.reproduce import checkout_at
-    from qlora_utils.runner import REPO
+    from qlora_utils.core.environment import git_commit
+    from qlora_utils.grid.reproduce import checkout_at
+    from qlora_utils.grid.runner import REPO
 
     commit = git_commit(REPO).removesuffix("+dirty")
     with checkout_at(commit) as tree:
-        assert (tree / "qlora_utils" / "runner.py").is_file()
+        assert (tree / "qlora_utils" / "grid" / "runner.py").is_file()
         assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True,
                               text=True).stdout.strip() == commit
     assert not tree.exists()
@@ -481,7 +483,7 @@ def test_a_kernel_that_never_started_is_started_again(tmp_path: Path, monkeypatc
     import nbformat
     import papermill
 
-    from qlora_utils import runner
+    from qlora_utils.grid import runner
 
     calls = []
 
@@ -512,8 +514,8 @@ def test_a_kernel_that_never_started_is_started_again(tmp_path: Path, monkeypatc
 
 
 def test_a_first_attempt_keeps_its_state(tmp_path: Path) -> None:
-    from qlora_utils.io import atomic_write_json
-    from qlora_utils.runs import staging_dir
+    from qlora_utils.locations import atomic_write_json
+    from qlora_utils.core.records import staging_dir
 
     run_dir = tmp_path / "r"
     for state in ("failed", "interrupted"):
@@ -524,13 +526,13 @@ def test_a_first_attempt_keeps_its_state(tmp_path: Path) -> None:
 
 
 def test_clip_error_keeps_a_text_of_exactly_the_limit() -> None:
-    from qlora_utils.runs import clip_error
+    from qlora_utils.core.records import clip_error
 
     assert clip_error("x" * 2000) == "x" * 2000 and clip_error("x" * 2001) != "x" * 2001
 
 
 def test_replace_run_leaves_nothing_aside(tmp_path: Path) -> None:
-    from qlora_utils.runs import replace_run, staging_dir
+    from qlora_utils.core.records import replace_run, staging_dir
 
     run_dir, staging = tmp_path / "r", staging_dir(tmp_path / "r")
     run_dir.mkdir()
@@ -542,8 +544,8 @@ def test_replace_run_leaves_nothing_aside(tmp_path: Path) -> None:
 
 
 def test_recover_never_puts_an_incomplete_attempt_in_place(tmp_path: Path) -> None:
-    from qlora_utils.io import atomic_write_json
-    from qlora_utils.runs import recover, staging_dir
+    from qlora_utils.locations import atomic_write_json
+    from qlora_utils.core.records import recover, staging_dir
 
     run_dir, old = tmp_path / "r", tmp_path / ".r.old"
     old.mkdir()
@@ -566,7 +568,7 @@ def test_a_lock_being_written_is_held_until_it_is_old(tmp_path: Path) -> None:
 
 
 def _done_entries(tmp_path: Path, names: str):
-    from qlora_utils.io import atomic_write_json
+    from qlora_utils.locations import atomic_write_json
 
     profile = load_profile(_profile(tmp_path, "".join(f"  - {{name: {n}, notebook: {FAST}}}\n" for n in names)))
     for entry in profile.entries:
@@ -583,10 +585,11 @@ def test_only_patterns_are_alternatives(tmp_path: Path) -> None:
         "a": "skipped (done)", "b": "skipped (done)"}
 
 
+@pytest.mark.slow
 def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    import qlora_utils.runner as runner
+    import qlora_utils.grid.runner as runner
 
     root = tmp_path / "runs"
     monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
@@ -600,15 +603,16 @@ def test_jobs_caps_the_runs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_check_inputs_names_a_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qlora_utils.runner import check_inputs
+    from qlora_utils.grid.runner import check_inputs
 
     monkeypatch.setenv("QLORA_DATA_DIR", str(tmp_path))
     with pytest.raises(QLoraError, match=r"lacks .*sst2.*which these runs read"):
         check_inputs(list(load_profile(_profile(tmp_path, f"  - {{name: a, notebook: {WEEK2}}}\n")).entries))
 
 
+@pytest.mark.slow
 def test_a_dirty_run_keeps_its_diff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import qlora_utils.environment as environment
+    import qlora_utils.core.environment as environment
 
     monkeypatch.setattr(environment, "changed_files", lambda path=None: ["qlora_utils/edited.py"])
     path = _profile(tmp_path, f"  - {{name: a, notebook: {FAST}}}\n")
@@ -633,10 +637,11 @@ def test_value_checks_at_their_edges(tmp_path: Path) -> None:
     assert "judge='openai:' must be local:PRESET" in _invalid(tmp_path, WEEK6, "{kind: winrates, judge: 'openai:'}")
 
 
+@pytest.mark.slow
 def test_a_planned_entry_is_committed_before_it_runs_and_runs_only_when_asked(tmp_path: Path) -> None:
     """The plan is fixed in the profile first; `run` (and so `make book`) leaves it alone, `status` says planned, and
     the book does not wait for it; `run --planned` starts it."""
-    from qlora_utils.runner import state_detail, status
+    from qlora_utils.grid.runner import state_detail, status
 
     path = _profile(tmp_path, "  - name: ready\n    notebook: notebooks/week7_analysis.md\n"
                               "  - name: later\n    notebook: notebooks/week7_analysis.md\n    planned: true\n")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from qlora_utils.errors import QLoraError
-from qlora_utils.speedup import describe, side_by_side
+from qlora_utils.grid.speedup import describe, side_by_side
 
 
+@pytest.mark.slow
 def test_both_sides_run_the_same_entry_and_the_ratio_is_their_wall_times(tmp_path: Path, data_dir: Path) -> None:
     result = side_by_side("smoke", "week2-qlora-seed0", "HEAD", "HEAD", tmp_path)
     for side in ("old", "new"):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils import threads
-from qlora_utils.profiles import load_profile
-from qlora_utils.runner import run_profile
+from qlora_utils.grid.profiles import load_profile
+from qlora_utils.grid.runner import run_profile
+from qlora_utils.speed import threads
 
 
 def test_cores_are_split_evenly_the_remainder_to_the_earliest_run() -> None:
@@ -52,7 +52,7 @@ def test_outside_a_grid_follow_changes_nothing(monkeypatch: pytest.MonkeyPatch) 
 SHORT_RUN = """
 import json, sys, time
 from pathlib import Path
-from qlora_utils.runs import mark_finished, mark_started
+from qlora_utils.core.records import mark_finished, mark_started
 run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 started = time.perf_counter()
 state = mark_started(run_dir, notebook, parameters, "ptest")
@@ -65,8 +65,8 @@ mark_finished(run_dir, state, started)
 FOLLOWING_RUN = """
 import json, os, sys, time
 from pathlib import Path
-from qlora_utils.runs import mark_finished, mark_started
-from qlora_utils.threads import follow
+from qlora_utils.core.records import mark_finished, mark_started
+from qlora_utils.speed.threads import follow
 run_dir, notebook, parameters = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 started = time.perf_counter()
 state = mark_started(run_dir, notebook, parameters, "ptest")
@@ -84,9 +84,10 @@ mark_finished(run_dir, state, started)
 """
 
 
+@pytest.mark.slow
 def test_a_run_left_alone_takes_the_cores_the_finished_run_freed(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import qlora_utils.runner as runner
+    import qlora_utils.grid.runner as runner
 
     root = tmp_path / "runs"
     monkeypatch.setattr(runner, "runner_command", lambda profile, entry, force, allow_dirty: [
@@ -119,8 +120,8 @@ def _steps(file: Path | None, free_after: int | None) -> list[torch.Tensor]:
     """Four SGD steps of QLoRA on tiny-qwen2 (8 random sequences of 128 tokens, bf16 autocast) from one thread,
     calling `follow` before each step as the Trainer's callback does; with free_after, the grid's runner hands the
     run a second core after that step (through its thread file), as when the other run of a --jobs 2 grid ends."""
-    from qlora_utils.adapters import LoraSettings, prepare_for_training
-    from qlora_utils.models import load_model
+    from qlora_utils.core.adapters import LoraSettings, prepare_for_training
+    from qlora_utils.core.models import load_model
 
     torch.set_num_threads(1)
     threads._calls = 0
@@ -144,6 +145,7 @@ def _steps(file: Path | None, free_after: int | None) -> list[torch.Tensor]:
     return outputs
 
 
+@pytest.mark.slow
 def test_a_run_whose_thread_count_changed_is_reproduced_exactly_by_replaying_the_changes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_threads: None) -> None:
     """On CPUs where one and two threads round differently (AMX hosts do), the numbers of a grid's run depend on when

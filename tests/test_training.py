@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from qlora_utils.adapters import LoraSettings, prepare_for_training
-from qlora_utils.data import load_task
+from qlora_utils.core.adapters import LoraSettings, prepare_for_training
+from qlora_utils.core.data import load_task
+from qlora_utils.core.models import load_model
+from qlora_utils.core.prompts import tokenize_for_training
+from qlora_utils.core.training import TrainSettings, effective_optimizer, runtime_optimizer, train
 from qlora_utils.errors import QLoraError
-from qlora_utils.models import load_model
-from qlora_utils.prompts import tokenize_for_training
-from qlora_utils.training import TrainSettings, effective_optimizer, runtime_optimizer, train
 
 
 def _batch_loss(model, tokenizer, examples) -> float:
@@ -26,6 +26,7 @@ def _batch_loss(model, tokenizer, examples) -> float:
     return loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["nf4", "bf16"])
 def test_short_lora_run_lowers_the_loss_on_a_fixed_batch(tmp_path: Path, data_dir: Path, mode: str) -> None:
     loaded = load_model("tiny-qwen2", mode)
@@ -93,8 +94,8 @@ def test_a_non_finite_gradient_fails_the_run_at_its_step_naming_the_value(tmp_pa
 
 
 def test_a_finite_divergence_is_kept_and_a_non_finite_one_is_not() -> None:
-    from qlora_utils.analysis import divergence_step
-    from qlora_utils.training import non_finite
+    from qlora_utils.study.analysis import divergence_step
+    from qlora_utils.core.training import non_finite
 
     finite = [{"step": 1, "loss": 0.7, "grad_norm": 1.2}, {"step": 2, "loss": 0.3, "grad_norm": 6.6e10},
               {"step": 3, "loss": 2.5, "grad_norm": 3e9}]
@@ -138,13 +139,14 @@ def test_bad_train_settings_are_refused() -> None:
         TrainSettings(scheduler="cosin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["nf4", "full"])
 def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, data_dir: Path, mode: str) -> None:
     """The LM head at the labelled positions only, and the shared opening run once: the same loss as the model's own,
     and the same training (LoRA dropout 0, so that the random masks are the same too)."""
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
-    from qlora_utils.training import AnswerLossTrainer
+    from qlora_utils.core.training import AnswerLossTrainer
 
     losses = {}
     for flags in ((False, False), (True, False), (True, True)):
@@ -171,6 +173,7 @@ def test_the_lean_loss_gives_the_models_own_loss_and_training(tmp_path: Path, da
         assert curve == pytest.approx(losses[False, False], rel=1e-2), (flags, losses)
 
 
+@pytest.mark.slow
 def test_the_lean_loss_under_accumulation_and_the_seed_reaching_the_trainer(tmp_path: Path, data_dir: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With gradient accumulation the lean loss divides by the items of the whole accumulated batch, as the model's
@@ -178,7 +181,7 @@ def test_the_lean_loss_under_accumulation_and_the_seed_reaching_the_trainer(tmp_
     (data order, dropout) is the one the settings give."""
     from transformers import set_seed
 
-    from qlora_utils.training import AnswerLossTrainer
+    from qlora_utils.core.training import AnswerLossTrainer
 
     def curve(seed: int = 0, **flags: object) -> list[float]:
         set_seed(0)  # the same weights every time

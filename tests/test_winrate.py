@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from alpaca_eval.utils import make_prompts
 
-from qlora_utils import winrate
 from qlora_utils.errors import QLoraError
-from qlora_utils.winrate import Judge, head_to_head, model_outputs, win_rate
+from qlora_utils.study import winrate
+from qlora_utils.study.winrate import Judge, head_to_head, model_outputs, win_rate
 
 
 @pytest.fixture(autouse=True)

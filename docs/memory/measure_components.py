@@ -18,8 +18,8 @@ from pathlib import Path
 
 ONE_MODE = """
 import json, sys
-from qlora_utils.adapters import LoraSettings
-from qlora_utils.experiments import EfficiencyRun, run_efficiency
+from qlora_utils.core.adapters import LoraSettings
+from qlora_utils.study.experiments import EfficiencyRun, run_efficiency
 preset, mode, batch, seq, steps, out = sys.argv[1:7]
 run = EfficiencyRun(preset=preset, mode=mode, lora=None if mode == "full" else LoraSettings(), batch_size=int(batch),
                     seq_len=int(seq), steps=int(steps), gradient_checkpointing=False, optim="paged_adamw_32bit")
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    from qlora_utils.memory import memory_table
-    from qlora_utils.planner import component_rows
+    from qlora_utils.core.memory import memory_table
+    from qlora_utils.study.planner import component_rows
 
     records = []
     with tempfile.TemporaryDirectory() as tmp:
