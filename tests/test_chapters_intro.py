@@ -34,3 +34,11 @@ def test_intro_hours_and_models(tmp_path: Path) -> None:
     text = intro.page(runs, "cpu", week2.page(runs), week8.page(runs)).text
     assert text["hours"] == "0.09" and text["run_hours"] == "0.53"  # 6 runs side by side, 320 s each
     assert text["models"] == "M-135M, Q-0.5B"
+
+
+def test_planned_runs_are_named_as_not_in_the_numbers(tmp_path: Path) -> None:
+    runs = [sst2_run(tmp_path, f"Q-0.5B-{mode}", mode, 0, 0.8, label="Q-0.5B") for mode in ("nf4", "bf16", "full")]
+    planned = intro.planned_runs("cpu")
+    text = intro.page(runs, "cpu", week2.page(runs), week8.page(runs)).text["completeness"]
+    assert (f"{len(planned)} more are planned" in text) == bool(planned)
+    assert "planned" not in intro.page(runs, "smoke", week2.page(runs), week8.page(runs)).text["completeness"]

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from ...core.records import Run, busy_seconds, summed_seconds
+from ...errors import QLoraError
+from ...grid.profiles import load_profile
 from ...study.headline import NOTEBOOK
 from ..report import MISSING_ENV, placeholder_chart
 from . import NA, Page
@@ -45,7 +47,19 @@ def page(runs: list[Run], profile: str, baseline: Page, report: Page) -> Page:
                      and r.metrics.get("experiment") == "sst2"})
     out.value("models", ", ".join(models) or None, "{}")
     missing = os.environ.get(MISSING_ENV, "")
+    planned = planned_runs(profile)
+    later = (f" {len(planned)} more are planned (committed before they run, as the protocol asks) and not yet run; "
+             "no number below includes them.") if planned else ""
     out.value("completeness", f"This is a partial build: these runs of the profile are not finished, and every "
-                              f"number and figure leaves them out: {missing}." if missing else
-              f"Every run of the profile finished; the numbers below are read from all {len(runs)} of them.", "{}")
+                              f"number and figure leaves them out: {missing}.{later}" if missing else
+              f"Every started run of the profile finished; the numbers below are read from all {len(runs)} of "
+              f"them.{later}", "{}")
     return out
+
+
+def planned_runs(profile: str) -> list[str]:
+    """The profile's runs marked `planned` (committed, not yet run); none for a profile this checkout lacks."""
+    try:
+        return [entry.name for entry in load_profile(profile).entries if entry.planned]
+    except QLoraError:
+        return []

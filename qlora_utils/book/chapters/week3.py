@@ -289,6 +289,12 @@ def components(result: Page, baseline: Sequence[Run]) -> None:
     result.tables["components"] = table if chosen else pd.DataFrame(columns=["component (MiB)"])
     result.value("components_runs", ", ".join(f"{arm}: {run.name}" for arm, run in chosen.items()) or NA)
     result.value("components_model", next(iter(chosen.values())).metrics["model"]["label"] if chosen else NA)
+    cells = table.set_index("component (MiB)") if chosen else pd.DataFrame()
+    for arm, key in (("QLoRA q,k,v", "nf4"), ("16-bit LoRA q,k,v", "bf16")):
+        have = arm in cells
+        result.value(f"components_frozen_{key}", cells.at["frozen weights", arm] if have else None, "{:,.0f}")
+        result.value(f"components_process_{key}", cells.at["process after step 1 (VmRSS)", arm] if have else None,
+                     "{:,.0f}")
 
 
 def page(runs: list[Run], baseline: Sequence[Run] = ()) -> Page:
