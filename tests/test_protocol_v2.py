@@ -133,3 +133,19 @@ def test_the_study_design_supersedes_the_first_and_all_linear_qlora_gets_its_own
     assert "every linear layer" in linear["comparison"]
     only_qlora = pd.DataFrame(first + study[:6])
     assert protocol.primary_runs(only_qlora, "full").empty, "a model's headline never mixes the two designs"
+
+
+def test_a_study_verdict_before_its_planned_seeds_says_so() -> None:
+    def row(mode: str, seed: int, quality: float) -> dict:
+        return {"run": f"{mode}-{seed}", "experiment": "sst2", "model": "m", "mode": mode, "group": None,
+                "rank": None if mode == "full" else 8, "alpha": None if mode == "full" else 16,
+                "placement": "all weights" if mode == "full" else "attention", "train examples": 1000,
+                "learning rate": 1e-3, "schedule": "cosine", "seed": seed, "quality": quality,
+                "min words": protocol.SST2_MIN_WORDS, "trainable %": 0.5, "trainable": 100, "parameters": 20000,
+                "peak MiB": 1000.0, "device": "cpu"}
+    def verdict(seeds: int) -> str:
+        rows = [row(m, s, 88.0 + 0.1 * ((s * 7) % 3) - (0.2 if m == "nf4" else 0)) for m in ("nf4", "full")
+                for s in range(seeds)]
+        return protocol.verdict_for(protocol.verdict_table(pd.DataFrame(rows)), "QLoRA within 3 %")["verdict"]
+    assert verdict(4) == f"{protocol.SUPPORTED} so far (4 of {protocol.MIN_SEEDS_V2} planned seeds)"
+    assert verdict(protocol.MIN_SEEDS_V2) == protocol.SUPPORTED

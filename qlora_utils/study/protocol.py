@@ -183,8 +183,11 @@ def quality_verdict(frame: pd.DataFrame, rule: PairedRule) -> list[dict[str, Any
         return [] if rule.placement != PLAN["placement"] else [{
             "expectation": rule.expectation, "rule": rule.describe(), "verdict": NOT_TESTABLE,
             "comparison": "no seeds with both modes at the plan's configuration in this profile"}]
+    study = set(frame.loc[frame["min words"] == SST2_MIN_WORDS, "run"]) if "min words" in frame else set()
     for (task, model, n), group in pairs.groupby(["experiment", "model", "train examples"]):
         judged = _judged(group, rule)
+        if set(group["run treatment"]) <= study and judged["seeds"] < MIN_SEEDS_V2:  # the study, before its last seed
+            judged["verdict"] = f"{judged['verdict']} so far ({judged['seeds']} of {MIN_SEEDS_V2} planned seeds)"
         rows.append({
             "expectation": rule.expectation, "rule": rule.describe(), "task": task, "model": model,
             "comparison": f"{rule.reference} vs {rule.treatment} at the plan's configuration (r={PLAN['rank']}, "
