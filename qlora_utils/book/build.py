@@ -81,7 +81,8 @@ def build_book(profile: str = DEFAULT_PROFILE, output: str | Path | None = None,
     output = Path(output or REPO)
     toc = toc_for(profile)
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(REPO), "--path-output", str(output),
-               "--toc", str(toc), "--config", str(REPO / "_config.yml")]
+               "--toc", str(toc), "--config", str(REPO / "_config.yml"),
+               "--all"]  # every page re-read: the runs a page reads change without its source changing
     if strict:
         command += ["-W", "-n", "--keep-going"]
     kernel_environment()  # the pages' kernels import this checkout's qlora_utils
