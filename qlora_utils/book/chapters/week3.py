@@ -266,14 +266,11 @@ def bench_values(result: Page, runs: list[Run]) -> None:
         f"{v['bench_score_reference_s']} s, with {v['bench_score_differ']} differing predictions."))
 
 
-ARMS = {("nf4", "attention"): "QLoRA q,k,v", ("nf4", "attention_mlp"): "QLoRA all linear",
-        ("bf16", "attention"): "16-bit LoRA q,k,v", ("full", "all weights"): "full fine-tuning"}
-
-
 def components(result: Page, baseline: Sequence[Run]) -> None:
     """Memory by component (memory.components_by_arm) for the lead model's week 2 arms, each arm's lowest seed among
     the runs that recorded components; the run names beside the table."""
     from ...core.memory import components_by_arm
+    from ...study.pilot import ARMS
     from ...study.protocol import primary_runs
 
     frame = experiments_frame([r for r in baseline if r.metrics.get("memory_components")])
@@ -281,8 +278,8 @@ def components(result: Page, baseline: Sequence[Run]) -> None:
     if len(frame):
         lead = frame[frame["model"] == frame.sort_values("parameters")["model"].iloc[-1]]
         by_name = {r.name: r for r in baseline}
-        for (mode, placement), arm in ARMS.items():
-            rows = primary_runs(lead, mode, placement if mode != "full" else "attention")
+        for arm, (mode, placement) in ARMS.items():  # the study's arms, as the pilot names them
+            rows = primary_runs(lead, mode, placement or "attention")
             if len(rows):
                 chosen[arm] = by_name[rows.sort_values("seed")["run"].iloc[0]]
     table = pd.DataFrame(components_by_arm({arm: run.metrics for arm, run in chosen.items()}))
